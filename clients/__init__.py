@@ -1,0 +1,1 @@
+"""Flower ClientApp: the device side, a thin shell around :mod:`fedrec.client`."""

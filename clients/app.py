@@ -1,0 +1,78 @@
+"""The Flower ClientApp: parse the message, call fedrec, reply.
+
+Private state (the user vectors) is kept in the node's ``Context.state`` between
+rounds and never put in a reply. Only ``result.update`` (shared tensors) is sent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.records import to_arrays, to_record
+from fedrec import protocol
+from fedrec.client import Device
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.training import PrivateState
+
+# Simulated devices share two cores; one thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+PRIVATE = "fedrec-private"
+
+app = ClientApp()
+
+
+def _config(msg: Message) -> tuple[RunConfig, ConfigRecord]:
+    record = msg.content[protocol.CONFIG]
+    return parse_run_config(protocol.decode_run_config(str(record[protocol.RUN_CONFIG]))), record
+
+
+def _load_private(context: Context) -> PrivateState | None:
+    if PRIVATE not in context.state.array_records:
+        return None
+    stored = to_arrays(context.state.array_records[PRIVATE])
+    return PrivateState(
+        user_gmf=stored["user_gmf"], user_mlp=stored["user_mlp"], rounds_trained=int(stored["rounds_trained"][0])
+    )
+
+
+def _store_private(context: Context, state: PrivateState) -> None:
+    context.state[PRIVATE] = to_record(
+        {"user_gmf": state.user_gmf, "user_mlp": state.user_mlp, "rounds_trained": np.array([state.rounds_trained])}
+    )
+
+
+def _device(context: Context, config: RunConfig) -> Device:
+    return Device.simulated(config, int(context.node_config["partition-id"]))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    config, record = _config(msg)
+    device = _device(context, config)
+    result = device.train(
+        shared=to_arrays(msg.content[protocol.ARRAYS]),
+        private=_load_private(context),
+        config=config,
+        round_=int(record[protocol.SERVER_ROUND]),
+    )
+    _store_private(context, result.private)
+    metrics = MetricRecord(
+        {protocol.NUM_EXAMPLES: result.num_examples, protocol.TRAIN_LOSS: result.loss, protocol.CLIENT_ID: device.client_id}
+    )
+    return Message(RecordDict({protocol.ARRAYS: to_record(result.update), protocol.METRICS: metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    config, record = _config(msg)
+    metrics = _device(context, config).evaluate(
+        shared=to_arrays(msg.content[protocol.ARRAYS]),
+        private=_load_private(context),
+        config=config,
+        which=str(record[protocol.HELD_OUT]),
+    )
+    return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,62 @@
+"""Everything a device does, as plain functions the Flower ClientApp calls.
+
+A device knows its own data (a :class:`ClientData`) and its private state; it
+receives the shared parameters and the run config, and returns only the update of
+the shared parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.config import RunConfig
+from fedrec.data.sources import PreparedData, prepare
+from fedrec.data.split import ClientData
+from fedrec.evaluation import evaluate_client
+from fedrec.federated import client_rng
+from fedrec.models import Arrays, ModelConfig
+from fedrec.training import LocalResult, PrivateState, init_private, local_update
+
+
+def simulated_population(config: RunConfig) -> PreparedData:
+    """The data set a simulation partitions into one device per user (cached)."""
+    d = config.data
+    return prepare(
+        dataset=d.dataset, data_dir=d.data_dir, rating_threshold=d.rating_threshold,
+        max_users=d.max_users, num_eval_negatives=d.num_eval_negatives, seed=config.seed,
+    )
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device: its user's data and the model architecture it runs."""
+
+    client_id: int
+    data: ClientData
+    model: ModelConfig
+
+    @classmethod
+    def simulated(cls, config: RunConfig, client_id: int) -> Device:
+        split = simulated_population(config).split
+        return cls(client_id=client_id, data=split.client(client_id), model=config.model.build(split.n_items))
+
+    def fresh_private(self, seed: int) -> PrivateState:
+        return init_private(self.model, rng=np.random.default_rng([seed, self.client_id, 11]))
+
+    def train(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, round_: int) -> LocalResult:
+        return local_update(
+            shared=shared,
+            private=private if private is not None else self.fresh_private(config.seed),
+            data=self.data,
+            model=self.model,
+            train=config.train.build(),
+            rng=client_rng(seed=config.seed, round_=round_, client=self.client_id),
+        )
+
+    def evaluate(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, which: str) -> dict[str, float]:
+        state = private if private is not None else self.fresh_private(config.seed)
+        return evaluate_client(
+            shared=shared, user_gmf=state.user_gmf, user_mlp=state.user_mlp, data=self.data, model=self.model, which=which
+        )

@@ -1,0 +1,218 @@
+"""The run configuration: one frozen dataclass per component, parsed once.
+
+Flower's run config, the TOML files in ``simulations/`` and ``--set key=value`` all
+use the same flat kebab-case keys. :func:`parse_run_config` checks every key and
+every range and raises one :class:`ConfigError` listing all problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedrec.errors import ConfigError
+from fedrec.models import ModelConfig
+from fedrec.training import TrainConfig
+
+Scalar = bool | int | float | str
+
+
+def _key(name: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
+    return {"key": name, "check": check}
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    dataset: str = field(default="ml-100k", metadata=_key("dataset"))
+    data_dir: str = field(default="", metadata=_key("data-dir"))
+    rating_threshold: float = field(default=0.0, metadata=_key("rating-threshold"))
+    num_eval_negatives: int = field(default=99, metadata=_key("num-eval-negatives", check=_positive))
+    max_users: int = field(default=0, metadata=_key("max-users", check=_non_negative))  # 0 = all
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model: str = field(default="neumf", metadata=_key("model", check=_one_of("neumf", "gmf")))
+    gmf_dim: int = field(default=32, metadata=_key("gmf-dim", check=_positive))
+    mlp_layers: str = field(default="64,32,16,8", metadata=_key("mlp-layers"))
+
+    def build(self, n_items: int) -> ModelConfig:
+        return ModelConfig(n_items=n_items, kind=self.model, gmf_dim=self.gmf_dim, mlp_layers=_layers(self.mlp_layers))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    local_epochs: int = field(default=1, metadata=_key("local-epochs", check=_positive))
+    lr: float = field(default=0.01, metadata=_key("lr", check=_positive))
+    user_lr_scale: float = field(default=1.0, metadata=_key("user-lr-scale", check=_positive))
+    batch_size: int = field(default=64, metadata=_key("batch-size", check=_positive))
+    num_negatives: int = field(default=4, metadata=_key("num-negatives", check=_non_negative))
+    optimizer: str = field(default="adam", metadata=_key("optimizer", check=_one_of("adam", "sgd")))
+
+    def build(self) -> TrainConfig:
+        return TrainConfig(
+            local_epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size,
+            num_negatives=self.num_negatives, optimizer=self.optimizer, user_lr_scale=self.user_lr_scale,
+        )
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    num_rounds: int = field(default=100, metadata=_key("num-rounds", check=_positive))
+    clients_per_round: float = field(default=100, metadata=_key("clients-per-round", check=_positive))
+    server_lr: float = field(default=1.0, metadata=_key("server-lr", check=_positive))
+    server_momentum: float = field(
+        default=0.0, metadata=_key("server-momentum", check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    )
+    eval_every: int = field(default=10, metadata=_key("eval-every", check=_non_negative))  # 0 = only at the end
+    central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; saved in results and checkpoints."""
+
+    seed: int = field(default=0, metadata=_key("seed", check=_non_negative))
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    federation: FederationSettings = FederationSettings()
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """The flat kebab-case mapping this config was parsed from (round-trips)."""
+        out: dict[str, Scalar] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in dataclasses.fields(value):
+                    out[sub.metadata["key"]] = getattr(value, sub.name)
+            else:
+                out[f.metadata["key"]] = value
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical flat config: names the exact configuration of a run."""
+        return hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in str(text).split(",") if part.strip())
+
+
+def _convert(raw: Any, target: type, key: str) -> Any:
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("true", "1", "yes"):
+            return True
+        if str(raw).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{key}: {raw!r} is not true/false")
+    if target is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(f"{key}: {raw!r} is not an integer")
+        try:
+            return int(float(raw)) if isinstance(raw, str) and "." in raw else int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: {raw!r} is not an integer") from None
+    if target is float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: {raw!r} is not a number") from None
+        if value != value:
+            raise ValueError(f"{key}: NaN is not allowed")
+        return value
+    return str(raw)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _parse_section(cls: type, values: Mapping[str, Any], problems: list[str], used: set[str]) -> Any:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default):
+            kwargs[f.name] = _parse_section(type(f.default), values, problems, used)
+            continue
+        key = f.metadata["key"]
+        if key not in values:
+            continue
+        used.add(key)
+        try:
+            value = _convert(values[key], _TYPES[str(f.type)], key)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        check = f.metadata.get("check")
+        message = check(value) if check else None
+        if message:
+            problems.append(f"{key}: {value!r} {message}")
+            continue
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
+    """Parse a flat kebab-case mapping into a :class:`RunConfig`.
+
+    Unknown keys are errors (a typo must not silently fall back to a default).
+    """
+    problems: list[str] = []
+    used: set[str] = set()
+    config = _parse_section(RunConfig, values, problems, used)
+    unknown = sorted(set(values) - used)
+    if unknown:
+        known = sorted(RunConfig().to_flat())
+        problems.append(f"unknown key(s) {', '.join(unknown)} (known keys: {', '.join(known)})")
+    try:
+        layers = _layers(config.model.mlp_layers)
+        if config.model.model == "neumf" and (len(layers) < 2 or layers[0] % 2 or min(layers) <= 0):
+            problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
+    except ValueError:
+        problems.append(f"mlp-layers: {config.model.mlp_layers!r} is not a comma-separated list of integers")
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` from the command line into a mapping."""
+    out: dict[str, str] = {}
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ConfigError([f"--set {p!r}: expected key=value" for p in bad])
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat TOML config (the files in ``simulations/``)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} not found"]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"config file {path}: {err}"]) from None

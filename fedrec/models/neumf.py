@@ -1,0 +1,97 @@
+"""NeuMF (He et al., 2017, "Neural Collaborative Filtering", Sec. 3.4), split for FL.
+
+The model is two modules with no parameter in common:
+
+* :class:`SharedTower` holds everything clients share: item embeddings of the GMF and
+  MLP branches, the MLP tower and the output layer. Only its tensors are ever uploaded.
+* :class:`UserEmbeddings` holds the private user vectors. On a device it has one row
+  and it never leaves the device; centrally it has one row per user.
+
+``kind="gmf"`` drops the MLP branch (plain matrix factorisation with a learned
+output weight, He et al. Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the recommender; saved with every checkpoint."""
+
+    n_items: int
+    kind: str = "neumf"  # "neumf" or "gmf"
+    gmf_dim: int = 32
+    mlp_layers: tuple[int, ...] = (64, 32, 16, 8)  # first = concat of user + item MLP embeddings
+    init_std: float = 0.01
+
+    @property
+    def mlp_dim(self) -> int:
+        """Size of the user (and item) embedding of the MLP branch."""
+        return self.mlp_layers[0] // 2 if self.kind == "neumf" else 0
+
+
+class SharedTower(nn.Module):
+    """Shared parameters: item embeddings, MLP tower, output layer."""
+
+    def __init__(self, config: ModelConfig, *, generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.config = config
+        self.item_gmf = nn.Embedding(config.n_items, config.gmf_dim)
+        predictive = config.gmf_dim
+        if config.kind == "neumf":
+            self.item_mlp = nn.Embedding(config.n_items, config.mlp_dim)
+            layers: list[nn.Module] = []
+            for d_in, d_out in zip(config.mlp_layers[:-1], config.mlp_layers[1:]):
+                layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+            self.mlp = nn.Sequential(*layers)
+            predictive += config.mlp_layers[-1]
+        self.output = nn.Linear(predictive, 1)
+        if generator is not None:  # None: shapes only (meta device) or weights loaded next
+            self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        g = generator
+        nn.init.normal_(self.item_gmf.weight, std=self.config.init_std, generator=g)
+        if self.config.kind == "neumf":
+            nn.init.normal_(self.item_mlp.weight, std=self.config.init_std, generator=g)
+            for layer in self.mlp:
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight, generator=g)
+                    nn.init.zeros_(layer.bias)
+        nn.init.kaiming_uniform_(self.output.weight, a=1, nonlinearity="sigmoid", generator=g)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, user_gmf: torch.Tensor, user_mlp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits for (user vector, item) pairs.
+
+        ``user_gmf`` (B, g), ``user_mlp`` (B, m), ``items`` (B,) -> (B,).
+        """
+        parts = [user_gmf * self.item_gmf(items)]  # (B, g)
+        if self.config.kind == "neumf":
+            parts.append(self.mlp(torch.cat([user_mlp, self.item_mlp(items)], dim=-1)))  # (B, last)
+        return self.output(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def score_all(self, user_gmf: torch.Tensor, user_mlp: torch.Tensor) -> torch.Tensor:
+        """Logits of every item for one user: ``(g,), (m,) -> (n_items,)``."""
+        items = torch.arange(self.config.n_items)
+        n = self.config.n_items
+        return self.forward(user_gmf.expand(n, -1), user_mlp.expand(n, -1), items)
+
+
+class UserEmbeddings(nn.Module):
+    """Private user vectors; one row on a device, one per user centrally."""
+
+    def __init__(self, config: ModelConfig, n_users: int, *, generator: torch.Generator) -> None:
+        super().__init__()
+        self.gmf = nn.Embedding(n_users, config.gmf_dim)
+        self.mlp = nn.Embedding(n_users, config.mlp_dim)
+        nn.init.normal_(self.gmf.weight, std=config.init_std, generator=generator)
+        nn.init.normal_(self.mlp.weight, std=config.init_std, generator=generator)
+
+    def forward(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gmf(users), self.mlp(users)

@@ -1,0 +1,33 @@
+"""Names used in messages between the server and the devices: one place for all.
+
+The Flower apps in ``clients/`` and ``server/`` build and parse their messages with
+these keys; nothing else in a message is read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Record names inside a message.
+ARRAYS = "arrays"  # shared parameters down, their update up
+CONFIG = "config"
+METRICS = "metrics"
+
+# Keys of the config record sent to devices.
+RUN_CONFIG = "run-config"  # the flat run config as JSON
+SERVER_ROUND = "server-round"
+HELD_OUT = "held-out"  # "val" or "test" for evaluation
+
+# Keys of the metrics record sent back.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+CLIENT_ID = "client-id"  # the simulated user index (simulation only; never a real user id)
+
+
+def encode_run_config(flat: dict[str, Any]) -> str:
+    return json.dumps(flat, sort_keys=True)
+
+
+def decode_run_config(text: str) -> dict[str, Any]:
+    return dict(json.loads(text))

@@ -1,0 +1,73 @@
+"""Run artefacts: results.json and curves.png, written so that a crash never leaves
+a file that looks complete (write to a temporary name, fsync, rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = "results.json"
+CURVES = "curves.png"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file in the same folder + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n").encode())
+
+
+def plot_curves(
+    path: Path,
+    evals: Sequence[Mapping[str, float]],
+    *,
+    x: str = "round",
+    title: str,
+    references: Mapping[str, float] | None = None,
+) -> None:
+    """Validation HR@10 / NDCG@10 per round (or epoch), with horizontal reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    xs = [e[x] for e in evals]
+    for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
+        ax.plot(xs, [e[metric] for e in evals], marker="o", ms=3, label="federated (val)" if x == "round" else "val")
+        for name, value in (references or {}).items():
+            if metric in name:
+                ax.axhline(value, ls="--", lw=1, color="gray")
+                ax.annotate(name.split(":")[0], (xs[0] if xs else 0, value), fontsize=8, va="bottom", color="gray")
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"{metric} (99 sampled negatives)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    buffer = _png(fig)
+    plt.close(fig)
+    write_atomic(path, buffer)
+
+
+def _png(fig: Any) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=110)
+    return out.getvalue()

@@ -1,0 +1,173 @@
+"""The federated training loop, written once against a small transport contract.
+
+The Flower ServerApp hands in a transport over Flower's Grid; tests and quick
+experiments hand in :class:`InProcessTransport`, which calls the very same device
+functions directly. Sampling, aggregation, evaluation and results live here only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from fedrec.client import Device
+from fedrec.config import RunConfig
+from fedrec.federated import ServerOptimizer, mean_updates
+from fedrec.metrics import METRIC_NAMES
+from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
+from fedrec.training import PrivateState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    client: int  # the transport's handle of the client
+    update: Arrays | None  # None if the client failed
+    num_examples: int = 0
+    loss: float = float("nan")
+    error: str = ""
+
+
+class Transport(Protocol):
+    """How the server reaches its clients (Flower's Grid, or direct calls)."""
+
+    def clients(self) -> list[int]: ...
+
+    def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]: ...
+
+    def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]: ...
+
+
+@dataclass
+class RunHistory:
+    rounds: list[dict[str, float]] = field(default_factory=list)  # per round: sampled, ok, loss, seconds
+    evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation: round + metrics
+    rejected: int = 0
+
+
+def check_update(update: Arrays, spec: dict[str, tuple[int, ...]]) -> str:
+    """Empty string if ``update`` has exactly the shared tensors, finite, right shapes."""
+    if set(update) != set(spec):
+        return f"tensors {sorted(set(update) ^ set(spec))} missing or unexpected"
+    for name, shape in spec.items():
+        value = update[name]
+        if tuple(value.shape) != shape:
+            return f"{name} has shape {tuple(value.shape)}, expected {shape}"
+        if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+            return f"{name} is not finite float data"
+    return ""
+
+
+class PoissonSampler:
+    """Each client takes part in a round independently with probability ``rate``.
+
+    The sampling rate, and so the expected clients per round, is decided here only.
+    """
+
+    def __init__(self, *, expected_clients: float, population: int) -> None:
+        if population <= 0:
+            raise ValueError("no clients to sample from")
+        self.population = population
+        self.rate = min(1.0, expected_clients / population)
+
+    @property
+    def expected_clients(self) -> float:
+        return self.rate * self.population
+
+    def sample(self, clients: Sequence[int], rng: np.random.Generator) -> list[int]:
+        mask = rng.random(len(clients)) < self.rate
+        return [c for c, take in zip(clients, mask) if take]
+
+
+def mean_client_metrics(replies: list[dict[str, float]]) -> dict[str, float]:
+    """Each client is one user: the unweighted mean of their metrics."""
+    if not replies:
+        return {name: float("nan") for name in METRIC_NAMES}
+    return {name: float(np.mean([r[name] for r in replies])) for name in METRIC_NAMES}
+
+
+def run_federated(
+    config: RunConfig,
+    transport: Transport,
+    *,
+    model: ModelConfig,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[Arrays, RunHistory, dict[str, float]]:
+    """Run ``num-rounds`` rounds; return final shared parameters, history, test metrics."""
+    fed = config.federation
+    rng = np.random.default_rng([config.seed, 3])
+    shared = init_shared(model, seed=config.seed)
+    spec = shared_spec(model)
+    clients = sorted(transport.clients())
+    sampler = PoissonSampler(expected_clients=fed.clients_per_round, population=len(clients))
+    optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
+    buffer: Arrays | None = None
+    history = RunHistory()
+    logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
+    for round_ in range(1, fed.num_rounds + 1):
+        started = time.perf_counter()
+        sampled = sampler.sample(clients, rng)
+        replies = transport.train(sampled, shared, round_) if sampled else []
+        good: list[TrainReply] = []
+        for reply in replies:
+            problem = reply.error or ("" if reply.update is None else check_update(reply.update, spec))
+            if reply.update is None or problem:
+                history.rejected += 1
+                logger.warning("round %d: rejected an update (%s)", round_, problem or "no update")
+            else:
+                good.append(reply)
+        if good:
+            delta = mean_updates([r.update for r in good if r.update is not None], shared, denominator=len(good))
+            shared, buffer = optimizer.step(shared, delta, buffer)
+        info = {
+            "round": float(round_),
+            "sampled": float(len(sampled)),
+            "aggregated": float(len(good)),
+            "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
+            "seconds": time.perf_counter() - started,
+        }
+        if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
+            info.update(mean_client_metrics(transport.evaluate(clients, shared, "val", round_)))
+            history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
+        history.rounds.append(info)
+        if on_round is not None:
+            on_round(round_, info)
+    final_val = mean_client_metrics(transport.evaluate(clients, shared, "val", fed.num_rounds))
+    history.evals.append({"round": float(fed.num_rounds), **final_val})
+    test = mean_client_metrics(transport.evaluate(clients, shared, "test", fed.num_rounds))
+    return shared, history, test
+
+
+class InProcessTransport:
+    """Calls each device directly, one after the other; private state in a dict.
+
+    The same :class:`Device` functions as the Flower ClientApp, without messages.
+    """
+
+    def __init__(self, config: RunConfig, n_clients: int) -> None:
+        self.config = config
+        self.devices = [Device.simulated(config, c) for c in range(n_clients)]
+        self.private: dict[int, PrivateState] = {}
+
+    def clients(self) -> list[int]:
+        return list(range(len(self.devices)))
+
+    def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
+        replies = []
+        for c in clients:
+            result = self.devices[c].train(shared=shared, private=self.private.get(c), config=self.config, round_=round_)
+            self.private[c] = result.private
+            replies.append(TrainReply(client=c, update=result.update, num_examples=result.num_examples, loss=result.loss))
+        return replies
+
+    def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:
+        return [
+            self.devices[c].evaluate(shared=shared, private=self.private.get(c), config=self.config, which=which)
+            for c in clients
+        ]

@@ -1,0 +1,54 @@
+"""The Flower ServerApp: parse the run config, run fedrec's loop over the Grid.
+
+``flwr run .`` uses ``app`` (config from ``[tool.flwr.app.config]`` and
+``--run-config``); ``fedrec simulate`` builds one with :func:`build_server_app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.client import simulated_population
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.experiment import run_and_report
+from server.transport import GridTransport
+
+OUT_DIR = "out-dir"  # run-config key of the results folder (not part of RunConfig)
+
+RoundCallback = Callable[[int, dict[str, float]], None]
+
+
+def serve(grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None) -> dict[str, Any]:
+    expected = simulated_population(config).split.n_users
+    transport = GridTransport(grid, config, expected_nodes=expected)
+    return run_and_report(config, transport, out_dir=out_dir, engine="flower", on_round=on_round)
+
+
+def split_out_dir(values: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
+    rest = dict(values)
+    return rest, Path(str(rest.pop(OUT_DIR, "runs/flwr-run"))).resolve()
+
+
+def build_server_app(config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None) -> ServerApp:
+    """A ServerApp bound to a parsed config (Flower's run_simulation takes no run config)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, config, out_dir, on_round)
+
+    return bound
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    values, out_dir = split_out_dir(context.run_config)
+    serve(grid, parse_run_config(values), out_dir)
