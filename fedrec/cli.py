@@ -148,6 +148,44 @@ def centralized(
         console.print(f"seed {results['seed']}, {results['seconds']:.1f} s. Wrote {out / 'results.json'}")
 
 
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A run's folder (holds privacy_ledger.jsonl).")],
+    public_key: Annotated[Path | None, typer.Option(help="Trusted copy of the server's public key (PEM).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Verify a run's privacy ledger and recompute its epsilon.
+
+    Exit code 0: verified and within budget; 3 tampered; 4 over budget; 5 malformed.
+    """
+    from fedrec.privacy.audit import audit_run
+
+    report = audit_run(run_dir, public_key=public_key)
+    if as_json:
+        console.print_json(json.dumps(report.to_json()))
+        raise typer.Exit(code=report.code)
+    colour = "green" if report.code == 0 else "red"
+    table = Table(title=f"privacy audit of {run_dir}", show_header=False)
+    table.add_column("check")
+    table.add_column("value")
+    table.add_row("status", f"[bold {colour}]{report.status}[/]")
+    table.add_row("rounds recorded", str(report.rounds))
+    table.add_row("accountant (headline)", report.accountant or "-")
+    table.add_row("epsilon recomputed (PRV)", f"{report.epsilon_prv:.4f}")
+    table.add_row("epsilon recomputed (RDP)", f"{report.epsilon_rdp:.4f}")
+    table.add_row("epsilon recorded", f"{report.recorded_epsilon:.4f}")
+    table.add_row("delta", f"{report.delta:.1e}")
+    table.add_row("budget", f"{report.budget:.4g}")
+    table.add_row("run closed", "yes" if report.closed else "no")
+    table.add_row("stopped by budget", "yes" if report.stopped_by_budget else "no")
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    raise typer.Exit(code=report.code)
+
+
 @data_app.command("fetch")
 def data_fetch(
     name: Annotated[str, typer.Argument(help="Data set to download (ml-100k).")] = "ml-100k",

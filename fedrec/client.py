@@ -7,7 +7,7 @@ the shared parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from fedrec.data.split import ClientData
 from fedrec.evaluation import evaluate_client
 from fedrec.federated import client_rng
 from fedrec.models import Arrays, ModelConfig
+from fedrec.privacy.clipping import clip_update
 from fedrec.training import LocalResult, PrivateState, init_private, local_update
 
 
@@ -46,7 +47,8 @@ class Device:
         return init_private(self.model, rng=np.random.default_rng([seed, self.client_id, 11]))
 
     def train(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, round_: int) -> LocalResult:
-        return local_update(
+        """Local epochs, then (with user-level DP) clip the update to C before it leaves."""
+        result = local_update(
             shared=shared,
             private=private if private is not None else self.fresh_private(config.seed),
             data=self.data,
@@ -54,6 +56,9 @@ class Device:
             train=config.train.build(),
             rng=client_rng(seed=config.seed, round_=round_, client=self.client_id),
         )
+        if config.privacy.enabled:
+            result = replace(result, update=clip_update(result.update, max_norm=config.privacy.clipping_norm)[0])
+        return result
 
     def evaluate(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, which: str) -> dict[str, float]:
         state = private if private is not None else self.fresh_private(config.seed)

@@ -86,6 +86,32 @@ class FederationSettings:
     central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))
 
 
+def _probability(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """User-level DP-FedAvg, on by default.
+
+    ``noise-multiplier = 0`` calibrates z so that ``num-rounds`` rounds spend at most
+    ``epsilon``; a positive value fixes z and the run stops when the budget is reached.
+    """
+
+    dp: str = field(default="user", metadata=_key("dp", check=_one_of("user", "off")))
+    epsilon: float = field(default=8.0, metadata=_key("epsilon", check=_positive))
+    delta: float = field(default=1e-5, metadata=_key("delta", check=_probability))
+    noise_multiplier: float = field(default=0.0, metadata=_key("noise-multiplier", check=_non_negative))
+    clipping_norm: float = field(default=2.0, metadata=_key("clipping-norm", check=_positive))
+    accountant: str = field(default="prv", metadata=_key("accountant", check=_one_of("prv", "rdp")))
+    secure_noise: bool = field(default=False, metadata=_key("secure-noise"))
+    ledger_key: str = field(default="", metadata=_key("ledger-key"))  # default: ~/.fedrec/ledger_key.pem
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp == "user"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved in results and checkpoints."""
@@ -95,6 +121,7 @@ class RunConfig:
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     federation: FederationSettings = FederationSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     def to_flat(self) -> dict[str, Scalar]:
         """The flat kebab-case mapping this config was parsed from (round-trips)."""
@@ -189,6 +216,9 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
             problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
     except ValueError:
         problems.append(f"mlp-layers: {config.model.mlp_layers!r} is not a comma-separated list of integers")
+    p = config.privacy
+    if p.enabled and p.noise_multiplier > 0 and p.clipping_norm == float("inf"):
+        problems.append("clipping-norm: inf is only meaningful with dp = off (noise z * C would be infinite)")
     if problems:
         raise ConfigError(problems)
     return config

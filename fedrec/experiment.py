@@ -29,7 +29,8 @@ def run_and_report(
     prepared = simulated_population(config)
     model = config.model.build(prepared.split.n_items)
     n_clients = len(transport.clients())
-    _, history, test = run_federated(config, transport, model=model, on_round=on_round)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round)
     seconds = time.perf_counter() - started
     sampler = PoissonSampler(expected_clients=config.federation.clients_per_round, population=n_clients)
     results: dict[str, Any] = {
@@ -37,24 +38,25 @@ def run_and_report(
         "model": config.model.model,
         "engine": engine,
         **test,
-        "rounds": config.federation.num_rounds,
+        "rounds": history.rounds_run,
+        "rounds_planned": config.federation.num_rounds,
         "clients": n_clients,
         "clients_per_round": sampler.expected_clients,
         "sample_rate": sampler.rate,
         "local_epochs": config.train.local_epochs,
         "seed": config.seed,
         "seconds": seconds,
-        "seconds_per_round": seconds / config.federation.num_rounds,
+        "seconds_per_round": seconds / max(history.rounds_run, 1),
+        **history.privacy,
         "rejected_updates": history.rejected,
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": history.evals,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     plot_curves(
         out_dir / CURVES, history.evals,
         title=f"federated {config.model.model} on {config.data.dataset}: {n_clients} clients, "
-        f"{sampler.expected_clients:.0f}/round",
+        f"{sampler.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
     )
     write_json(out_dir / RESULTS, results)
     logger.info("test hr@10 %.4f ndcg@10 %.4f in %.1f s", test["hr@10"], test["ndcg@10"], seconds)

@@ -15,11 +15,18 @@ from typing import Protocol
 
 import numpy as np
 
+from pathlib import Path
+
 from fedrec.client import Device
 from fedrec.config import RunConfig
 from fedrec.federated import ServerOptimizer, mean_updates
 from fedrec.metrics import METRIC_NAMES
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
+from fedrec.privacy.accountant import calibrate_noise
+from fedrec.privacy.dp_fedavg import DPFedAvg
+from fedrec.privacy.ledger import load_or_create_key
+from fedrec.privacy.noise import noise_generator
+from fedrec.privacy.session import PrivacySession
 from fedrec.training import PrivateState
 
 logger = logging.getLogger(__name__)
@@ -49,6 +56,28 @@ class RunHistory:
     rounds: list[dict[str, float]] = field(default_factory=list)  # per round: sampled, ok, loss, seconds
     evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation: round + metrics
     rejected: int = 0
+    rounds_run: int = 0
+    stopped_by_budget: bool = False
+    privacy: dict[str, object] = field(default_factory=dict)  # what results.json reports about DP
+
+
+DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
+
+
+def open_privacy(config: RunConfig, *, run_dir: Path, sampler: "PoissonSampler") -> tuple[DPFedAvg, PrivacySession]:
+    """Decide z (given, or calibrated to the budget) and open the ledger."""
+    p = config.privacy
+    z = p.noise_multiplier or calibrate_noise(
+        target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate,
+        rounds=config.federation.num_rounds, accountant=p.accountant,
+    )
+    key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
+    session = PrivacySession(
+        run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
+        population=sampler.population, sample_rate=sampler.rate, noise_multiplier=z,
+        clipping_norm=p.clipping_norm, config_hash=config.digest(),
+    )
+    return DPFedAvg(noise_multiplier=z, clipping_norm=p.clipping_norm, expected_clients=sampler.expected_clients), session
 
 
 def check_update(update: Arrays, spec: dict[str, tuple[int, ...]]) -> str:
@@ -97,9 +126,14 @@ def run_federated(
     transport: Transport,
     *,
     model: ModelConfig,
+    run_dir: Path,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[Arrays, RunHistory, dict[str, float]]:
-    """Run ``num-rounds`` rounds; return final shared parameters, history, test metrics."""
+    """Run ``num-rounds`` rounds; return final shared parameters, history, test metrics.
+
+    With DP on, each round is checked against the budget before it starts and
+    recorded in ``run_dir``'s ledger before its aggregate is applied.
+    """
     fed = config.federation
     rng = np.random.default_rng([config.seed, 3])
     shared = init_shared(model, seed=config.seed)
@@ -109,8 +143,16 @@ def run_federated(
     optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
     buffer: Arrays | None = None
     history = RunHistory()
+    dp: DPFedAvg | None = None
+    session: PrivacySession | None = None
+    if config.privacy.enabled:
+        dp, session = open_privacy(config, run_dir=run_dir, sampler=sampler)
+        noise_rng = noise_generator(seed=config.seed, secure=config.privacy.secure_noise)
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
     for round_ in range(1, fed.num_rounds + 1):
+        if session is not None and not session.allows_next_round():
+            history.stopped_by_budget = True
+            break
         started = time.perf_counter()
         sampled = sampler.sample(clients, rng)
         replies = transport.train(sampled, shared, round_) if sampled else []
@@ -122,8 +164,15 @@ def run_federated(
                 logger.warning("round %d: rejected an update (%s)", round_, problem or "no update")
             else:
                 good.append(reply)
-        if good:
-            delta = mean_updates([r.update for r in good if r.update is not None], shared, denominator=len(good))
+        updates = [r.update for r in good if r.update is not None]
+        if dp is not None and session is not None:
+            # A DP round always runs the mechanism (noise even with no replies) and is
+            # on disk before its aggregate touches the model.
+            delta = dp.aggregate(updates, like=shared, rng=noise_rng)
+            session.record_round(round_, clients=len(updates))
+            shared, buffer = optimizer.step(shared, delta, buffer)
+        elif updates:
+            delta = mean_updates(updates, shared, denominator=len(updates))
             shared, buffer = optimizer.step(shared, delta, buffer)
         info = {
             "round": float(round_),
@@ -135,12 +184,29 @@ def run_federated(
         if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
             info.update(mean_client_metrics(transport.evaluate(clients, shared, "val", round_)))
             history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
+        if session is not None:
+            info["epsilon"] = session.spent
         history.rounds.append(info)
+        history.rounds_run = round_
         if on_round is not None:
             on_round(round_, info)
-    final_val = mean_client_metrics(transport.evaluate(clients, shared, "val", fed.num_rounds))
-    history.evals.append({"round": float(fed.num_rounds), **final_val})
-    test = mean_client_metrics(transport.evaluate(clients, shared, "test", fed.num_rounds))
+    final_round = history.rounds_run
+    if session is not None and dp is not None:
+        session.close(stopped_by_budget=history.stopped_by_budget)
+        history.privacy = {
+            "epsilon": session.spent, "epsilon_rdp": session.epsilon_with("rdp"), "delta": config.privacy.delta,
+            "accountant": config.privacy.accountant, "noise_multiplier": dp.noise_multiplier,
+            "clipping_norm": dp.clipping_norm, "budget": config.privacy.epsilon,
+            "stopped_by_budget": history.stopped_by_budget, "ledger_head": session.head,
+        }
+    else:
+        history.privacy = {
+            "epsilon": float("inf"), "delta": None, "accountant": None, "noise_multiplier": 0.0,
+            "clipping_norm": None, "budget": None, "stopped_by_budget": False,
+        }
+    final_val = mean_client_metrics(transport.evaluate(clients, shared, "val", final_round))
+    history.evals.append({"round": float(final_round), **final_val})
+    test = mean_client_metrics(transport.evaluate(clients, shared, "test", final_round))
     return shared, history, test
 
 

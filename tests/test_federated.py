@@ -9,11 +9,11 @@ from fedrec.models import SharedTower, load_shared
 from fedrec.runner import InProcessTransport, PoissonSampler, check_update, run_federated
 
 
-def test_federated_evaluation_equals_direct_computation(tiny_config) -> None:
+def test_federated_evaluation_equals_direct_computation(tiny_config, tmp_path) -> None:
     split = simulated_population(tiny_config).split
     model = tiny_config.model.build(split.n_items)
     transport = InProcessTransport(tiny_config, split.n_users)
-    shared, _, test = run_federated(tiny_config, transport, model=model)
+    shared, _, test = run_federated(tiny_config, transport, model=model, run_dir=tmp_path / "run")
     # Direct: one score matrix for all users from the same shared + private vectors.
     import torch
 
@@ -33,16 +33,18 @@ def test_federated_evaluation_equals_direct_computation(tiny_config) -> None:
         assert abs(direct[name] - test[name]) < 1e-12, name
 
 
-def test_same_seed_same_model_different_seed_different(tiny_config) -> None:
+def test_same_seed_same_model_different_seed_different(tiny_config, tmp_path) -> None:
     split = simulated_population(tiny_config).split
     model = tiny_config.model.build(split.n_items)
-    a, _, ma = run_federated(tiny_config, InProcessTransport(tiny_config, split.n_users), model=model)
-    b, _, mb = run_federated(tiny_config, InProcessTransport(tiny_config, split.n_users), model=model)
+    a, _, ma = run_federated(tiny_config, InProcessTransport(tiny_config, split.n_users), model=model, run_dir=tmp_path / "a")
+    b, _, mb = run_federated(tiny_config, InProcessTransport(tiny_config, split.n_users), model=model, run_dir=tmp_path / "b")
     assert all(np.array_equal(a[k], b[k]) for k in a) and ma == mb
     from dataclasses import replace
 
     other = replace(tiny_config, seed=tiny_config.seed + 1)
-    c, _, _ = run_federated(other, InProcessTransport(other, simulated_population(other).split.n_users), model=model)
+    c, _, _ = run_federated(
+        other, InProcessTransport(other, simulated_population(other).split.n_users), model=model, run_dir=tmp_path / "c"
+    )
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 
 

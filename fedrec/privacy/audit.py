@@ -1,0 +1,166 @@
+"""Audit a run from its artefacts alone: chain, signatures, epsilon, budget.
+
+Exit codes of ``fedrec audit``: 0 verified and within budget; 3 tampered (a broken
+chain or signature, or a recorded epsilon below what the mechanism spent); 4 over
+budget; 5 malformed (unreadable, truncated or missing fields). A worse finding wins:
+malformed > tampered > over budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+
+from fedrec.errors import LedgerError, PrivacyError
+from fedrec.privacy.accountant import ACCOUNTANTS, compress, epsilon
+from fedrec.privacy.ledger import (
+    GENESIS, HEADER_FIELDS, LEDGER, PUBLIC_KEY, ROUND_FIELDS, canonical, fingerprint, load_public_key,
+    read_entries,
+)
+from fedrec.results import RESULTS
+
+OK, TAMPERED, OVER_BUDGET, MALFORMED = 0, 3, 4, 5
+STATUS = {OK: "verified", TAMPERED: "tampered", OVER_BUDGET: "over budget", MALFORMED: "malformed"}
+TOLERANCE = 1e-6  # relative; recomputation is deterministic, so only float noise is allowed
+
+
+@dataclass
+class AuditReport:
+    run_dir: str
+    code: int = OK
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rounds: int = 0
+    delta: float = math.nan
+    budget: float = math.nan
+    accountant: str = ""
+    recorded_epsilon: float = math.nan
+    epsilon_prv: float = math.nan
+    epsilon_rdp: float = math.nan
+    closed: bool = False
+    stopped_by_budget: bool = False
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.code]
+
+    def fail(self, code: int, problem: str) -> None:
+        self.problems.append(problem)
+        if self.code == OK or code > self.code:
+            self.code = code
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "budget" else v) for k, v in out.items()}
+
+
+def _number(entry: dict[str, Any], key: str) -> float:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LedgerError(f"field {key!r} is missing or not a number")
+    return float(value)
+
+
+def _check_round(entry: dict[str, Any], header: dict[str, Any]) -> tuple[float, float]:
+    missing = [k for k in ROUND_FIELDS if k not in entry]
+    if missing:
+        raise LedgerError(f"round entry lacks {', '.join(missing)}")
+    z, q, c = _number(entry, "noise_multiplier"), _number(entry, "sample_rate"), _number(entry, "clipping_norm")
+    if not (0 < q <= 1 and z >= 0 and c > 0):
+        raise LedgerError(f"round {entry.get('round')}: parameters out of range (q={q}, z={z}, C={c})")
+    if entry["delta"] != header["delta"] or entry["accountant"] != header["accountant"]:
+        raise LedgerError(f"round {entry.get('round')}: delta or accountant differs from the header")
+    return z, q
+
+
+def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
+    """Verify ``run_dir/privacy_ledger.jsonl``; never raises for bad content."""
+    report = AuditReport(run_dir=str(run_dir))
+    try:
+        parsed = read_entries(run_dir / LEDGER)
+        key = load_public_key(public_key or run_dir / PUBLIC_KEY)
+    except LedgerError as err:
+        report.fail(MALFORMED, str(err))
+        return report
+    entries = parsed.entries
+    if not entries or entries[0].get("kind") != "header":
+        report.fail(MALFORMED, "the ledger does not start with a header entry")
+        return report
+    header = entries[0]
+    missing = [k for k in HEADER_FIELDS if k not in header]
+    if missing:
+        report.fail(MALFORMED, f"header lacks {', '.join(missing)}")
+        return report
+    report.delta, report.accountant = float(header["delta"]), str(header["accountant"])
+    report.budget = float(header["budget"]) if header["budget"] is not None else math.inf
+    if report.accountant not in ACCOUNTANTS:
+        report.fail(MALFORMED, f"unknown accountant {report.accountant!r}")
+        return report
+    if header["key_fingerprint"] != fingerprint(key):
+        report.fail(TAMPERED, "the public key is not the one named in the ledger header")
+    # 1. chain and signatures
+    previous = GENESIS
+    for n, (entry, digest) in enumerate(zip(entries, parsed.hashes), start=1):
+        if entry.get("prev_hash") != previous:
+            report.fail(TAMPERED, f"line {n}: hash chain broken (an entry was edited, removed or reordered before it)")
+        try:
+            key.verify(base64.b64decode(str(entry.get("signature", ""))), canonical(entry))
+        except (InvalidSignature, ValueError):
+            report.fail(TAMPERED, f"line {n}: signature does not verify")
+        previous = digest
+    # 2. the rounds and their mechanism parameters
+    steps: list[tuple[float, float]] = []
+    rounds = [e for e in entries[1:] if e.get("kind") == "round"]
+    closes = [e for e in entries[1:] if e.get("kind") == "close"]
+    try:
+        for expected, entry in enumerate(rounds, start=1):
+            if entry.get("round") != expected:
+                report.fail(TAMPERED, f"round {entry.get('round')} found where round {expected} was expected")
+            steps.append(_check_round(entry, header))
+    except LedgerError as err:
+        report.fail(MALFORMED, str(err))
+        return report
+    report.rounds = len(rounds)
+    # 3. epsilon, recomputed independently with both accountants
+    history = compress(steps)
+    try:
+        report.epsilon_prv = epsilon(history, delta=report.delta, accountant="prv")
+        report.epsilon_rdp = epsilon(history, delta=report.delta, accountant="rdp")
+    except PrivacyError as err:
+        report.fail(MALFORMED, str(err))
+        return report
+    headline = report.epsilon_prv if report.accountant == "prv" else report.epsilon_rdp
+    if rounds:
+        report.recorded_epsilon = float(rounds[-1]["epsilon"])
+        if report.recorded_epsilon < headline * (1 - TOLERANCE):
+            report.fail(TAMPERED, f"recorded epsilon {report.recorded_epsilon:.6g} is below the recomputed {headline:.6g}")
+    if headline > report.budget * (1 + TOLERANCE):
+        report.fail(OVER_BUDGET, f"epsilon {headline:.4g} exceeds the budget {report.budget:.4g}")
+    # 4. the run's end
+    if closes:
+        close = closes[-1]
+        report.closed = entries[-1] is close
+        report.stopped_by_budget = bool(close.get("stopped_by_budget", False))
+        if not report.closed or close.get("rounds") != len(rounds):
+            report.fail(TAMPERED, "the close entry is not last or counts a different number of rounds")
+    else:
+        report.warnings.append("no close entry: the run crashed or is still running (every recorded round counts)")
+    results_path = run_dir / RESULTS
+    if results_path.is_file():
+        try:
+            head = json.loads(results_path.read_text()).get("ledger_head")
+        except (OSError, json.JSONDecodeError):
+            head = None
+            report.warnings.append("results.json is unreadable; skipped the cross-check")
+        if head is not None and head != parsed.hashes[-1]:
+            report.fail(TAMPERED, "results.json names a different last ledger entry (entries were removed from the end?)")
+    return report
+
+

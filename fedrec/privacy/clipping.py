@@ -1,0 +1,34 @@
+"""Per-client update clipping (McMahan et al. 2018, "Learning Differentially Private
+Recurrent Language Models", Alg. 1, ClipFn with flat clipping).
+
+The L2 norm is taken over *all* tensors of the update together, 0-d tensors
+included, and every tensor is scaled by the same factor min(1, C / norm). A zero
+update stays zero (no division by zero); ``max_norm = inf`` leaves the update as is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedrec.models import Arrays
+
+
+def global_norm(update: Arrays) -> float:
+    """L2 norm of the concatenation of every tensor (float64 accumulation)."""
+    return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values()))
+
+
+def clip_update(update: Arrays, *, max_norm: float) -> tuple[Arrays, float]:
+    """Return (clipped copy of ``update``, its norm before clipping)."""
+    if not max_norm > 0:
+        raise ValueError(f"clipping norm must be > 0, got {max_norm}")
+    norm = global_norm(update)
+    scale = 1.0 if norm <= max_norm else max_norm / norm
+    clipped = {name: (np.asarray(value, dtype=np.float64) * scale).astype(np.float32) for name, value in update.items()}
+    # float32 rounding can push the norm a hair above C; shrink once more if so.
+    after = global_norm(clipped)
+    if after > max_norm:
+        clipped = {name: (value * np.float32(max_norm / after * (1 - 1e-6))).astype(np.float32) for name, value in clipped.items()}
+    return clipped, norm

@@ -1,0 +1,102 @@
+"""The server's privacy bookkeeping for one run: budget checks and the ledger.
+
+One object decides, before each round, whether the round still fits the budget,
+and records each round in the ledger before its aggregate is used. Epsilon is
+always recomputed from the recorded mechanism parameters (plus the next round,
+for the check), never accumulated by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedrec.errors import LedgerError
+from fedrec.privacy.accountant import compress, epsilon
+from fedrec.privacy.ledger import MECHANISM, LedgerWriter, fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+class PrivacySession:
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        key: Ed25519PrivateKey,
+        accountant: str,
+        delta: float,
+        budget: float,
+        population: int,
+        sample_rate: float,
+        noise_multiplier: float,
+        clipping_norm: float,
+        config_hash: str,
+    ) -> None:
+        self.accountant, self.delta, self.budget = accountant, delta, budget
+        self.sample_rate, self.noise_multiplier, self.clipping_norm = sample_rate, noise_multiplier, clipping_norm
+        self.config_hash = config_hash
+        self.writer = LedgerWriter(run_dir, key)
+        if self.writer.entries:
+            raise LedgerError(
+                f"{self.writer.path} already exists: a new run never appends to another run's ledger; choose a new --out"
+            )
+        self.steps: list[tuple[float, float]] = []
+        self.writer.append(
+            {
+                "kind": "header", "run_id": uuid.uuid4().hex, "accountant": accountant, "delta": delta,
+                "budget": budget if math.isfinite(budget) else None, "population": population,
+                "config_hash": config_hash, "key_fingerprint": fingerprint(key.public_key()),
+                "mechanism": MECHANISM,
+            }
+        )
+
+    def epsilon_after(self, extra_rounds: int = 0) -> float:
+        steps = self.steps + [(self.noise_multiplier, self.sample_rate)] * extra_rounds
+        return epsilon(compress(steps), delta=self.delta, accountant=self.accountant)
+
+    def epsilon_with(self, accountant: str) -> float:
+        """Spent epsilon by another accountant (RDP is reported beside PRV)."""
+        return epsilon(compress(self.steps), delta=self.delta, accountant=accountant)
+
+    @property
+    def spent(self) -> float:
+        return self.epsilon_after(0)
+
+    def allows_next_round(self) -> bool:
+        """Would one more round stay within the budget?"""
+        after = self.epsilon_after(1)
+        if after > self.budget:
+            logger.info("privacy budget: next round would reach epsilon %.4f > budget %.4f; stopping", after, self.budget)
+            return False
+        return True
+
+    def record_round(self, round_: int, *, clients: int) -> dict[str, Any]:
+        """Write (and fsync) the round's entry; call before the aggregate is applied."""
+        self.steps.append((self.noise_multiplier, self.sample_rate))
+        spent = self.spent
+        logger.info(
+            "round %d: clip %.3g, noise z=%.4g, %d clients, epsilon spent %.4f of %.4g (delta %.1e)",
+            round_, self.clipping_norm, self.noise_multiplier, clients, spent, self.budget, self.delta,
+        )
+        return self.writer.append(
+            {
+                "kind": "round", "round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
+                "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm, "clients": clients,
+                "delta": self.delta, "epsilon": spent, "accountant": self.accountant, "config_hash": self.config_hash,
+            }
+        )
+
+    def close(self, *, stopped_by_budget: bool) -> dict[str, Any]:
+        return self.writer.append(
+            {"kind": "close", "rounds": len(self.steps), "epsilon": self.spent, "stopped_by_budget": stopped_by_budget}
+        )
+
+    @property
+    def head(self) -> str:
+        return self.writer.head
