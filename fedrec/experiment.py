@@ -54,7 +54,7 @@ def run_and_report(
         "curve": history.evals,
     }
     plot_curves(
-        out_dir / CURVES, history.evals,
+        out_dir / CURVES, history.evals, losses=history.rounds,
         title=f"federated {config.model.model} on {config.data.dataset}: {n_clients} clients, "
         f"{sampler.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
     )

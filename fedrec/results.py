@@ -40,14 +40,23 @@ def plot_curves(
     x: str = "round",
     title: str,
     references: Mapping[str, float] | None = None,
+    losses: Sequence[Mapping[str, float]] = (),
 ) -> None:
-    """Validation HR@10 / NDCG@10 per round (or epoch), with horizontal reference lines."""
+    """Validation HR@10 / NDCG@10 per round (or epoch), with horizontal reference lines,
+    and the clients' mean training loss per round when given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    panels = 3 if losses else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    if losses:
+        ax = axes[-1]
+        ax.plot([r["round"] for r in losses], [r["train_loss"] for r in losses], lw=1)
+        ax.set_xlabel("round")
+        ax.set_ylabel("mean client training loss (BCE)")
+        ax.grid(alpha=0.3)
     xs = [e[x] for e in evals]
     for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
         ax.plot(xs, [e[metric] for e in evals], marker="o", ms=3, label="federated (val)" if x == "round" else "val")

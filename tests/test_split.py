@@ -12,12 +12,16 @@ def test_held_out_items_are_the_latest_and_never_trained_on(ml100k, ml100k_split
     for u in range(0, split.n_users, 37):
         user = split.users[u]
         mask = ml100k.users == user
-        order = np.lexsort((ml100k.items[mask], ml100k.timestamps[mask]))
-        seq = ml100k.items[mask][order]
-        assert split.test_item[u] == seq[-1] and split.val_item[u] == seq[-2]
+        stamps = dict(zip(ml100k.items[mask].tolist(), ml100k.timestamps[mask].tolist()))
+        latest = max(stamps.values())
+        # the held-out items are the latest (ties in time broken at random)
+        assert stamps[int(split.test_item[u])] == latest
+        assert stamps[int(split.val_item[u])] >= max(t for i, t in stamps.items() if i != split.test_item[u] and i != split.val_item[u])
         train = split.train_of(u)
+        seq = ml100k.items[mask]
         assert split.test_item[u] not in train and split.val_item[u] not in train
-        assert sorted(train.tolist()) == sorted(seq[:-2].tolist())
+        assert sorted(train.tolist()) == sorted(set(seq.tolist()) - {int(split.test_item[u]), int(split.val_item[u])})
+        assert [stamps[i] for i in train.tolist()] == sorted(stamps[i] for i in train.tolist())  # time order
 
 
 def test_evaluation_negatives_are_unseen_and_distinct(ml100k_split) -> None:

@@ -121,9 +121,14 @@ def leave_one_out(
 ) -> LeaveOneOutSplit:
     """Split each user's interactions by time: latest = test, previous = validation.
 
-    Ties in time are broken by item index so that the split is deterministic.
+    Ties in time are broken at random (seeded by ``rng``). Breaking them by item index
+    would bias the test item towards high indices: in MovieLens 100K, 415 of 943 users
+    rated their last two items in the same second, and high item ids are the less
+    popular ones, which made the test item systematically harder than the validation
+    item (-0.04 HR@10 for the same model).
     """
-    order = np.lexsort((data.items, data.timestamps, data.users))
+    tie_break = rng.random(data.users.shape[0])
+    order = np.lexsort((tie_break, data.timestamps, data.users))
     users = data.users[order]
     items = data.items[order]
     counts = np.bincount(users, minlength=data.n_users)
