@@ -34,14 +34,19 @@ def _load_private(context: Context) -> PrivateState | None:
     if PRIVATE not in context.state.array_records:
         return None
     stored = to_arrays(context.state.array_records[PRIVATE])
+    history = tuple((float(z), float(q), int(n)) for z, q, n in stored["dp_history"])
     return PrivateState(
-        user_gmf=stored["user_gmf"], user_mlp=stored["user_mlp"], rounds_trained=int(stored["rounds_trained"][0])
+        user_gmf=stored["user_gmf"], user_mlp=stored["user_mlp"], rounds_trained=int(stored["rounds_trained"][0]),
+        dp_history=history,
     )
 
 
 def _store_private(context: Context, state: PrivateState) -> None:
     context.state[PRIVATE] = to_record(
-        {"user_gmf": state.user_gmf, "user_mlp": state.user_mlp, "rounds_trained": np.array([state.rounds_trained])}
+        {
+            "user_gmf": state.user_gmf, "user_mlp": state.user_mlp, "rounds_trained": np.array([state.rounds_trained]),
+            "dp_history": np.array(state.dp_history, dtype=np.float64).reshape(-1, 3),
+        }
     )
 
 
@@ -61,7 +66,10 @@ def train(msg: Message, context: Context) -> Message:
     )
     _store_private(context, result.private)
     metrics = MetricRecord(
-        {protocol.NUM_EXAMPLES: result.num_examples, protocol.TRAIN_LOSS: result.loss, protocol.CLIENT_ID: device.client_id}
+        {
+            protocol.NUM_EXAMPLES: result.num_examples, protocol.TRAIN_LOSS: result.loss,
+            protocol.LOCAL_EPSILON: result.local_epsilon, protocol.CLIENT_ID: device.client_id,
+        }
     )
     return Message(RecordDict({protocol.ARRAYS: to_record(result.update), protocol.METRICS: metrics}), reply_to=msg)
 

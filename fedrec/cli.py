@@ -46,16 +46,18 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+def _quiet_runtime(record: logging.LogRecord) -> bool:
+    """Flower and Ray log every actor at DEBUG (and reset their levels): keep warnings only."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(("flwr", "ray"))
+
+
 def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=console, show_path=False)
+    if not verbose:
+        handler.addFilter(_quiet_runtime)
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-        force=True,
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s", handlers=[handler], force=True
     )
-    # Flower and Ray log every actor at DEBUG; keep the console for our progress bar.
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _load_config(config: Path | None, overrides: list[str] | None, data: Path | None) -> RunConfig:

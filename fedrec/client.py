@@ -18,6 +18,7 @@ from fedrec.evaluation import evaluate_client
 from fedrec.federated import client_rng
 from fedrec.models import Arrays, ModelConfig
 from fedrec.privacy.clipping import clip_update
+from fedrec.privacy.local_dp import LocalDPConfig, local_update_dp
 from fedrec.training import LocalResult, PrivateState, init_private, local_update
 
 
@@ -48,14 +49,20 @@ class Device:
 
     def train(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, round_: int) -> LocalResult:
         """Local epochs, then (with user-level DP) clip the update to C before it leaves."""
-        result = local_update(
-            shared=shared,
-            private=private if private is not None else self.fresh_private(config.seed),
-            data=self.data,
-            model=self.model,
-            train=config.train.build(),
-            rng=client_rng(seed=config.seed, round_=round_, client=self.client_id),
-        )
+        common = {
+            "shared": shared,
+            "private": private if private is not None else self.fresh_private(config.seed),
+            "data": self.data,
+            "model": self.model,
+            "train": config.train.build(),
+            "rng": client_rng(seed=config.seed, round_=round_, client=self.client_id),
+        }
+        p = config.privacy
+        if p.local_dp:
+            local = LocalDPConfig(noise_multiplier=p.local_noise_multiplier, max_grad_norm=p.local_clipping_norm, delta=p.local_delta)
+            result = local_update_dp(local=local, **common)  # type: ignore[arg-type]
+        else:
+            result = local_update(**common)  # type: ignore[arg-type]
         if config.privacy.enabled:
             result = replace(result, update=clip_update(result.update, max_norm=config.privacy.clipping_norm)[0])
         return result

@@ -106,6 +106,10 @@ class PrivacySettings:
     accountant: str = field(default="prv", metadata=_key("accountant", check=_one_of("prv", "rdp")))
     secure_noise: bool = field(default=False, metadata=_key("secure-noise"))
     ledger_key: str = field(default="", metadata=_key("ledger-key"))  # default: ~/.fedrec/ledger_key.pem
+    local_dp: bool = field(default=False, metadata=_key("local-dp"))  # record-level DP-SGD on devices
+    local_noise_multiplier: float = field(default=1.0, metadata=_key("local-noise-multiplier", check=_positive))
+    local_clipping_norm: float = field(default=1.0, metadata=_key("local-clipping-norm", check=_positive))
+    local_delta: float = field(default=1e-5, metadata=_key("local-delta", check=_probability))
 
     @property
     def enabled(self) -> bool:

@@ -22,6 +22,7 @@ HELD_OUT = "held-out"  # "val" or "test" for evaluation
 # Keys of the metrics record sent back.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
+LOCAL_EPSILON = "local-epsilon"  # record-level epsilon the device has spent (local DP-SGD)
 CLIENT_ID = "client-id"  # the simulated user index (simulation only; never a real user id)
 
 

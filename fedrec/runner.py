@@ -38,6 +38,7 @@ class TrainReply:
     update: Arrays | None  # None if the client failed
     num_examples: int = 0
     loss: float = float("nan")
+    local_epsilon: float = 0.0
     error: str = ""
 
 
@@ -59,6 +60,7 @@ class RunHistory:
     rounds_run: int = 0
     stopped_by_budget: bool = False
     privacy: dict[str, object] = field(default_factory=dict)  # what results.json reports about DP
+    local_epsilon: float = 0.0  # largest record-level epsilon a device reported
 
 
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
@@ -169,7 +171,8 @@ def run_federated(
             # A DP round always runs the mechanism (noise even with no replies) and is
             # on disk before its aggregate touches the model.
             delta = dp.aggregate(updates, like=shared, rng=noise_rng)
-            session.record_round(round_, clients=len(updates))
+            local = {"max_epsilon": max((r.local_epsilon for r in good), default=0.0), "delta": config.privacy.local_delta} if config.privacy.local_dp else None
+            session.record_round(round_, clients=len(updates), local_dp=local)
             shared, buffer = optimizer.step(shared, delta, buffer)
         elif updates:
             delta = mean_updates(updates, shared, denominator=len(updates))
@@ -186,6 +189,8 @@ def run_federated(
             history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
         if session is not None:
             info["epsilon"] = session.spent
+        if config.privacy.local_dp and good:
+            history.local_epsilon = max(history.local_epsilon, max(r.local_epsilon for r in good))
         history.rounds.append(info)
         history.rounds_run = round_
         if on_round is not None:
@@ -204,6 +209,9 @@ def run_federated(
             "epsilon": float("inf"), "delta": None, "accountant": None, "noise_multiplier": 0.0,
             "clipping_norm": None, "budget": None, "stopped_by_budget": False,
         }
+    if config.privacy.local_dp:
+        history.privacy["local_dp_epsilon_max"] = history.local_epsilon
+        history.privacy["local_dp_delta"] = config.privacy.local_delta
     final_val = mean_client_metrics(transport.evaluate(clients, shared, "val", final_round))
     history.evals.append({"round": float(final_round), **final_val})
     test = mean_client_metrics(transport.evaluate(clients, shared, "test", final_round))
@@ -229,7 +237,12 @@ class InProcessTransport:
         for c in clients:
             result = self.devices[c].train(shared=shared, private=self.private.get(c), config=self.config, round_=round_)
             self.private[c] = result.private
-            replies.append(TrainReply(client=c, update=result.update, num_examples=result.num_examples, loss=result.loss))
+            replies.append(
+                TrainReply(
+                    client=c, update=result.update, num_examples=result.num_examples, loss=result.loss,
+                    local_epsilon=result.local_epsilon,
+                )
+            )
         return replies
 
     def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:

@@ -38,6 +38,7 @@ class PrivateState:
     user_gmf: np.ndarray  # (gmf_dim,)
     user_mlp: np.ndarray  # (mlp_dim,)
     rounds_trained: int = 0
+    dp_history: tuple[tuple[float, float, int], ...] = ()  # record-level DP-SGD steps (z, q, steps)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class LocalResult:
     private: PrivateState
     num_examples: int
     loss: float
+    local_epsilon: float = 0.0  # record-level epsilon the device has spent (0: no local DP)
 
 
 def init_private(config: ModelConfig, *, rng: np.random.Generator) -> PrivateState:

@@ -65,6 +65,7 @@ class GridTransport:
                     update=to_arrays(reply.content[protocol.ARRAYS]),
                     num_examples=int(metrics[protocol.NUM_EXAMPLES]),
                     loss=float(metrics[protocol.TRAIN_LOSS]),
+                    local_epsilon=float(metrics[protocol.LOCAL_EPSILON]),
                 )
             )
         return out

@@ -76,8 +76,12 @@ class PrivacySession:
             return False
         return True
 
-    def record_round(self, round_: int, *, clients: int) -> dict[str, Any]:
-        """Write (and fsync) the round's entry; call before the aggregate is applied."""
+    def record_round(self, round_: int, *, clients: int, local_dp: dict[str, float] | None = None) -> dict[str, Any]:
+        """Write (and fsync) the round's entry; call before the aggregate is applied.
+
+        ``local_dp``: the devices' own record-level epsilon (largest reported), kept as
+        reported; it is the devices' claim, not recomputed by the server.
+        """
         self.steps.append((self.noise_multiplier, self.sample_rate))
         spent = self.spent
         logger.info(
@@ -89,6 +93,7 @@ class PrivacySession:
                 "kind": "round", "round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
                 "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm, "clients": clients,
                 "delta": self.delta, "epsilon": spent, "accountant": self.accountant, "config_hash": self.config_hash,
+                **({"local_dp": local_dp} if local_dp is not None else {}),
             }
         )
 
