@@ -52,6 +52,11 @@ def _quiet_runtime(record: logging.LogRecord) -> bool:
 
 
 def _setup_logging(verbose: bool) -> None:
+    # fedrec trains many small models; torch's intra-op threads only add contention
+    # (on an oversubscribed machine OpenMP spin-waits made steps ~100x slower).
+    import torch
+
+    torch.set_num_threads(1)
     handler = RichHandler(console=console, show_path=False)
     if not verbose:
         handler.addFilter(_quiet_runtime)
