@@ -26,7 +26,7 @@ app = ClientApp()
 
 
 def _config(msg: Message) -> tuple[RunConfig, ConfigRecord]:
-    record = msg.content[protocol.CONFIG]
+    record = msg.content.config_records[protocol.CONFIG]
     return parse_run_config(protocol.decode_run_config(str(record[protocol.RUN_CONFIG]))), record
 
 
@@ -59,10 +59,10 @@ def train(msg: Message, context: Context) -> Message:
     config, record = _config(msg)
     device = _device(context, config)
     result = device.train(
-        shared=to_arrays(msg.content[protocol.ARRAYS]),
+        shared=to_arrays(msg.content.array_records[protocol.ARRAYS]),
         private=_load_private(context),
         config=config,
-        round_=int(record[protocol.SERVER_ROUND]),
+        round_=int(str(record[protocol.SERVER_ROUND])),
     )
     _store_private(context, result.private)
     metrics = MetricRecord(
@@ -78,9 +78,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     config, record = _config(msg)
     metrics = _device(context, config).evaluate(
-        shared=to_arrays(msg.content[protocol.ARRAYS]),
+        shared=to_arrays(msg.content.array_records[protocol.ARRAYS]),
         private=_load_private(context),
         config=config,
         which=str(record[protocol.HELD_OUT]),
     )
-    return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def _convert(raw: Any, target: type, key: str) -> Any:
             value = float(raw)
         except (TypeError, ValueError):
             raise ValueError(f"{key}: {raw!r} is not a number") from None
-        if value != value:
+        if math.isnan(value):
             raise ValueError(f"{key}: NaN is not allowed")
         return value
     return str(raw)

@@ -11,11 +11,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
-from pathlib import Path
 
 from fedrec.client import Device
 from fedrec.config import RunConfig
@@ -66,7 +65,7 @@ class RunHistory:
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
-def open_privacy(config: RunConfig, *, run_dir: Path, sampler: "PoissonSampler") -> tuple[DPFedAvg, PrivacySession]:
+def open_privacy(config: RunConfig, *, run_dir: Path, sampler: PoissonSampler) -> tuple[DPFedAvg, PrivacySession]:
     """Decide z (given, or calibrated to the budget) and open the ledger."""
     p = config.privacy
     z = p.noise_multiplier or calibrate_noise(

@@ -58,18 +58,22 @@ class GridTransport:
             if reply.has_error():
                 out.append(TrainReply(client=node, update=None, error=f"device error {reply.error.code}"))
                 continue
-            metrics = reply.content[protocol.METRICS]
+            metrics = reply.content.metric_records[protocol.METRICS]
             out.append(
                 TrainReply(
                     client=node,
-                    update=to_arrays(reply.content[protocol.ARRAYS]),
-                    num_examples=int(metrics[protocol.NUM_EXAMPLES]),
-                    loss=float(metrics[protocol.TRAIN_LOSS]),
-                    local_epsilon=float(metrics[protocol.LOCAL_EPSILON]),
+                    update=to_arrays(reply.content.array_records[protocol.ARRAYS]),
+                    num_examples=int(str(metrics[protocol.NUM_EXAMPLES])),
+                    loss=float(str(metrics[protocol.TRAIN_LOSS])),
+                    local_epsilon=float(str(metrics[protocol.LOCAL_EPSILON])),
                 )
             )
         return out
 
     def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:
         replies = self._send(clients, shared, "evaluate", round_, **{protocol.HELD_OUT: which})
-        return [dict(r.content[protocol.METRICS]) for r in replies if not r.has_error()]
+        return [
+            {k: float(str(v)) for k, v in r.content.metric_records[protocol.METRICS].items()}
+            for r in replies
+            if not r.has_error()
+        ]

@@ -55,4 +55,4 @@ def test_flower_client_reply_has_only_shared_tensors(tiny_config, server_identit
     assert set(to_arrays(sent.array_records[protocol.ARRAYS])) == set(shared_spec(device.model))
     assert PRIVATE in context.state.array_records  # kept on the device
     private = to_arrays(context.state.array_records[PRIVATE])
-    assert set(private) == {"user_gmf", "user_mlp", "rounds_trained"}
+    assert set(private) == {"user_gmf", "user_mlp", "rounds_trained", "dp_history"}

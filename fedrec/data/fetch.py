@@ -35,7 +35,7 @@ def extract_ml100k(archive: bytes, data_dir: Path) -> Path:
 
 def fetch_ml100k(data_dir: Path, *, url: str = ML100K_URL, timeout: float = 60.0) -> Path:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             archive = response.read()
     except OSError as err:
         raise DataError(

@@ -127,7 +127,7 @@ def leave_one_out(
     popular ones, which made the test item systematically harder than the validation
     item (-0.04 HR@10 for the same model).
     """
-    tie_break = rng.random(data.users.shape[0])
+    tie_break = np.asarray(rng.random(size=data.users.shape[0]), dtype=np.float64)
     order = np.lexsort((tie_break, data.timestamps, data.users))
     users = data.users[order]
     items = data.items[order]

@@ -20,7 +20,14 @@ from cryptography.exceptions import InvalidSignature
 from fedrec.errors import LedgerError, PrivacyError
 from fedrec.privacy.accountant import ACCOUNTANTS, compress, epsilon
 from fedrec.privacy.ledger import (
-    GENESIS, HEADER_FIELDS, LEDGER, PUBLIC_KEY, ROUND_FIELDS, canonical, fingerprint, load_public_key,
+    GENESIS,
+    HEADER_FIELDS,
+    LEDGER,
+    PUBLIC_KEY,
+    ROUND_FIELDS,
+    canonical,
+    fingerprint,
+    load_public_key,
     read_entries,
 )
 from fedrec.results import RESULTS
