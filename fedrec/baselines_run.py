@@ -50,7 +50,7 @@ def run_baselines(
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_curves(
         out_dir / CURVES, central.curve, x="epoch", title=f"{central_name} on {config.data.dataset}",
-        references={f"{name}: {m}": models[name][m] for name in ("popularity", "item-knn") for m in ("hr@10", "ndcg@10")},
+        references={f"{name} (test): {m}": models[name][m] for name in ("popularity", "item-knn") for m in ("hr@10", "ndcg@10")},
     )
     write_json(out_dir / RESULTS, results)
     return results
