@@ -11,7 +11,7 @@ from typing import Any
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
 from fedrec.results import CURVES, RESULTS, plot_curves, write_json
-from fedrec.runner import PoissonSampler, Transport, run_federated
+from fedrec.runner import Transport, run_federated
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ def run_and_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     _, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round)
     seconds = time.perf_counter() - started
-    sampler = PoissonSampler(expected_clients=config.federation.clients_per_round, population=n_clients)
     results: dict[str, Any] = {
         "dataset": config.data.dataset,
         "model": config.model.model,
@@ -41,8 +40,8 @@ def run_and_report(
         "rounds": history.rounds_run,
         "rounds_planned": config.federation.num_rounds,
         "clients": n_clients,
-        "clients_per_round": sampler.expected_clients,
-        "sample_rate": sampler.rate,
+        "clients_per_round": history.expected_clients,
+        "sample_rate": history.sample_rate,
         "local_epochs": config.train.local_epochs,
         "seed": config.seed,
         "seconds": seconds,
@@ -56,7 +55,7 @@ def run_and_report(
     plot_curves(
         out_dir / CURVES, history.evals, losses=history.rounds,
         title=f"federated {config.model.model} on {config.data.dataset}: {n_clients} clients, "
-        f"{sampler.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
+        f"{history.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
     )
     write_json(out_dir / RESULTS, results)
     logger.info("test hr@10 %.4f ndcg@10 %.4f in %.1f s", test["hr@10"], test["ndcg@10"], seconds)

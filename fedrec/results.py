@@ -69,14 +69,16 @@ def plot_curves(
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     fig.suptitle(title)
-    buffer = _png(fig)
-    plt.close(fig)
-    write_atomic(path, buffer)
+    save_png(path, fig)
 
 
-def _png(fig: Any) -> bytes:
+def save_png(path: Path, fig: Any) -> None:
+    """Write a matplotlib figure atomically as PNG, then close it."""
     import io
+
+    import matplotlib.pyplot as plt
 
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=110)
-    return out.getvalue()
+    plt.close(fig)
+    write_atomic(path, out.getvalue())

@@ -60,6 +60,8 @@ class RunHistory:
     stopped_by_budget: bool = False
     privacy: dict[str, object] = field(default_factory=dict)  # what results.json reports about DP
     local_epsilon: float = 0.0  # largest record-level epsilon a device reported
+    sample_rate: float = 0.0  # q, as the run's sampler decided it
+    expected_clients: float = 0.0  # q N
 
 
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
@@ -143,7 +145,7 @@ def run_federated(
     sampler = PoissonSampler(expected_clients=fed.clients_per_round, population=len(clients))
     optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
     buffer: Arrays | None = None
-    history = RunHistory()
+    history = RunHistory(sample_rate=sampler.rate, expected_clients=sampler.expected_clients)
     dp: DPFedAvg | None = None
     session: PrivacySession | None = None
     if config.privacy.enabled:
@@ -166,11 +168,13 @@ def run_federated(
             else:
                 good.append(reply)
         updates = [r.update for r in good if r.update is not None]
+        round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
+        history.local_epsilon = max(history.local_epsilon, round_local_epsilon)
         if dp is not None and session is not None:
             # A DP round always runs the mechanism (noise even with no replies) and is
             # on disk before its aggregate touches the model.
             delta = dp.aggregate(updates, like=shared, rng=noise_rng)
-            local = {"max_epsilon": max((r.local_epsilon for r in good), default=0.0), "delta": config.privacy.local_delta} if config.privacy.local_dp else None
+            local = {"max_epsilon": round_local_epsilon, "delta": config.privacy.local_delta} if config.privacy.local_dp else None
             session.record_round(round_, clients=len(updates), local_dp=local)
             shared, buffer = optimizer.step(shared, delta, buffer)
         elif updates:
@@ -188,8 +192,6 @@ def run_federated(
             history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
         if session is not None:
             info["epsilon"] = session.spent
-        if config.privacy.local_dp and good:
-            history.local_epsilon = max(history.local_epsilon, max(r.local_epsilon for r in good))
         history.rounds.append(info)
         history.rounds_run = round_
         if on_round is not None:

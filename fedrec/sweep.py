@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.config import RunConfig
-from fedrec.results import write_atomic
+from fedrec.results import save_png, write_atomic
 
 COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "noise_multiplier", "rounds", "hr@10", "ndcg@10",
            "full_ndcg@10", "recall@20", "seconds", "run_dir")
@@ -88,7 +88,4 @@ def plot_sweep(path: Path, rows: Sequence[Mapping[str, Any]], *, central_ndcg: f
     ax.set_ylabel("test NDCG@10 (99 sampled negatives)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_png(path, fig)

@@ -36,6 +36,17 @@ def compress(steps: Iterable[tuple[float, float]]) -> History:
     return tuple(out)
 
 
+def _needs_accountant(history: History) -> tuple[History, float | None]:
+    """Drop empty steps; return the answer directly when no accountant is needed
+    (0 for no steps, inf if any step had no noise), else None."""
+    history = tuple((z, q, n) for z, q, n in history if q > 0 and n > 0)
+    if not history:
+        return history, 0.0
+    if any(z <= 0 for z, _, _ in history):
+        return history, math.inf
+    return history, None
+
+
 @lru_cache(maxsize=4096)
 def epsilon(history: History, *, delta: float, accountant: str) -> float:
     """Epsilon spent after ``history`` at ``delta``; ``inf`` if any step has no noise."""
@@ -43,11 +54,9 @@ def epsilon(history: History, *, delta: float, accountant: str) -> float:
         raise PrivacyError(f"unknown accountant {accountant!r}; use one of {', '.join(ACCOUNTANTS)}")
     if not 0 < delta < 1:
         raise PrivacyError(f"delta must be in (0, 1), got {delta}")
-    history = tuple((z, q, n) for z, q, n in history if q > 0 and n > 0)
-    if not history:
-        return 0.0
-    if any(z <= 0 for z, _, _ in history):
-        return math.inf
+    history, trivial = _needs_accountant(history)
+    if trivial is not None:
+        return trivial
     acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
     acc.history = list(history)
     with warnings.catch_warnings():
@@ -69,11 +78,9 @@ def device_epsilon(history: History, *, delta: float) -> float:
     rates, too slow to run on every device every round. The bound is at most a few
     percent looser.
     """
-    history = tuple((z, q, n) for z, q, n in history if q > 0 and n > 0)
-    if not history:
-        return 0.0
-    if any(z <= 0 for z, _, _ in history):
-        return math.inf
+    history, trivial = _needs_accountant(history)
+    if trivial is not None:
+        return trivial
     acc = RDPAccountant()
     acc.history = list(history)
     with warnings.catch_warnings():
