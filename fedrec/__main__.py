@@ -1,0 +1,5 @@
+"""``python -m fedrec``: the same as the ``fedrec`` command."""
+
+from fedrec.cli import main
+
+main()
