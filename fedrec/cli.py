@@ -52,8 +52,9 @@ def _quiet_runtime(record: logging.LogRecord) -> bool:
 
 
 def _setup_logging(verbose: bool) -> None:
-    # fedrec trains many small models; torch's intra-op threads only add contention
-    # (on an oversubscribed machine OpenMP spin-waits made steps ~100x slower).
+    # Per-device work is many small models: torch's intra-op threads only add contention
+    # (on an oversubscribed machine OpenMP spin-waits made steps ~100x slower). The
+    # vectorised engine, whose kernels are big, raises it again for itself.
     import torch
 
     torch.set_num_threads(1)
@@ -103,7 +104,9 @@ def simulate(
     set_: SetOpt = None,
     data: DataOpt = None,
     out: OutOpt = Path("runs/simulate"),
-    engine: Annotated[str, typer.Option(help="flower (Flower's simulation runtime) or inprocess.")] = "flower",
+    engine: Annotated[
+        str, typer.Option(help="inprocess (fast, vectorised) or flower (Flower's simulation runtime, as deployed).")
+    ] = "inprocess",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Federated training on simulated devices (one per user); writes OUT/results.json."""

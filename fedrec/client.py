@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from fedrec.config import RunConfig
 from fedrec.data.sources import PreparedData, prepare
 from fedrec.data.split import ClientData
@@ -19,7 +17,7 @@ from fedrec.federated import client_rng
 from fedrec.models import Arrays, ModelConfig
 from fedrec.privacy.clipping import clip_update
 from fedrec.privacy.local_dp import LocalDPConfig, local_update_dp
-from fedrec.training import LocalResult, PrivateState, init_private, local_update
+from fedrec.training import LocalResult, PrivateState, fresh_private, local_update
 
 
 def simulated_population(config: RunConfig) -> PreparedData:
@@ -45,7 +43,7 @@ class Device:
         return cls(client_id=client_id, data=split.client(client_id), model=config.model.build(split.n_items))
 
     def fresh_private(self, seed: int) -> PrivateState:
-        return init_private(self.model, rng=np.random.default_rng([seed, self.client_id, 11]))
+        return fresh_private(self.model, seed=seed, client=self.client_id)
 
     def train(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, round_: int) -> LocalResult:
         """Local epochs, then (with user-level DP) clip the update to C before it leaves."""

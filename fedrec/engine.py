@@ -1,22 +1,125 @@
-"""The in-process simulation engine: the same device and server functions as the
-Flower apps, called directly (no messages, no actors)."""
+"""The in-process simulation engine: fedrec's own server loop, with the devices'
+work done in vectorised batches instead of messages and actors.
+
+:func:`fedrec.runner.run_federated` (the very loop the Flower ServerApp runs) drives a
+:class:`VectorisedTransport`, which trains each round's sampled clients together
+(:func:`fedrec.batched.local_update_batched`, the vectorised twin of the device's
+:func:`fedrec.training.local_update`) and clips each client's update on its own
+(:func:`fedrec.privacy.clipping.clip_stacked`, the twin of the device's
+``clip_update``). Sampling, DP aggregation, noise, the ledger and the budget are the
+runner's, shared with the Flower path. Private user vectors live in one
+``(N, d)`` tensor per branch, created when a client is first needed.
+
+Record-level local DP (Opacus) is per device by nature: with ``local-dp`` on, the
+engine runs the devices one after the other (:class:`fedrec.runner.InProcessTransport`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from fedrec.batched import local_update_batched
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
+from fedrec.evaluation import metrics_from_scores
 from fedrec.experiment import run_and_report
+from fedrec.federated import client_rng
+from fedrec.models import Arrays, SharedTower, load_shared, shared_spec
+from fedrec.privacy.clipping import clip_stacked
 from fedrec.results import RESULTS
-from fedrec.runner import InProcessTransport
+from fedrec.runner import InProcessTransport, TrainReply, Transport
+from fedrec.training import fresh_private
+
+logger = logging.getLogger(__name__)
+
+TRAIN_MEMORY = 1 << 30  # bytes of stacked parameters, moments and gradients per training chunk
+SCORE_PAIRS = 1 << 21  # (user, item) pairs scored at once in evaluation
+
+
+def _chunks(clients: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(clients), size):
+        yield list(clients[start : start + size])
+
+
+class VectorisedTransport:
+    """Trains and evaluates many simulated devices at once, in this process."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.split = simulated_population(config).split
+        self.model = config.model.build(self.split.n_items)
+        self.train_config = config.train.build()
+        n_params = sum(int(np.prod(shape)) for shape in shared_spec(self.model).values())
+        # params, two Adam moments, a gradient and the update: ~5 copies per client
+        self.chunk = max(1, TRAIN_MEMORY // (5 * 4 * n_params))
+        n = self.split.n_users
+        self.user_gmf = torch.zeros(n, self.model.gmf_dim)
+        self.user_mlp = torch.zeros(n, self.model.mlp_dim)
+        self.started = np.zeros(n, dtype=bool)  # has the client got its private vectors yet
+
+    def clients(self) -> list[int]:
+        return list(range(self.split.n_users))
+
+    def _private(self, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clients' private vectors, created as the device would on first use."""
+        for c in clients:
+            if not self.started[c]:
+                state = fresh_private(self.model, seed=self.config.seed, client=c)
+                self.user_gmf[c] = torch.from_numpy(state.user_gmf)
+                self.user_mlp[c] = torch.from_numpy(state.user_mlp)
+                self.started[c] = True
+        return self.user_gmf[clients], self.user_mlp[clients]
+
+    def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
+        replies: list[TrainReply] = []
+        privacy = self.config.privacy
+        for chunk in _chunks(clients, self.chunk):
+            user_gmf, user_mlp = self._private(chunk)
+            result = local_update_batched(
+                shared=shared, user_gmf=user_gmf, user_mlp=user_mlp,
+                data=[self.split.client(c) for c in chunk], model=self.model, train=self.train_config,
+                rngs=[client_rng(seed=self.config.seed, round_=round_, client=c) for c in chunk],
+            )
+            self.user_gmf[chunk] = result.user_gmf
+            self.user_mlp[chunk] = result.user_mlp
+            update = clip_stacked(result.update, max_norm=privacy.clipping_norm)[0] if privacy.enabled else result.update
+            for k, c in enumerate(chunk):
+                replies.append(
+                    TrainReply(
+                        client=c, update={name: t[k].numpy() for name, t in update.items()},
+                        num_examples=int(result.examples[k]), loss=float(result.loss[k]),
+                    )
+                )
+        return replies
+
+    @torch.no_grad()
+    def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:
+        tower = SharedTower(self.model, generator=None)
+        load_shared(tower, shared)
+        tower.eval()
+        out: list[dict[str, float]] = []
+        for chunk in _chunks(clients, max(1, SCORE_PAIRS // self.model.n_items)):
+            user_gmf, user_mlp = self._private(chunk)
+            scores = tower.score_users(user_gmf, user_mlp).numpy()
+            per_user = metrics_from_scores(scores, [self.split.client(c) for c in chunk], which)
+            out += [{name: float(values[k]) for name, values in per_user.items()} for k in range(len(chunk))]
+        return out
+
+
+def make_transport(config: RunConfig) -> Transport:
+    if config.privacy.local_dp:
+        torch.set_num_threads(1)  # many tiny per-device models: threads cost more than they gain
+        return InProcessTransport(config, simulated_population(config).split.n_users)
+    torch.set_num_threads(os.cpu_count() or 1)  # big batched kernels: use every core
+    return VectorisedTransport(config)
 
 
 def run(config: RunConfig, out_dir: Path, on_round: Callable[[int, dict[str, float]], None] | None = None) -> Path:
-    torch.set_num_threads(1)  # many tiny models: threading costs more than it gains
-    transport = InProcessTransport(config, simulated_population(config).split.n_users)
-    run_and_report(config, transport, out_dir=out_dir, engine="inprocess", on_round=on_round)
+    run_and_report(config, make_transport(config), out_dir=out_dir, engine="inprocess", on_round=on_round)
     return out_dir / RESULTS

@@ -58,6 +58,12 @@ def init_private(config: ModelConfig, *, rng: np.random.Generator) -> PrivateSta
     )
 
 
+def fresh_private(model: ModelConfig, *, seed: int, client: int) -> PrivateState:
+    """The private vectors a device starts with: deterministic per (seed, client), so
+    every engine gives a client the same start."""
+    return init_private(model, rng=np.random.default_rng([seed, client, 11]))
+
+
 def make_optimizer(params: list[dict[str, object]], train: TrainConfig) -> torch.optim.Optimizer:
     factories = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     return factories[train.optimizer](params, lr=train.lr)  # type: ignore[arg-type]

@@ -78,9 +78,14 @@ class SharedTower(nn.Module):
 
     def score_all(self, user_gmf: torch.Tensor, user_mlp: torch.Tensor) -> torch.Tensor:
         """Logits of every item for one user: ``(g,), (m,) -> (n_items,)``."""
-        items = torch.arange(self.config.n_items)
-        n = self.config.n_items
-        return self.forward(user_gmf.expand(n, -1), user_mlp.expand(n, -1), items)
+        return self.score_users(user_gmf.unsqueeze(0), user_mlp.unsqueeze(0))[0]
+
+    def score_users(self, user_gmf: torch.Tensor, user_mlp: torch.Tensor) -> torch.Tensor:
+        """Logits of every item for U users: ``(U, g), (U, m) -> (U, n_items)``."""
+        u, n = user_gmf.shape[0], self.config.n_items
+        items = torch.arange(n).repeat(u)  # (U n,)
+        flat = self.forward(user_gmf.repeat_interleave(n, dim=0), user_mlp.repeat_interleave(n, dim=0), items)
+        return flat.view(u, n)
 
 
 class UserEmbeddings(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from fedrec.models import Arrays
 
@@ -32,3 +33,29 @@ def clip_update(update: Arrays, *, max_norm: float) -> tuple[Arrays, float]:
     if after > max_norm:
         clipped = {name: (value * np.float32(max_norm / after * (1 - 1e-6))).astype(np.float32) for name, value in clipped.items()}
     return clipped, norm
+
+
+def clip_stacked(update: dict[str, torch.Tensor], *, max_norm: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`clip_update` for K clients at once: every tensor is (K, *shape), row k is
+    client k's update. Each client is clipped on its own global norm, with the same
+    float64 arithmetic. Returns (clipped float32 tensors, (K,) norms before clipping).
+    """
+    if not max_norm > 0:
+        raise ValueError(f"clipping norm must be > 0, got {max_norm}")
+
+    def norms(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.sqrt(sum(t.double().square().reshape(t.shape[0], -1).sum(dim=1) for t in tensors.values()))  # type: ignore[arg-type]
+
+    before = norms(update)
+    scale = torch.where(before <= max_norm, torch.ones_like(before), max_norm / before)
+
+    def scaled(tensors: dict[str, torch.Tensor], by: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: t * by.view(-1, *([1] * (t.dim() - 1))).to(t.dtype) for name, t in tensors.items()}
+
+    clipped = {name: t.float() for name, t in scaled({k: v.double() for k, v in update.items()}, scale).items()}
+    after = norms(clipped)
+    # float32 rounding can push a norm a hair above C; shrink those once more.
+    shrink = torch.where(after > max_norm, max_norm / after * (1 - 1e-6), torch.ones_like(after))
+    if bool((shrink < 1).any()):
+        clipped = scaled(clipped, shrink)
+    return clipped, before

@@ -79,3 +79,28 @@ def test_noise_is_reproducible_with_a_seed_and_not_in_secure_mode() -> None:
     s2 = add_gaussian_noise(total, std=1.0, rng=noise_generator(seed=None, secure=True))
     assert np.array_equal(a["w"], b["w"]) and not np.array_equal(s1["w"], s2["w"])
     assert np.array_equal(add_gaussian_noise(total, std=0.0, rng=noise_generator(seed=1, secure=False))["w"], total["w"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    k=st.integers(1, 5),
+    n=st.integers(0, 12),
+    c=st.floats(1e-3, 1e3),
+    data=st.data(),
+)
+def test_stacked_clipping_equals_per_client_clipping(k, n, c, data) -> None:
+    import torch
+
+    from fedrec.privacy.clipping import clip_stacked
+
+    a = data.draw(arrays(np.float32, (k, n), elements=finite))
+    s = data.draw(arrays(np.float32, (k,), elements=finite))
+    a[0] = 0.0  # a zero update among them
+    s[0] = 0.0
+    clipped, norms = clip_stacked({"a": torch.from_numpy(a), "scalar": torch.from_numpy(s)}, max_norm=c)
+    for row in range(k):
+        ref, ref_norm = clip_update({"a": a[row], "scalar": s[row]}, max_norm=c)
+        assert math.isclose(float(norms[row]), ref_norm, rel_tol=1e-9, abs_tol=1e-12)
+        np.testing.assert_allclose(clipped["a"][row].numpy(), ref["a"], rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(clipped["scalar"][row].numpy(), ref["scalar"], rtol=1e-6, atol=1e-12)
+        assert global_norm({"a": clipped["a"][row].numpy(), "scalar": clipped["scalar"][row].numpy()}) <= c

@@ -1,0 +1,229 @@
+"""Many devices' local updates as one vectorised computation.
+
+The per-device path (:func:`fedrec.training.local_update`) builds a model per client and
+loops over its mini-batches. Here K clients train at once: every shared tensor is
+stacked along a leading client axis (``(K, *shape)``), each client's user vectors are
+rows of one ``(K, d)`` tensor, and each step runs one batched forward/backward over the
+K clients' current mini-batches (padded to the batch size and masked). The clients'
+parameters never mix: the loss is a sum of per-client losses, so each client's gradient
+is exactly its own.
+
+It is the same computation as :func:`local_update`, client by client: the same
+examples in the same order (drawn from the same per-client generator by
+:func:`fedrec.training.epoch_examples`), the same mean loss per mini-batch and the same
+Adam/SGD arithmetic with per-client step counts, so results agree to float rounding
+(a test checks it). Clients are sorted by how many steps they take, so the clients
+still training at step t are a prefix of the stack and finished ones cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedrec.data.split import ClientData
+from fedrec.models import Arrays, ModelConfig, shared_spec
+from fedrec.training import TrainConfig, epoch_examples
+
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the per-device path uses
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Every client's mini-batches, padded into dense arrays, over the client's own items.
+
+    A client's local training only ever touches the items in its mini-batches, and its
+    optimizer state is fresh each round, so every other embedding row keeps a zero
+    gradient, zero Adam moments and hence exactly a zero update. Each client therefore
+    trains a compact table of just its items: ``items[k, s]`` is the item in client k's
+    slot s (``n_items[k]`` slots used, the rest padding), and ``slots`` address them.
+    ``slots``/``labels``/``mask`` are (K, T, B): client k's t-th mini-batch, padded with
+    mask 0 beyond its size; ``steps[k]`` is how many mini-batches client k has.
+    """
+
+    items: np.ndarray  # (K, S) int64 item of each slot (padding slots hold item 0)
+    n_items: np.ndarray  # (K,) slots in use
+    slots: np.ndarray  # (K, T, B) int64
+    labels: np.ndarray  # (K, T, B) float32
+    mask: np.ndarray  # (K, T, B) float32
+    steps: np.ndarray  # (K,) int64
+    examples: np.ndarray  # (K,) int64, examples seen over all epochs
+
+    @classmethod
+    def build(
+        cls, *, data: list[ClientData], model: ModelConfig, train: TrainConfig, rngs: list[np.random.Generator]
+    ) -> Schedule:
+        per_client: list[tuple[np.ndarray, np.ndarray]] = []
+        for client, rng in zip(data, rngs):
+            excluded = client.training_exclusions()
+            epochs = [
+                epoch_examples(
+                    positives=client.train_items, excluded=excluded, n_items=model.n_items,
+                    num_negatives=train.num_negatives, rng=rng,
+                )
+                for _ in range(train.local_epochs)
+            ]
+            per_client.append((np.concatenate([e[0] for e in epochs]), np.concatenate([e[1] for e in epochs])))
+        b, epochs_ = train.batch_size, train.local_epochs
+        # An epoch's last mini-batch may be short: batches never straddle epochs.
+        epoch_size = [len(items) // epochs_ for items, _ in per_client]
+        steps = np.array([epochs_ * math.ceil(n / b) for n in epoch_size], dtype=np.int64)
+        uniques = [np.unique(items, return_inverse=True) for items, _ in per_client]
+        k, t = len(data), int(steps.max(initial=0))
+        n_items = np.array([u.shape[0] for u, _ in uniques], dtype=np.int64)
+        items = np.zeros((k, int(n_items.max(initial=0))), dtype=np.int64)
+        slots = np.zeros((k, t, b), dtype=np.int64)
+        labels = np.zeros((k, t, b), dtype=np.float32)
+        mask = np.zeros((k, t, b), dtype=np.float32)
+        for c, ((_, client_labels), (unique, inverse), n) in enumerate(zip(per_client, uniques, epoch_size)):
+            items[c, : unique.shape[0]] = unique
+            step = 0
+            for offset in range(0, n * epochs_, n) if n else ():
+                for start in range(offset, offset + n, b):
+                    size = min(b, offset + n - start)
+                    slots[c, step, :size] = inverse[start : start + size]
+                    labels[c, step, :size] = client_labels[start : start + size]
+                    mask[c, step, :size] = 1.0
+                    step += 1
+        examples = np.array([len(i) for i, _ in per_client], dtype=np.int64)
+        return cls(items=items, n_items=n_items, slots=slots, labels=labels, mask=mask, steps=steps, examples=examples)
+
+
+EMBEDDINGS = ("item_gmf.weight", "item_mlp.weight")  # shared tensors with one row per item
+
+
+class StackedNeuMF:
+    """K independent copies of the shared tower plus K user vectors, as stacked tensors.
+
+    Parameter names are those of :class:`fedrec.models.SharedTower`. Dense tensors are
+    (K, *shape); the item embeddings are compact, (K, S, d): client k's rows of its own
+    items only (see :class:`Schedule`).
+    """
+
+    def __init__(
+        self, model: ModelConfig, shared: Arrays, items: np.ndarray, user_gmf: torch.Tensor, user_mlp: torch.Tensor
+    ) -> None:
+        self.model = model
+        k = user_gmf.shape[0]
+        spec = shared_spec(model)
+        self.params = {}
+        for name, shape in spec.items():
+            value = torch.from_numpy(np.asarray(shared[name], dtype=np.float32))
+            self.params[name] = value[torch.from_numpy(items)] if name in EMBEDDINGS else value.expand(k, *shape).clone()
+        self.user = {"user_gmf": user_gmf.clone(), "user_mlp": user_mlp.clone()}
+        self.linear_names = [name[: -len(".weight")] for name in spec if name.startswith("mlp.") and name.endswith(".weight")]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.params, **self.user}
+
+    def logits(self, p: dict[str, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+        """``p``: the active clients' tensors (a, ...); ``slots`` (a, B) -> logits (a, B)."""
+        rows = torch.arange(slots.shape[0]).unsqueeze(1)  # (a, 1)
+        parts = [p["user_gmf"].unsqueeze(1) * p["item_gmf.weight"][rows, slots]]  # (a, B, g)
+        if self.model.kind == "neumf":
+            user = p["user_mlp"].unsqueeze(1).expand(-1, slots.shape[1], -1)  # (a, B, m)
+            h = torch.cat([user, p["item_mlp.weight"][rows, slots]], dim=-1)  # (a, B, 2m)
+            for name in self.linear_names:
+                h = torch.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2)))
+            parts.append(h)
+        z = torch.cat(parts, dim=-1)  # (a, B, predictive)
+        return torch.baddbmm(p["output.bias"].unsqueeze(1), z, p["output.weight"].transpose(1, 2)).squeeze(-1)
+
+    def updates(self, shared: Arrays, items: np.ndarray, n_items: np.ndarray) -> dict[str, torch.Tensor]:
+        """Dense (K, *shape) new - downloaded parameters: zero on rows a client never touched."""
+        out = {}
+        for name, value in self.params.items():
+            base = torch.from_numpy(np.asarray(shared[name], dtype=np.float32))
+            if name not in EMBEDDINGS:
+                out[name] = value - base
+                continue
+            dense = torch.zeros(value.shape[0], *base.shape)
+            for k in range(value.shape[0]):
+                used = torch.from_numpy(items[k, : n_items[k]])
+                dense[k, used] = value[k, : n_items[k]] - base[used]
+            out[name] = dense
+        return out
+
+
+def _adam_step(
+    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, lr: float, step: int
+) -> None:
+    """torch.optim.Adam's single-tensor update (no weight decay), in place, same arithmetic."""
+    beta1, beta2 = ADAM_BETAS
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(ADAM_EPS)
+    param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+@dataclass(frozen=True)
+class BatchedResult:
+    """What K clients computed: stacked updates and new user vectors, row k = client k."""
+
+    update: dict[str, torch.Tensor]  # name -> (K, *shape), new shared - downloaded shared
+    user_gmf: torch.Tensor  # (K, g)
+    user_mlp: torch.Tensor  # (K, m)
+    loss: np.ndarray  # (K,) mean training loss per example
+    examples: np.ndarray  # (K,)
+
+
+def local_update_batched(
+    *,
+    shared: Arrays,
+    user_gmf: torch.Tensor,
+    user_mlp: torch.Tensor,
+    data: list[ClientData],
+    model: ModelConfig,
+    train: TrainConfig,
+    rngs: list[np.random.Generator],
+) -> BatchedResult:
+    """:func:`fedrec.training.local_update` for K clients at once.
+
+    ``user_gmf`` (K, g) and ``user_mlp`` (K, m) are the clients' private vectors;
+    ``rngs[k]`` is client k's generator (the one the per-device path would get).
+    """
+    schedule = Schedule.build(data=data, model=model, train=train, rngs=rngs)
+    order = np.argsort(-schedule.steps, kind="stable")  # most steps first: active clients form a prefix
+    items, n_items = schedule.items[order], schedule.n_items[order]
+    net = StackedNeuMF(model, shared, items, user_gmf[order], user_mlp[order])
+    tensors = net.tensors()
+    lrs = {name: train.lr * (train.user_lr_scale if name in net.user else 1.0) for name in tensors}
+    moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == "adam" else {}
+    steps = schedule.steps[order]
+    slots = torch.from_numpy(schedule.slots[order])
+    labels = torch.from_numpy(schedule.labels[order])
+    mask = torch.from_numpy(schedule.mask[order])
+    loss_sum = torch.zeros(len(data), dtype=torch.float64)
+    for t in range(int(steps.max(initial=0))):
+        a = int(np.count_nonzero(steps > t))
+        # Leaves viewing the active prefix: gradients are (a, ...) and updates land in place.
+        leaves = {name: value[:a].detach().requires_grad_(True) for name, value in tensors.items()}
+        m = mask[:a, t]
+        count = m.sum(dim=1)  # (a,) the size of each client's mini-batch
+        per_example = F.binary_cross_entropy_with_logits(net.logits(leaves, slots[:a, t]), labels[:a, t], reduction="none")
+        per_client = (per_example * m).sum(dim=1) / count  # (a,) each client's mean batch loss
+        per_client.sum().backward()
+        with torch.no_grad():
+            loss_sum[:a] += (per_client * count).double()
+            for name, leaf in leaves.items():
+                if leaf.grad is None:  # a 0-d branch (user_mlp of a GMF model) takes no part
+                    continue
+                if moments:
+                    _adam_step(leaf, leaf.grad, moments[name][0][:a], moments[name][1][:a], lr=lrs[name], step=t + 1)
+                else:
+                    leaf.add_(leaf.grad, alpha=-lrs[name])
+    inverse = np.argsort(order)
+    examples = schedule.examples
+    return BatchedResult(
+        update={name: value[inverse] for name, value in net.updates(shared, items, n_items).items()},
+        user_gmf=net.user["user_gmf"][inverse],
+        user_mlp=net.user["user_mlp"][inverse],
+        loss=(loss_sum.numpy()[inverse] / np.maximum(examples, 1)),
+        examples=examples,
+    )
