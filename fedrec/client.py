@@ -22,11 +22,7 @@ from fedrec.training import LocalResult, PrivateState, fresh_private, local_upda
 
 def simulated_population(config: RunConfig) -> PreparedData:
     """The data set a simulation partitions into one device per user (cached)."""
-    d = config.data
-    return prepare(
-        dataset=d.dataset, data_dir=d.data_dir, rating_threshold=d.rating_threshold,
-        max_users=d.max_users, num_eval_negatives=d.num_eval_negatives, seed=config.seed,
-    )
+    return prepare(config.data, seed=config.seed)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
 from fedrec.models import ModelConfig
 from fedrec.training import TrainConfig
@@ -47,6 +48,10 @@ class DataSettings:
     rating_threshold: float = field(default=0.0, metadata=_key("rating-threshold"))
     num_eval_negatives: int = field(default=99, metadata=_key("num-eval-negatives", check=_positive))
     max_users: int = field(default=0, metadata=_key("max-users", check=_non_negative))  # 0 = all
+    # dataset = "synthetic": a generated data set of this shape (fedrec.data.synthetic)
+    synthetic_users: int = field(default=10_000, metadata=_key("synthetic-users", check=_positive))
+    synthetic_items: int = field(default=2_000, metadata=_key("synthetic-items", check=_positive))
+    synthetic_interactions: float = field(default=20.0, metadata=_key("synthetic-interactions", check=_positive))
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class FederationSettings:
         default=0.0, metadata=_key("server-momentum", check=lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     )
     eval_every: int = field(default=10, metadata=_key("eval-every", check=_non_negative))  # 0 = only at the end
+    # evaluate a fixed seeded sample of this many users (0 = every user); for huge populations
+    eval_users: int = field(default=0, metadata=_key("eval-users", check=_non_negative))
     central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))
 
 
@@ -221,6 +228,11 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
             problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
     except ValueError:
         problems.append(f"mlp-layers: {config.model.mlp_layers!r} is not a comma-separated list of integers")
+    d = config.data
+    if d.dataset == SYNTHETIC:
+        problems += SyntheticSpec(
+            n_users=d.synthetic_users, n_items=d.synthetic_items, mean_interactions=d.synthetic_interactions
+        ).problems()
     p = config.privacy
     if p.enabled and p.noise_multiplier > 0 and p.clipping_norm == float("inf"):
         problems.append("clipping-norm: inf is only meaningful with dp = off (noise z * C would be infinite)")

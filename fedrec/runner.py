@@ -151,6 +151,9 @@ def run_federated(
     if config.privacy.enabled:
         dp, session = open_privacy(config, run_dir=run_dir, sampler=sampler)
         noise_rng = noise_generator(seed=config.seed, secure=config.privacy.secure_noise)
+    eval_clients = clients
+    if 0 < fed.eval_users < len(clients):
+        eval_clients = sorted(np.random.default_rng([config.seed, 5]).choice(clients, size=fed.eval_users, replace=False).tolist())
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
     for round_ in range(1, fed.num_rounds + 1):
         if session is not None and not session.allows_next_round():
@@ -188,7 +191,7 @@ def run_federated(
             "seconds": time.perf_counter() - started,
         }
         if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
-            info.update(mean_client_metrics(transport.evaluate(clients, shared, "val", round_)))
+            info.update(mean_client_metrics(transport.evaluate(eval_clients, shared, "val", round_)))
             history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
         if session is not None:
             info["epsilon"] = session.spent
@@ -213,9 +216,9 @@ def run_federated(
     if config.privacy.local_dp:
         history.privacy["local_dp_epsilon_max"] = history.local_epsilon
         history.privacy["local_dp_delta"] = config.privacy.local_delta
-    final_val = mean_client_metrics(transport.evaluate(clients, shared, "val", final_round))
+    final_val = mean_client_metrics(transport.evaluate(eval_clients, shared, "val", final_round))
     history.evals.append({"round": float(final_round), **final_val})
-    test = mean_client_metrics(transport.evaluate(clients, shared, "test", final_round))
+    test = mean_client_metrics(transport.evaluate(eval_clients, shared, "test", final_round))
     return shared, history, test
 
 

@@ -7,14 +7,19 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
+from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec, generate
 from fedrec.errors import DataError
 from fedrec.settings import resolve_data_dir
+
+if TYPE_CHECKING:
+    from fedrec.config import DataSettings
 
 
 @dataclass(frozen=True)
@@ -36,17 +41,23 @@ def load_interactions(dataset: str, data_dir: str = "") -> Interactions:
 
 
 @functools.lru_cache(maxsize=4)
-def prepare(
-    *, dataset: str, data_dir: str, rating_threshold: float, max_users: int, num_eval_negatives: int, seed: int
-) -> PreparedData:
+def prepare(settings: DataSettings, *, seed: int) -> PreparedData:
     """Load, convert to implicit feedback, pick the population, split. Cached per process.
 
-    The population (``max_users`` > 0) is a seeded random subset of users; the split
+    The population (``max-users`` > 0) is a seeded random subset of users; the split
     uses its own seeded generator, so the same settings give the same split anywhere.
     """
-    data = load_interactions(dataset, data_dir).positives(rating_threshold)
-    if max_users and max_users < data.n_users:
-        chosen = np.sort(np.random.default_rng([seed, 1]).choice(data.n_users, size=max_users, replace=False))
+    if settings.dataset == SYNTHETIC:
+        spec = SyntheticSpec(
+            n_users=settings.synthetic_users, n_items=settings.synthetic_items,
+            mean_interactions=settings.synthetic_interactions,
+        )
+        data = generate(spec, rng=np.random.default_rng([seed, 4]))
+    else:
+        data = load_interactions(settings.dataset, settings.data_dir)
+    data = data.positives(settings.rating_threshold)
+    if settings.max_users and settings.max_users < data.n_users:
+        chosen = np.sort(np.random.default_rng([seed, 1]).choice(data.n_users, size=settings.max_users, replace=False))
         data = data.subset_users(chosen)
-    split = leave_one_out(data, rng=np.random.default_rng([seed, 2]), num_eval_negatives=num_eval_negatives)
+    split = leave_one_out(data, rng=np.random.default_rng([seed, 2]), num_eval_negatives=settings.num_eval_negatives)
     return PreparedData(interactions=data, split=split)

@@ -110,7 +110,9 @@ def sample_negatives(
 def _sample_without_replacement(
     *, n_items: int, excluded: np.ndarray, count: int, rng: np.random.Generator
 ) -> np.ndarray:
-    allowed = np.setdiff1d(np.arange(n_items), excluded, assume_unique=True)
+    keep = np.ones(n_items, dtype=bool)
+    keep[excluded] = False
+    allowed = np.flatnonzero(keep)  # sorted, as np.setdiff1d would give: the same draws
     if allowed.shape[0] < count:
         raise DataError(f"only {allowed.shape[0]} unseen items, cannot draw {count} evaluation negatives")
     return rng.choice(allowed, size=count, replace=False)
