@@ -76,7 +76,7 @@ def generate(spec: SyntheticSpec, *, rng: np.random.Generator) -> Interactions:
     user_index = np.repeat(np.arange(n, dtype=np.int64), lengths)
     item_index = np.concatenate(picked).astype(np.int64)
     # Time order is random within a user: the held-out items are a random pick of theirs.
-    timestamps = rng.integers(0, 1 << 40, size=item_index.shape[0], dtype=np.int64)
+    timestamps = np.asarray(rng.integers(0, 1 << 40, size=item_index.shape[0], dtype=np.int64))
     return Interactions(
         name=f"{SYNTHETIC}-{n}x{m}",
         users=user_index,
