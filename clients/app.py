@@ -84,3 +84,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         which=str(record[protocol.HELD_OUT]),
     )
     return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Which client this node is: its partition id in a simulation, -1 on a real device."""
+    client_id = int(context.node_config.get("partition-id", -1))
+    return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client_id})}), reply_to=msg)

@@ -10,7 +10,7 @@ from typing import Any
 
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
-from fedrec.results import CURVES, RESULTS, plot_curves, write_json
+from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
 from fedrec.runner import Transport, run_federated
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ def run_and_report(
     model = config.model.build(prepared.split.n_items)
     n_clients = len(transport.clients())
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round)
+    shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round)
+    write_arrays(out_dir / MODEL, shared)
     seconds = time.perf_counter() - started
     results: dict[str, Any] = {
         "dataset": config.data.dataset,
@@ -51,6 +52,7 @@ def run_and_report(
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": history.evals,
+        "round_log": history.rounds,
     }
     plot_curves(
         out_dir / CURVES, history.evals, losses=history.rounds,

@@ -3,6 +3,7 @@ a file that looks complete (write to a temporary name, fsync, rename)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -10,8 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RESULTS = "results.json"
 CURVES = "curves.png"
+MODEL = "model.npz"  # the released shared parameters (what every device downloads)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -27,6 +31,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    write_atomic(path, buffer.getvalue())
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:

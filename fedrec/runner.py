@@ -44,7 +44,9 @@ class TrainReply:
 class Transport(Protocol):
     """How the server reaches its clients (Flower's Grid, or direct calls)."""
 
-    def clients(self) -> list[int]: ...
+    def clients(self) -> list[int]:
+        """Every client, in a fixed order that is the same for every engine."""
+        ...
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]: ...
 
@@ -141,7 +143,7 @@ def run_federated(
     rng = np.random.default_rng([config.seed, 3])
     shared = init_shared(model, seed=config.seed)
     spec = shared_spec(model)
-    clients = sorted(transport.clients())
+    clients = transport.clients()  # in the transport's order: the sampler draws over positions
     sampler = PoissonSampler(expected_clients=fed.clients_per_round, population=len(clients))
     optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
     buffer: Arrays | None = None
@@ -153,7 +155,8 @@ def run_federated(
         noise_rng = noise_generator(seed=config.seed, secure=config.privacy.secure_noise)
     eval_clients = clients
     if 0 < fed.eval_users < len(clients):
-        eval_clients = sorted(np.random.default_rng([config.seed, 5]).choice(clients, size=fed.eval_users, replace=False).tolist())
+        chosen = np.sort(np.random.default_rng([config.seed, 5]).choice(len(clients), size=fed.eval_users, replace=False))
+        eval_clients = [clients[i] for i in chosen]
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
     for round_ in range(1, fed.num_rounds + 1):
         if session is not None and not session.allows_next_round():

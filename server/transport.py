@@ -26,7 +26,7 @@ class GridTransport:
         self.grid = grid
         self.run_config = protocol.encode_run_config(config.to_flat())
         self.timeout = timeout
-        self._nodes = self._wait_for_nodes(expected_nodes)
+        self._nodes = self._in_client_order(self._wait_for_nodes(expected_nodes))
 
     def _wait_for_nodes(self, expected: int, patience: float = 120.0) -> list[int]:
         # Virtual nodes register while the ServerApp starts; wait for all of them.
@@ -38,6 +38,22 @@ class GridTransport:
             if time.monotonic() > deadline:
                 raise FedrecError(f"only {len(nodes)} of {expected} devices connected within {patience:.0f} s")
             time.sleep(0.2)
+
+    def _in_client_order(self, nodes: list[int]) -> list[int]:
+        """Order the nodes by the client index each reports (a simulated device's
+        partition id), so that the runner's sampler, which draws over positions in this
+        list, picks the same clients as the in-process engine. Nodes that report none
+        (real devices) keep their node-id order, after the others."""
+        config = ConfigRecord({protocol.RUN_CONFIG: self.run_config})
+        messages = [Message(RecordDict({protocol.CONFIG: config}), dst_node_id=n, message_type="query") for n in nodes]
+        index: dict[int, int] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            if not reply.has_error():
+                index[int(reply.metadata.src_node_id)] = int(str(reply.content.metric_records[protocol.METRICS][protocol.CLIENT_ID]))
+        missing = len(nodes) - len(index)
+        if missing:
+            logger.warning("%d of %d devices did not say which client they are", missing, len(nodes))
+        return sorted(nodes, key=lambda n: (index.get(n, -1) < 0, index.get(n, -1), n))
 
     def clients(self) -> list[int]:
         return list(self._nodes)
