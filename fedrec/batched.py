@@ -109,6 +109,7 @@ class StackedNeuMF:
         self, model: ModelConfig, shared: Arrays, items: np.ndarray, user_gmf: torch.Tensor, user_mlp: torch.Tensor
     ) -> None:
         self.model = model
+        self.items = items
         k = user_gmf.shape[0]
         spec = shared_spec(model)
         self.params = {}
@@ -134,19 +135,12 @@ class StackedNeuMF:
         z = torch.cat(parts, dim=-1)  # (a, B, predictive)
         return torch.baddbmm(p["output.bias"].unsqueeze(1), z, p["output.weight"].transpose(1, 2)).squeeze(-1)
 
-    def updates(self, shared: Arrays, items: np.ndarray, n_items: np.ndarray) -> dict[str, torch.Tensor]:
-        """Dense (K, *shape) new - downloaded parameters: zero on rows a client never touched."""
+    def updates(self, shared: Arrays) -> dict[str, torch.Tensor]:
+        """New - downloaded parameters, compact like the parameters themselves."""
         out = {}
         for name, value in self.params.items():
             base = torch.from_numpy(np.asarray(shared[name], dtype=np.float32))
-            if name not in EMBEDDINGS:
-                out[name] = value - base
-                continue
-            dense = torch.zeros(value.shape[0], *base.shape)
-            for k in range(value.shape[0]):
-                used = torch.from_numpy(items[k, : n_items[k]])
-                dense[k, used] = value[k, : n_items[k]] - base[used]
-            out[name] = dense
+            out[name] = value - (base[torch.from_numpy(self.items)] if name in EMBEDDINGS else base)
         return out
 
 
@@ -164,13 +158,34 @@ def _adam_step(
 
 @dataclass(frozen=True)
 class BatchedResult:
-    """What K clients computed: stacked updates and new user vectors, row k = client k."""
+    """What K clients computed, row k = client k.
 
-    update: dict[str, torch.Tensor]  # name -> (K, *shape), new shared - downloaded shared
+    ``update`` is new - downloaded shared parameters, (K, *shape) per tensor, except
+    that the item embeddings are compact, (K, S, d), over the rows ``items[k]`` (the
+    first ``n_items[k]`` of them; every other row of a client's update is exactly 0,
+    padding slots included). :meth:`client_update` gives one client's dense upload.
+    """
+
+    update: dict[str, torch.Tensor]
+    items: np.ndarray  # (K, S)
+    n_items: np.ndarray  # (K,)
     user_gmf: torch.Tensor  # (K, g)
     user_mlp: torch.Tensor  # (K, m)
     loss: np.ndarray  # (K,) mean training loss per example
     examples: np.ndarray  # (K,)
+
+    def client_update(self, k: int, spec: dict[str, tuple[int, ...]]) -> Arrays:
+        """Client k's update as the dense float32 arrays a device uploads."""
+        out: Arrays = {}
+        for name, shape in spec.items():
+            value = self.update[name][k].numpy()
+            if name in EMBEDDINGS:
+                dense = np.zeros(shape, dtype=np.float32)
+                used = self.n_items[k]
+                dense[self.items[k, :used]] = value[:used]
+                value = dense
+            out[name] = value
+        return out
 
 
 def local_update_batched(
@@ -190,8 +205,7 @@ def local_update_batched(
     """
     schedule = Schedule.build(data=data, model=model, train=train, rngs=rngs)
     order = np.argsort(-schedule.steps, kind="stable")  # most steps first: active clients form a prefix
-    items, n_items = schedule.items[order], schedule.n_items[order]
-    net = StackedNeuMF(model, shared, items, user_gmf[order], user_mlp[order])
+    net = StackedNeuMF(model, shared, schedule.items[order], user_gmf[order], user_mlp[order])
     tensors = net.tensors()
     lrs = {name: train.lr * (train.user_lr_scale if name in net.user else 1.0) for name in tensors}
     moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == "adam" else {}
@@ -221,7 +235,9 @@ def local_update_batched(
     inverse = np.argsort(order)
     examples = schedule.examples
     return BatchedResult(
-        update={name: value[inverse] for name, value in net.updates(shared, items, n_items).items()},
+        update={name: value[inverse] for name, value in net.updates(shared).items()},
+        items=schedule.items,
+        n_items=schedule.n_items,
         user_gmf=net.user["user_gmf"][inverse],
         user_mlp=net.user["user_mlp"][inverse],
         loss=(loss_sum.numpy()[inverse] / np.maximum(examples, 1)),

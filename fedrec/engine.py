@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from fedrec.training import fresh_private
 
 logger = logging.getLogger(__name__)
 
-TRAIN_MEMORY = 1 << 30  # bytes of stacked parameters, moments and gradients per training chunk
+TRAIN_CHUNK = 256  # clients trained together; similar history lengths share a chunk (little padding)
 SCORE_PAIRS = 1 << 21  # (user, item) pairs scored at once in evaluation
 
 
@@ -55,9 +56,8 @@ class VectorisedTransport:
         self.split = simulated_population(config).split
         self.model = config.model.build(self.split.n_items)
         self.train_config = config.train.build()
-        n_params = sum(int(np.prod(shape)) for shape in shared_spec(self.model).values())
-        # params, two Adam moments, a gradient and the update: ~5 copies per client
-        self.chunk = max(1, TRAIN_MEMORY // (5 * 4 * n_params))
+        self.spec = shared_spec(self.model)
+        self.history = np.diff(self.split.train_indptr)  # (N,) training interactions per client
         n = self.split.n_users
         self.user_gmf = torch.zeros(n, self.model.gmf_dim)
         self.user_mlp = torch.zeros(n, self.model.mlp_dim)
@@ -79,7 +79,8 @@ class VectorisedTransport:
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
         replies: list[TrainReply] = []
         privacy = self.config.privacy
-        for chunk in _chunks(clients, self.chunk):
+        by_length = sorted(clients, key=lambda c: -self.history[c])
+        for chunk in _chunks(by_length, TRAIN_CHUNK):
             user_gmf, user_mlp = self._private(chunk)
             result = local_update_batched(
                 shared=shared, user_gmf=user_gmf, user_mlp=user_mlp,
@@ -88,15 +89,17 @@ class VectorisedTransport:
             )
             self.user_gmf[chunk] = result.user_gmf
             self.user_mlp[chunk] = result.user_mlp
-            update = clip_stacked(result.update, max_norm=privacy.clipping_norm)[0] if privacy.enabled else result.update
+            if privacy.enabled:  # on the compact form: the rows it leaves out are zero
+                result = replace(result, update=clip_stacked(result.update, max_norm=privacy.clipping_norm)[0])
             for k, c in enumerate(chunk):
                 replies.append(
                     TrainReply(
-                        client=c, update={name: t[k].numpy() for name, t in update.items()},
+                        client=c, update=result.client_update(k, self.spec),
                         num_examples=int(result.examples[k]), loss=float(result.loss[k]),
                     )
                 )
-        return replies
+        position = {c: i for i, c in enumerate(clients)}
+        return sorted(replies, key=lambda r: position[r.client])
 
     @torch.no_grad()
     def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:

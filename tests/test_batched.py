@@ -9,7 +9,7 @@ import torch
 from fedrec.batched import local_update_batched
 from fedrec.data import LeaveOneOutSplit
 from fedrec.federated import client_rng
-from fedrec.models import ModelConfig, init_shared
+from fedrec.models import ModelConfig, init_shared, shared_spec
 from fedrec.training import TrainConfig, init_private, local_update
 
 
@@ -24,6 +24,7 @@ from fedrec.training import TrainConfig, init_private, local_update
 def test_batched_equals_per_device(ml100k_split: LeaveOneOutSplit, kind: str, train: TrainConfig) -> None:
     model = ModelConfig(n_items=ml100k_split.n_items, kind=kind, gmf_dim=8, mlp_layers=(16, 8))
     shared = init_shared(model, seed=1)
+    spec = shared_spec(model)
     users = [5, 0, 17, 3, 250]  # different history lengths, so different step counts
     data = [ml100k_split.client(u) for u in users]
     private = [init_private(model, rng=np.random.default_rng(u)) for u in users]
@@ -42,7 +43,7 @@ def test_batched_equals_per_device(ml100k_split: LeaveOneOutSplit, kind: str, tr
         )
         assert set(batched.update) == set(ref.update)
         for name, value in ref.update.items():
-            np.testing.assert_allclose(batched.update[name][k].numpy(), value, rtol=1e-4, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(batched.client_update(k, spec)[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(batched.user_gmf[k].numpy(), ref.private.user_gmf, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(batched.user_mlp[k].numpy(), ref.private.user_mlp, rtol=1e-4, atol=1e-6)
         assert batched.examples[k] == ref.num_examples
