@@ -47,6 +47,7 @@ from fedrec.models import SharedTower, UserEmbeddings, init_shared, shared_spec
 from fedrec.runner import PoissonSampler
 from fedrec.training import epoch_examples, make_optimizer
 from server.app import build_server_app
+from server.simulation import backend_config
 from server.simulation import run as run_flower
 
 
@@ -75,11 +76,8 @@ def noop_client(config: RunConfig) -> ClientApp:
 
 def flower_noop(config: RunConfig, out: Path) -> Path:
     n = simulated_population(config).split.n_users
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False},
-    }
-    run_simulation(server_app=build_server_app(config, out), client_app=noop_client(config), num_supernodes=n, backend_config=backend)  # type: ignore[arg-type]
+    app = build_server_app(config, out)
+    run_simulation(server_app=app, client_app=noop_client(config), num_supernodes=n, backend_config=backend_config())  # type: ignore[arg-type]
     return out / "results.json"
 
 

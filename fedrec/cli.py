@@ -107,6 +107,9 @@ def simulate(
     engine: Annotated[
         str, typer.Option(help="inprocess (fast, vectorised) or flower (Flower's simulation runtime, as deployed).")
     ] = "inprocess",
+    ray_address: Annotated[
+        str, typer.Option(help="flower engine: run on this existing Ray cluster (e.g. auto, or HEAD_IP:6379).")
+    ] = "",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Federated training on simulated devices (one per user); writes OUT/results.json."""
@@ -114,6 +117,8 @@ def simulate(
     with _errors():
         run_config = _load_config(config, set_, data)
         runner = _engine(engine)
+        if ray_address and engine != "flower":
+            raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
         rounds = run_config.federation.num_rounds
         with _progress() as progress:
             task = progress.add_task(f"federated ({engine})", total=rounds, status="starting")
@@ -124,7 +129,7 @@ def simulate(
                     status += f", val ndcg@10 {info['ndcg@10']:.3f}"
                 progress.update(task, completed=round_, status=status)
 
-            path = runner(run_config, out.resolve(), on_round)
+            path = runner(run_config, out.resolve(), on_round, **({"ray_address": ray_address} if ray_address else {}))
         results = json.loads(path.read_text())
         console.print(_table(f"{results['dataset']}: test metrics after {rounds} rounds", {f"federated {results['model']}": results}))
         console.print(

@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from flwr.simulation import run_simulation
 
@@ -18,14 +19,22 @@ from server.app import RoundCallback, build_server_app
 logger = logging.getLogger(__name__)
 
 
-def run(config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None) -> Path:
+def backend_config(ray_address: str = "") -> dict[str, Any]:
+    """Flower's Ray backend settings: a private Ray instance on this machine's cores, or
+    (with ``ray_address``, e.g. ``"auto"`` or ``"10.0.0.5:6379"``) an existing Ray
+    cluster, whose resources then decide how many devices train at once."""
+    init: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+    if ray_address:
+        init["address"] = ray_address  # a running cluster: its own CPUs, no dashboard settings
+    else:
+        init.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init}
+
+
+def run(config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, ray_address: str = "") -> Path:
     """One virtual SuperNode per user; returns the path of results.json."""
     n_clients = simulated_population(config).split.n_users
-    cores = os.cpu_count() or 1
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cores, "include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False},
-    }
+    backend = backend_config(ray_address)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
