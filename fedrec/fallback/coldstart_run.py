@@ -77,6 +77,10 @@ def train_federated_reference(config: RunConfig, data: Interactions, train_users
     return FederatedReference(shared=shared, model=model, summary=summary)
 
 
+def profile_scorer(recommender: ContentRecommender) -> Scorer:
+    return lambda user, n: recommender.scores(user.query(n))
+
+
 def federated_scorer(
     ref: FederatedReference, *, init: str, epochs: int, lr: float, seed: int, content: ContentRecommender
 ) -> Scorer:
@@ -127,14 +131,14 @@ def run_coldstart_eval(
         catalog = build_catalog(data, features=FeatureConfig(text=text), run_dir=out_dir, train_users=users.train)
         if POPULARITY not in scorers:
             pop = ContentRecommender(catalog, BlendConfig(popularity_weight=1.0, smoothing=math.inf))
-            scorers[POPULARITY] = (lambda u, n, r=pop: r.scores(u.query(n)), {"popularity_weight": 1.0, "smoothing": math.inf})
+            scorers[POPULARITY] = (profile_scorer(pop), {"popularity_weight": 1.0, "smoothing": math.inf})
         step(f"tuning the blend ({text}) on validation users")
         best = tune_blend(catalog, val, reveal=config.reveal)
         tuned[text] = {**asdict(best.blend), "grid": best.grid}
         content = ContentRecommender(catalog, BlendConfig(popularity_weight=0.0))
         blend = ContentRecommender(catalog, best.blend)
-        scorers[f"content ({text})"] = (lambda u, n, r=content: r.scores(u.query(n)), {"popularity_weight": 0.0, "smoothing": math.nan})
-        scorers[f"blend ({text})"] = (lambda u, n, r=blend: r.scores(u.query(n)), asdict(best.blend))
+        scorers[f"content ({text})"] = (profile_scorer(content), {"popularity_weight": 0.0, "smoothing": math.nan})
+        scorers[f"blend ({text})"] = (profile_scorer(blend), asdict(best.blend))
         content_for_init = content
     federated: dict[str, Any] = {}
     if config.federated and federated_config is not None and content_for_init is not None:

@@ -63,7 +63,7 @@ def split_users(
     """
     counts = np.bincount(data.users, minlength=data.n_users)
     eligible = rng.permutation(np.flatnonzero(counts >= min_interactions))
-    size = max(1, int(round(holdout_fraction * data.n_users)))
+    size = max(1, round(holdout_fraction * data.n_users))
     if 2 * size >= eligible.shape[0]:
         raise ValueError(f"only {eligible.shape[0]} users with {min_interactions}+ interactions: too few to hold out 2 x {size}")
     test, validation = np.sort(eligible[:size]), np.sort(eligible[size : 2 * size])
@@ -126,6 +126,14 @@ def evaluate(scorer: Scorer, users: Sequence[ColdStartUser], n: int) -> dict[str
     return {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
 
 
+def _fixed(scores: dict[int, np.ndarray]) -> Scorer:
+    return lambda user, n: scores[user.index]
+
+
+def _linear(content: dict[tuple[int, int], np.ndarray], prior: dict[int, np.ndarray], w: float) -> Scorer:
+    return lambda user, n: (1 - w) * content[(user.index, n)] + w * prior[user.index]
+
+
 @dataclass(frozen=True)
 class Tuned:
     blend: BlendConfig
@@ -142,7 +150,7 @@ def tune_blend(
     best_m, best_value = math.inf, -1.0
     for m in SMOOTHING_GRID:
         prior = {u.index: catalog.popularity.scores(u.demographics, smoothing=m) for u in users}
-        value = evaluate(lambda u, n: prior[u.index], users, 0)[metric]
+        value = evaluate(_fixed(prior), users, 0)[metric]
         grid.append({"smoothing": m, "popularity_weight": 1.0, "reveal": 0, metric: value})
         if value > best_value:
             best_m, best_value = m, value
@@ -152,7 +160,7 @@ def tune_blend(
     best_w, best_mean = 1.0, -1.0
     for w in WEIGHT_GRID:
         values = [
-            evaluate(lambda u, n: (1 - w) * content[(u.index, n)] + w * prior[u.index], users, n)[metric]
+            evaluate(_linear(content, prior, w), users, n)[metric]
             for n in revealed
         ]
         grid.append({"smoothing": best_m, "popularity_weight": w, "reveal": -1, metric: float(np.mean(values))})

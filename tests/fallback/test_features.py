@@ -7,10 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fedrec.fallback.cache as cache
 from fedrec.data.interactions import ItemMetadata
 from fedrec.errors import ConfigError
-from fedrec.fallback.features import FeatureConfig, build_item_vectors, clean_title, minilm_titles, tfidf_titles, year_features
+from fedrec.fallback import cache
+from fedrec.fallback.features import (
+    FeatureConfig,
+    build_item_vectors,
+    clean_title,
+    minilm_titles,
+    tfidf_titles,
+    year_features,
+)
 
 from .conftest import checkerboard_meta
 
