@@ -74,11 +74,11 @@ def create_app(catalog: Catalog, recommender: ContentRecommender) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": err.problems})
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "items": catalog.n_items, "genres": list(catalog.genre_names)}
 
     @app.post("/recommend", response_model=RecommendOut)
-    def recommend(body: RecommendIn) -> RecommendOut:
+    async def recommend(body: RecommendIn) -> RecommendOut:
         demo = body.demographics or DemographicsIn()
         profile = Profile(
             genres=tuple(body.genres), liked_items=tuple(body.liked_items),
@@ -99,5 +99,8 @@ def create_app(catalog: Catalog, recommender: ContentRecommender) -> FastAPI:
 def serve(app: FastAPI, *, host: str, port: int, log_level: str = "warning") -> None:
     """Run ``app`` with uvicorn until interrupted."""
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
+    # one request is a small product: BLAS threads only contend with each other (and the host)
+    threadpool_limits(1)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
