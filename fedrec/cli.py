@@ -250,6 +250,7 @@ def coldstart_eval(
     text: Annotated[str, typer.Option(help="Comma-separated text encoders: tfidf, minilm.")] = "tfidf,minilm",
     reveal: Annotated[str, typer.Option(help="Comma-separated numbers of revealed items.")] = "0,1,3,5",
     federated: Annotated[bool, typer.Option(help="Train a federated reference on the training users.")] = True,
+    first_rounds: Annotated[int, typer.Option(help="Local rounds for the random vs profile init study (0: skip).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out users, negatives and tie-breaks.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -276,7 +277,8 @@ def coldstart_eval(
         if any(n < 0 for n in reveal_n):
             raise FedrecError("--reveal values must be >= 0")
         settings = ColdStartConfig(
-            reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated, seed=seed
+            reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated,
+            first_rounds=first_rounds, seed=seed,
         )
         d = run_config.data
         interactions = load_interactions(d.dataset, d.data_dir).positives(d.rating_threshold)
@@ -296,6 +298,12 @@ def coldstart_eval(
                 f"blend ({encoder}) vs popularity, full NDCG@10: n=3 {t['n3_relative_gain']:+.1%} (target +20%), "
                 f"n=0 {t['n0_blend']:.4f} vs {t['n0_popularity']:.4f}"
             )
+        for row in results["first_rounds"]:
+            if row["round"] in (0, settings.first_rounds):
+                console.print(
+                    f"joining cold user, n={row['reveal']}, {row['init']} init, after {row['round']} local rounds: "
+                    f"full NDCG@10 {row['full_ndcg@10']:.4f}"
+                )
         console.print(f"{results['seconds']:.0f} s. Wrote {out / CSV_NAME}, {out / PLOT_NAME} and {out / 'results.json'}")
 
 
@@ -306,8 +314,8 @@ def serve_fallback(
     text: Annotated[str, typer.Option(help="Title encoder: tfidf (light) or minilm.")] = "tfidf",
     run_dir: Annotated[Path, typer.Option(help="Folder for the item-vector cache.")] = Path("runs/fallback"),
     tuned: Annotated[Path | None, typer.Option(help="results.json of coldstart-eval: use its tuned blend.")] = None,
-    popularity_weight: Annotated[float, typer.Option(help="Blend weight of popularity (ignored with --tuned).")] = 0.9,
-    smoothing: Annotated[float, typer.Option(help="Demographic smoothing (ignored with --tuned).")] = 1000.0,
+    popularity_weight: Annotated[float, typer.Option(help="Blend weight of popularity (ignored with --tuned).")] = 0.95,
+    smoothing: Annotated[float, typer.Option(help="Demographic smoothing (ignored with --tuned).")] = 5000.0,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

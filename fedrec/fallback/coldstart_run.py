@@ -22,10 +22,19 @@ import torch
 from fedrec.client import Device
 from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
-from fedrec.data.split import leave_one_out
+from fedrec.data.split import ClientData, leave_one_out
 from fedrec.fallback.catalog import build_catalog
 from fedrec.fallback.content import BlendConfig, ContentRecommender
-from fedrec.fallback.evaluation import METRICS, ColdStartUser, Scorer, cold_users, evaluate, split_users, tune_blend
+from fedrec.fallback.evaluation import (
+    METRICS,
+    ColdStartUser,
+    Scorer,
+    cold_users,
+    evaluate,
+    split_users,
+    tune_blend,
+    user_scores,
+)
 from fedrec.fallback.features import FeatureConfig
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
 from fedrec.models import Arrays, ModelConfig
@@ -37,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 CSV_NAME = "coldstart.csv"
 PLOT_NAME = "coldstart.png"
+FIRST_ROUNDS_CSV = "first_rounds.csv"
 POPULARITY = "popularity"
 
 
@@ -49,6 +59,7 @@ class ColdStartConfig:
     federated: bool = True  # train a federated reference on the training users
     fold_in_epochs: int = 20  # full-batch steps a new device takes on its revealed items
     fold_in_lr: float = 0.05
+    first_rounds: int = 3  # local rounds a joining cold user runs, random vs profile init
     seed: int = 0
 
 
@@ -106,6 +117,52 @@ def federated_scorer(
     return score
 
 
+def first_rounds_study(
+    ref: FederatedReference,
+    users: Sequence[ColdStartUser],
+    *,
+    federated_config: RunConfig,
+    content: ContentRecommender,
+    reveal: Sequence[int],
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Does a profile-initialised private embedding help a cold user in their first rounds?
+
+    Each held-out user joins with their n revealed items and runs the real device code
+    (:meth:`Device.train`, the run's local epochs and learning rate) for ``rounds``
+    rounds against the reference's shared parameters, starting from a random or a
+    profile-based embedding; after each round their targets are ranked as above.
+    """
+    tower = load_tower(ref.shared, ref.model)
+    rows: list[dict[str, Any]] = []
+    for n in [n for n in reveal if n > 0]:
+        for init in ("random", "profile"):
+            per_round: list[list[dict[str, float]]] = [[] for _ in range(rounds + 1)]
+            for user in users:
+                query = user.query(n)
+                initial = (
+                    profile_init(shared=ref.shared, model=ref.model, content_scores=content.content_scores(query), given=query.given)
+                    if init == "profile" else None
+                )
+                # a joining device holds only its n items: nothing is held out on it yet
+                data = ClientData(
+                    n_items=ref.model.n_items, train_items=query.given, val_item=int(query.given[-1]),
+                    test_item=int(query.given[-1]), val_negatives=np.empty(0, np.int64), test_negatives=np.empty(0, np.int64),
+                )
+                device = Device(client_id=user.index, data=data, model=ref.model, initial_private=initial)
+                private = device.fresh_private(federated_config.seed)
+                for round_ in range(rounds + 1):
+                    if round_:
+                        private = device.train(shared=ref.shared, private=private, config=federated_config, round_=round_).private
+                    with torch.no_grad():
+                        scores = tower.score_all(torch.from_numpy(private.user_gmf), torch.from_numpy(private.user_mlp))
+                    per_round[round_].append(user_scores(scores.numpy().astype(np.float64), user))
+            for round_, metrics in enumerate(per_round):
+                rows.append({"init": init, "reveal": n, "round": round_, "users": len(users),
+                             **{m: float(np.mean([r[m] for r in metrics])) for m in METRICS}})
+    return rows
+
+
 def run_coldstart_eval(
     data: Interactions,
     *,
@@ -141,6 +198,7 @@ def run_coldstart_eval(
         scorers[f"blend ({text})"] = (profile_scorer(blend), asdict(best.blend))
         content_for_init = content
     federated: dict[str, Any] = {}
+    first_rounds: list[dict[str, Any]] = []
     if config.federated and federated_config is not None and content_for_init is not None:
         step("federated reference (training users only)")
         ref = train_federated_reference(federated_config, data, users.train, out_dir / "federated")
@@ -150,6 +208,13 @@ def run_coldstart_eval(
                 name = f"federated ({init} init, {epochs} fold-in steps)"
                 scorer = federated_scorer(ref, init=init, epochs=epochs, lr=config.fold_in_lr, seed=config.seed, content=content_for_init)
                 scorers[name] = (scorer, {"popularity_weight": math.nan, "smoothing": math.nan})
+        if config.first_rounds:
+            step("first rounds of joining cold users: random vs profile init")
+            first_rounds = first_rounds_study(
+                ref, test, federated_config=federated_config, content=content_for_init, reveal=config.reveal,
+                rounds=config.first_rounds,
+            )
+            write_rows(out_dir / FIRST_ROUNDS_CSV, first_rounds, ["init", "reveal", "round", "users", *METRICS])
     rows: list[dict[str, Any]] = []
     for name, (scorer, params) in scorers.items():
         step(f"evaluating {name}")
@@ -162,7 +227,7 @@ def run_coldstart_eval(
     results = {
         "dataset": data.name, "seed": config.seed, "config": asdict(config),
         "users": {"train": int(users.train.shape[0]), "validation": len(val), "test": len(test)},
-        "tuned": tuned, "federated": federated, "rows": rows, "targets": targets(rows, config.text_encoders),
+        "tuned": tuned, "federated": federated, "rows": rows, "first_rounds": first_rounds, "targets": targets(rows, config.text_encoders),
         "seconds": time.perf_counter() - started,
     }
     write_json(out_dir / RESULTS, results)
@@ -188,8 +253,11 @@ def targets(rows: Sequence[dict[str, Any]], encoders: Sequence[str]) -> dict[str
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_rows(path, rows, ["method", "reveal", "users", *METRICS, "popularity_weight", "smoothing", "epsilon", "seed"])
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: list[str]) -> None:
     buffer = io.StringIO()
-    fields = ["method", "reveal", "users", *METRICS, "popularity_weight", "smoothing", "epsilon", "seed"]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
