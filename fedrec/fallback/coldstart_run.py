@@ -68,6 +68,7 @@ class FederatedReference:
     shared: Arrays
     model: ModelConfig
     summary: dict[str, Any]
+    user_norms: tuple[float, float] | None = None  # median (GMF, MLP) norms of the trained users' vectors
 
 
 def train_federated_reference(config: RunConfig, data: Interactions, train_users: np.ndarray, run_dir: Path) -> FederatedReference:
@@ -85,7 +86,15 @@ def train_federated_reference(config: RunConfig, data: Interactions, train_users
         "epsilon": history.privacy.get("epsilon"), "delta": history.privacy.get("delta"),
         "seconds": time.perf_counter() - started, "train_users_test": test,
     }
-    return FederatedReference(shared=shared, model=model, summary=summary)
+    trained = list(transport.private.values())
+    norms = None
+    if trained:
+        norms = (
+            float(np.median([np.linalg.norm(p.user_gmf) for p in trained])),
+            float(np.median([np.linalg.norm(p.user_mlp) for p in trained])),
+        )
+        summary["median_user_norms"] = list(norms)
+    return FederatedReference(shared=shared, model=model, summary=summary, user_norms=norms)
 
 
 def profile_scorer(recommender: ContentRecommender) -> Scorer:
@@ -103,7 +112,10 @@ def federated_scorer(
         query = user.query(n)
         start: PrivateState
         if init == "profile":
-            start = profile_init(shared=ref.shared, model=ref.model, content_scores=content.content_scores(query), given=query.given)
+            start = profile_init(
+                shared=ref.shared, model=ref.model, content_scores=content.content_scores(query), given=query.given,
+                norms=ref.user_norms,
+            )
         else:
             start = init_private(ref.model, rng=np.random.default_rng([seed, user.index, 11]))
         private = fold_in(
@@ -141,7 +153,10 @@ def first_rounds_study(
             for user in users:
                 query = user.query(n)
                 initial = (
-                    profile_init(shared=ref.shared, model=ref.model, content_scores=content.content_scores(query), given=query.given)
+                    profile_init(
+                        shared=ref.shared, model=ref.model, content_scores=content.content_scores(query),
+                        given=query.given, norms=ref.user_norms,
+                    )
                     if init == "profile" else None
                 )
                 # a joining device holds only its n items: nothing is held out on it yet

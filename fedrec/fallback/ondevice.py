@@ -48,12 +48,16 @@ class FederatedRecommender:
 
 
 def profile_init(
-    *, shared: Arrays, model: ModelConfig, content_scores: np.ndarray, given: np.ndarray, top: int = 20
+    *, shared: Arrays, model: ModelConfig, content_scores: np.ndarray, given: np.ndarray, top: int = 20,
+    norms: tuple[float, float] | None = None,
 ) -> PrivateState:
     """Private vectors at the mean shared item embedding of the profile's best content matches.
 
     The items used are ``given`` (what the user liked) plus the ``top`` items by
     ``content_scores``; with neither signal, every item counts (the catalogue mean).
+    ``norms`` (GMF, MLP), e.g. the median norms of trained users' vectors, rescale the
+    result: a mean of many item vectors is much shorter than a trained user vector,
+    and a near-zero user vector leaves the ranking to the item side alone.
     """
     ranked = top_k(content_scores, k=top, exclude=given) if np.any(content_scores) else np.empty(0, np.int64)
     anchor = np.unique(np.concatenate([given, ranked])).astype(np.int64)
@@ -61,7 +65,15 @@ def profile_init(
         anchor = np.arange(model.n_items)
     gmf = shared["item_gmf.weight"][anchor].mean(axis=0)  # (g,)
     mlp = shared["item_mlp.weight"][anchor].mean(axis=0) if model.kind == "neumf" else np.zeros(0, np.float32)
+    if norms is not None:
+        gmf = _with_norm(gmf, norms[0])
+        mlp = _with_norm(mlp, norms[1])
     return PrivateState(user_gmf=gmf.astype(np.float32), user_mlp=mlp.astype(np.float32))
+
+
+def _with_norm(vector: np.ndarray, norm: float) -> np.ndarray:
+    length = float(np.linalg.norm(vector))
+    return vector * (norm / length) if length > 0 else vector
 
 
 def fold_in(

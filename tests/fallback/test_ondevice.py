@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
@@ -41,3 +42,14 @@ def test_fold_in_moves_only_the_private_vectors_towards_the_items() -> None:
         return float(s[items].mean() - np.delete(s, items).mean())
 
     assert mean_logit(fitted) > mean_logit(start)
+
+
+def test_profile_init_can_take_the_length_of_a_trained_user() -> None:
+    shared = init_shared(MODEL, seed=0)
+    content = np.linspace(0, 1, 30)
+    plain = profile_init(shared=shared, model=MODEL, content_scores=content, given=np.array([0]))
+    scaled = profile_init(shared=shared, model=MODEL, content_scores=content, given=np.array([0]), norms=(2.0, 3.0))
+    assert np.linalg.norm(scaled.user_gmf) == pytest.approx(2.0, rel=1e-5)
+    assert np.linalg.norm(scaled.user_mlp) == pytest.approx(3.0, rel=1e-5)
+    cosine = scaled.user_gmf @ plain.user_gmf / (np.linalg.norm(scaled.user_gmf) * np.linalg.norm(plain.user_gmf))
+    assert cosine == pytest.approx(1.0, rel=1e-5)
