@@ -286,7 +286,7 @@ def plot(path: Path, rows: Sequence[dict[str, Any]], *, reveal: Sequence[int], u
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for ax, metric, label in zip(axes, ("full_ndcg@10", "ndcg@10"), ("full ranking", "99 sampled negatives")):
         for method in methods:
@@ -296,6 +296,7 @@ def plot(path: Path, rows: Sequence[dict[str, Any]], *, reveal: Sequence[int], u
         ax.set_ylabel(f"NDCG@10 ({label})")
         ax.set_xticks(list(reveal))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=3)
     fig.suptitle(f"cold start on {users} held-out users (never trained)")
     save_png(path, fig)
