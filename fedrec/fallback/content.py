@@ -59,6 +59,7 @@ class ContentRecommender:
         if query.given.shape[0]:
             parts.append(l2_rows(self.catalog.vectors[query.given].mean(axis=0, keepdims=True))[0])
         if query.genres:
+            # genres are the first block of the item vectors (features.build_item_vectors)
             genre_query = np.zeros(self.catalog.vectors.shape[1], dtype=np.float32)
             genre_query[list(query.genres)] = 1.0
             parts.append(genre_query / np.linalg.norm(genre_query))

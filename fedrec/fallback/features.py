@@ -152,7 +152,3 @@ def build_item_vectors(meta: ItemMetadata, config: FeatureConfig) -> np.ndarray:
     ]
     return l2_rows(np.concatenate(blocks, axis=1).astype(np.float32))
 
-
-def genre_block(meta: ItemMetadata) -> slice:
-    """Columns of the genre block in :func:`build_item_vectors`' output."""
-    return slice(0, meta.genres.shape[1])
