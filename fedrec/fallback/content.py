@@ -21,6 +21,7 @@ from fedrec.fallback.profile import Query
 from fedrec.fallback.recommender import Recommendation, top_k
 
 SPARSE_BELOW = 0.1  # density under which item vectors are scored as a sparse matrix
+NOTABLE_QUANTILE = 0.9  # content similarity above this quantile of the catalogue counts as a reason
 
 
 @dataclass(frozen=True)
@@ -77,32 +78,42 @@ class ContentRecommender:
         return np.asarray(self._matrix @ p, dtype=np.float64).ravel()  # (I, d) @ (d,) -> (I,)
 
     def scores(self, query: Query) -> np.ndarray:
+        return self._combine(self.content_scores(query), query)
+
+    def _combine(self, content: np.ndarray, query: Query) -> np.ndarray:
         w = self.blend.popularity_weight
-        prior = self.catalog.popularity.scores(query.demographics, smoothing=self.blend.smoothing)
         if w == 0.0:
-            return self.content_scores(query)
-        if w == 1.0:
-            return prior
-        return (1.0 - w) * self.content_scores(query) + w * prior
+            return content
+        prior = self.catalog.popularity.scores(query.demographics, smoothing=self.blend.smoothing)
+        return prior if w == 1.0 else (1.0 - w) * content + w * prior
 
     def recommend(self, query: Query, *, k: int) -> list[Recommendation]:
-        scores = self.scores(query)
+        content = self.content_scores(query)
+        scores = self._combine(content, query)
+        # an item is explained by content only if its similarity stands out for this profile;
+        # otherwise it is on the list for its popularity, and the reason says so
+        notable = float(np.quantile(content, NOTABLE_QUANTILE)) if np.any(content) else np.inf
         items = top_k(scores, k=k, exclude=query.given)
-        return [Recommendation(int(i), float(scores[i]), self.reason(int(i), query)) for i in items]
+        return [Recommendation(int(i), float(scores[i]), self.reason(int(i), query, content[i] >= notable)) for i in items]
 
-    def reason(self, item: int, query: Query) -> str:
-        """One line a user can check: which liked item or chosen genre it follows from."""
+    def reason(self, item: int, query: Query, similar: bool = True) -> str:
+        """One line a user can check: which liked item or chosen genre it follows from.
+
+        ``similar`` says whether the item's content similarity to the profile stands out;
+        if not, the reason is popularity, not a weak content match.
+        """
         cat = self.catalog
         item_genres = set(np.flatnonzero(cat.genres[item]))
-        if query.given.shape[0]:
+        matched = sorted(item_genres & set(query.genres))
+        if query.given.shape[0] and similar:
             sims = cat.vectors[query.given] @ cat.vectors[item]  # (n_given,)
             closest = int(query.given[int(np.argmax(sims))])
             shared = sorted(item_genres & set(np.flatnonzero(cat.genres[closest])))
             if shared:
                 names = ", ".join(cat.genre_names[g] for g in shared)
                 return f"shares genres {names} with {cat.titles[closest]}"
-            return f"similar in title and era to {cat.titles[closest]}"
-        matched = sorted(item_genres & set(query.genres))
+            if not matched:
+                return f"similar in title and era to {cat.titles[closest]}"
         if matched:
             return f"matches your genres {', '.join(cat.genre_names[g] for g in matched)}"
         who = query.demographics.describe()

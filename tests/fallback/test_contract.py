@@ -113,3 +113,10 @@ def test_demographics_move_the_prior_towards_the_group(checkerboard: Catalog) ->
     shares = prior.shares(Demographics(gender="M"), smoothing=0.1)
     assert int(np.argmax(shares)) == 6
     assert pop.recommend(Query.of_items([], Demographics(gender="F")), k=1)[0].item == 7
+
+
+def test_reasons_name_popularity_when_content_does_not_stand_out(checkerboard: Catalog) -> None:
+    blend = ContentRecommender(checkerboard, BlendConfig(popularity_weight=0.9, smoothing=float("inf")))
+    recs = {r.item: r.reason for r in blend.recommend(Query.of_items([0]), k=N_ITEMS)}
+    assert recs[7] == "popular with many users"  # odd: no content link to the liked even item
+    assert recs[2] == "shares genres Even with Film (1990)"
