@@ -2,4 +2,5 @@
 
 from fedrec.cli import main
 
-main()
+if __name__ == "__main__":  # importing the module (as tests/test_design.py does) must not run the CLI
+    main()

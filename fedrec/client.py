@@ -32,6 +32,9 @@ class Device:
     client_id: int
     data: ClientData
     model: ModelConfig
+    # a cold user's first private vectors, e.g. from their content profile
+    # (fedrec.fallback.ondevice.profile_init); None: random, N(0, init_std^2)
+    initial_private: PrivateState | None = None
 
     @classmethod
     def simulated(cls, config: RunConfig, client_id: int) -> Device:
@@ -39,6 +42,8 @@ class Device:
         return cls(client_id=client_id, data=split.client(client_id), model=config.model.build(split.n_items))
 
     def fresh_private(self, seed: int) -> PrivateState:
+        if self.initial_private is not None:
+            return self.initial_private
         return fresh_private(self.model, seed=seed, client=self.client_id)
 
     def train(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, round_: int) -> LocalResult:

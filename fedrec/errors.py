@@ -28,3 +28,14 @@ class PrivacyError(FedrecError):
 
 class LedgerError(FedrecError):
     """The privacy ledger is malformed or fails verification."""
+
+
+class ProfileError(FedrecError):
+    """A sign-up profile names something the catalogue does not have, or is out of range.
+
+    ``problems`` lists every problem found, so that a client fixes them all at once.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid profile:\n  - " + "\n  - ".join(self.problems))

@@ -231,9 +231,10 @@ class InProcessTransport:
     The same :class:`Device` functions as the Flower ClientApp, without messages.
     """
 
-    def __init__(self, config: RunConfig, n_clients: int) -> None:
+    def __init__(self, config: RunConfig, n_clients: int, *, devices: Sequence[Device] | None = None) -> None:
         self.config = config
-        self.devices = [Device.simulated(config, c) for c in range(n_clients)]
+        # ``devices`` lets a caller federate a population of its own (e.g. cold start's training users)
+        self.devices = list(devices) if devices is not None else [Device.simulated(config, c) for c in range(n_clients)]
         self.private: dict[int, PrivateState] = {}
 
     def clients(self) -> list[int]:

@@ -1,0 +1,302 @@
+"""`fedrec coldstart-eval`: every cold-start recommender on the same held-out users.
+
+Writes ``coldstart.csv`` (one row per method and number of revealed items),
+``coldstart.png`` and ``results.json`` (tuned weights, federated reference, targets).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.client import Device
+from fedrec.config import RunConfig
+from fedrec.data.interactions import Interactions
+from fedrec.data.split import ClientData, leave_one_out
+from fedrec.fallback.catalog import build_catalog
+from fedrec.fallback.content import BlendConfig, ContentRecommender
+from fedrec.fallback.evaluation import (
+    METRICS,
+    ColdStartUser,
+    Scorer,
+    cold_users,
+    evaluate,
+    split_users,
+    tune_blend,
+    user_scores,
+)
+from fedrec.fallback.features import FeatureConfig
+from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
+from fedrec.models import Arrays, ModelConfig
+from fedrec.results import RESULTS, save_png, write_atomic, write_json
+from fedrec.runner import InProcessTransport, run_federated
+from fedrec.training import PrivateState, TrainConfig, init_private
+
+logger = logging.getLogger(__name__)
+
+CSV_NAME = "coldstart.csv"
+PLOT_NAME = "coldstart.png"
+FIRST_ROUNDS_CSV = "first_rounds.csv"
+POPULARITY = "popularity"
+
+
+@dataclass(frozen=True)
+class ColdStartConfig:
+    reveal: tuple[int, ...] = (0, 1, 3, 5)
+    holdout_fraction: float = 0.1
+    num_negatives: int = 99
+    text_encoders: tuple[str, ...] = ("tfidf", "minilm")
+    federated: bool = True  # train a federated reference on the training users
+    fold_in_epochs: int = 20  # full-batch steps a new device takes on its revealed items
+    fold_in_lr: float = 0.05
+    first_rounds: int = 3  # local rounds a joining cold user runs, random vs profile init
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FederatedReference:
+    shared: Arrays
+    model: ModelConfig
+    summary: dict[str, Any]
+    user_norms: tuple[float, float] | None = None  # median (GMF, MLP) norms of the trained users' vectors
+
+
+def train_federated_reference(config: RunConfig, data: Interactions, train_users: np.ndarray, run_dir: Path) -> FederatedReference:
+    """A federated run over the training users only (held-out users never take part)."""
+    torch.set_num_threads(1)
+    population = data.subset_users(train_users)
+    split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives)
+    model = config.model.build(split.n_items)
+    devices = [Device(client_id=c, data=split.client(c), model=model) for c in range(split.n_users)]
+    transport = InProcessTransport(config, split.n_users, devices=devices)
+    started = time.perf_counter()
+    shared, history, test = run_federated(config, transport, model=model, run_dir=run_dir)
+    summary = {
+        "clients": split.n_users, "rounds": history.rounds_run, "clients_per_round": history.expected_clients,
+        "epsilon": history.privacy.get("epsilon"), "delta": history.privacy.get("delta"),
+        "seconds": time.perf_counter() - started, "train_users_test": test,
+    }
+    trained = list(transport.private.values())
+    norms = None
+    if trained:
+        norms = (
+            float(np.median([np.linalg.norm(p.user_gmf) for p in trained])),
+            float(np.median([np.linalg.norm(p.user_mlp) for p in trained])),
+        )
+        summary["median_user_norms"] = list(norms)
+    return FederatedReference(shared=shared, model=model, summary=summary, user_norms=norms)
+
+
+def profile_scorer(recommender: ContentRecommender) -> Scorer:
+    return lambda user, n: recommender.scores(user.query(n))
+
+
+def federated_scorer(
+    ref: FederatedReference, *, init: str, epochs: int, lr: float, seed: int, content: ContentRecommender
+) -> Scorer:
+    """Scores of a new device that fits its private vectors on its n revealed items."""
+    tower = load_tower(ref.shared, ref.model)
+    train = TrainConfig(lr=lr)
+
+    def score(user: ColdStartUser, n: int) -> np.ndarray:
+        query = user.query(n)
+        start: PrivateState
+        if init == "profile":
+            start = profile_init(
+                shared=ref.shared, model=ref.model, content_scores=content.content_scores(query), given=query.given,
+                norms=ref.user_norms,
+            )
+        else:
+            start = init_private(ref.model, rng=np.random.default_rng([seed, user.index, 11]))
+        private = fold_in(
+            shared=ref.shared, model=ref.model, private=start, items=query.given, train=train, epochs=epochs,
+            rng=np.random.default_rng([seed, user.index, n, 13]),
+        )
+        with torch.no_grad():
+            logits = tower.score_all(torch.from_numpy(private.user_gmf), torch.from_numpy(private.user_mlp))
+        return logits.numpy().astype(np.float64)
+
+    return score
+
+
+def first_rounds_study(
+    ref: FederatedReference,
+    users: Sequence[ColdStartUser],
+    *,
+    federated_config: RunConfig,
+    content: ContentRecommender,
+    reveal: Sequence[int],
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Does a profile-initialised private embedding help a cold user in their first rounds?
+
+    Each held-out user joins with their n revealed items and runs the real device code
+    (:meth:`Device.train`, the run's local epochs and learning rate) for ``rounds``
+    rounds against the reference's shared parameters, starting from a random or a
+    profile-based embedding; after each round their targets are ranked as above.
+    """
+    tower = load_tower(ref.shared, ref.model)
+    rows: list[dict[str, Any]] = []
+    for n in [n for n in reveal if n > 0]:
+        for init in ("random", "profile"):
+            per_round: list[list[dict[str, float]]] = [[] for _ in range(rounds + 1)]
+            for user in users:
+                query = user.query(n)
+                initial = (
+                    profile_init(
+                        shared=ref.shared, model=ref.model, content_scores=content.content_scores(query),
+                        given=query.given, norms=ref.user_norms,
+                    )
+                    if init == "profile" else None
+                )
+                # a joining device holds only its n items: nothing is held out on it yet
+                data = ClientData(
+                    n_items=ref.model.n_items, train_items=query.given, val_item=int(query.given[-1]),
+                    test_item=int(query.given[-1]), val_negatives=np.empty(0, np.int64), test_negatives=np.empty(0, np.int64),
+                )
+                device = Device(client_id=user.index, data=data, model=ref.model, initial_private=initial)
+                private = device.fresh_private(federated_config.seed)
+                for round_ in range(rounds + 1):
+                    if round_:
+                        private = device.train(shared=ref.shared, private=private, config=federated_config, round_=round_).private
+                    with torch.no_grad():
+                        scores = tower.score_all(torch.from_numpy(private.user_gmf), torch.from_numpy(private.user_mlp))
+                    per_round[round_].append(user_scores(scores.numpy().astype(np.float64), user))
+            for round_, metrics in enumerate(per_round):
+                rows.append({"init": init, "reveal": n, "round": round_, "users": len(users),
+                             **{m: float(np.mean([r[m] for r in metrics])) for m in METRICS}})
+    return rows
+
+
+def run_coldstart_eval(
+    data: Interactions,
+    *,
+    out_dir: Path,
+    config: ColdStartConfig,
+    federated_config: RunConfig | None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Hold out users, tune on validation users, evaluate every method on test users."""
+    started = time.perf_counter()
+    step = on_step or (lambda _: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    max_reveal = max(config.reveal)
+    rng = np.random.default_rng([config.seed, 41])
+    users = split_users(data, holdout_fraction=config.holdout_fraction, min_interactions=max_reveal + 1, rng=rng)
+    val = cold_users(data, users.validation, max_reveal=max_reveal, num_negatives=config.num_negatives, rng=rng)
+    test = cold_users(data, users.test, max_reveal=max_reveal, num_negatives=config.num_negatives, rng=rng)
+    scorers: dict[str, tuple[Scorer, dict[str, float]]] = {}
+    tuned: dict[str, Any] = {}
+    content_for_init: ContentRecommender | None = None
+    for text in config.text_encoders:
+        step(f"item vectors ({text})")
+        catalog = build_catalog(data, features=FeatureConfig(text=text), run_dir=out_dir, train_users=users.train)
+        if POPULARITY not in scorers:
+            pop = ContentRecommender(catalog, BlendConfig(popularity_weight=1.0, smoothing=math.inf))
+            scorers[POPULARITY] = (profile_scorer(pop), {"popularity_weight": 1.0, "smoothing": math.inf})
+        step(f"tuning the blend ({text}) on validation users")
+        best = tune_blend(catalog, val, reveal=config.reveal)
+        tuned[text] = {**asdict(best.blend), "grid": best.grid}
+        content = ContentRecommender(catalog, BlendConfig(popularity_weight=0.0))
+        blend = ContentRecommender(catalog, best.blend)
+        scorers[f"content ({text})"] = (profile_scorer(content), {"popularity_weight": 0.0, "smoothing": math.nan})
+        scorers[f"blend ({text})"] = (profile_scorer(blend), asdict(best.blend))
+        content_for_init = content
+    federated: dict[str, Any] = {}
+    first_rounds: list[dict[str, Any]] = []
+    if config.federated and federated_config is not None and content_for_init is not None:
+        step("federated reference (training users only)")
+        ref = train_federated_reference(federated_config, data, users.train, out_dir / "federated")
+        federated = ref.summary
+        for init in ("random", "profile"):
+            for epochs in sorted({0, config.fold_in_epochs}):
+                name = f"federated ({init} init, {epochs} fold-in steps)"
+                scorer = federated_scorer(ref, init=init, epochs=epochs, lr=config.fold_in_lr, seed=config.seed, content=content_for_init)
+                scorers[name] = (scorer, {"popularity_weight": math.nan, "smoothing": math.nan})
+        if config.first_rounds:
+            step("first rounds of joining cold users: random vs profile init")
+            first_rounds = first_rounds_study(
+                ref, test, federated_config=federated_config, content=content_for_init, reveal=config.reveal,
+                rounds=config.first_rounds,
+            )
+            write_rows(out_dir / FIRST_ROUNDS_CSV, first_rounds, ["init", "reveal", "round", "users", *METRICS])
+    rows: list[dict[str, Any]] = []
+    for name, (scorer, params) in scorers.items():
+        step(f"evaluating {name}")
+        for n in config.reveal:
+            metrics = evaluate(scorer, test, n)
+            epsilon = federated.get("epsilon", math.inf) if name.startswith("federated") else math.inf
+            rows.append({"method": name, "reveal": n, "users": len(test), **metrics, **params, "epsilon": epsilon, "seed": config.seed})
+    write_csv(out_dir / CSV_NAME, rows)
+    plot(out_dir / PLOT_NAME, rows, reveal=config.reveal, users=len(test))
+    results = {
+        "dataset": data.name, "seed": config.seed, "config": asdict(config),
+        "users": {"train": int(users.train.shape[0]), "validation": len(val), "test": len(test)},
+        "tuned": tuned, "federated": federated, "rows": rows, "first_rounds": first_rounds, "targets": targets(rows, config.text_encoders),
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(out_dir / RESULTS, results)
+    return results
+
+
+def metric_of(rows: Sequence[dict[str, Any]], method: str, n: int, metric: str = "full_ndcg@10") -> float:
+    return next((float(r[metric]) for r in rows if r["method"] == method and r["reveal"] == n), math.nan)
+
+
+def targets(rows: Sequence[dict[str, Any]], encoders: Sequence[str]) -> dict[str, Any]:
+    """The issue's targets: blend vs popularity on full-ranking NDCG@10 at n = 3 and n = 0."""
+    out: dict[str, Any] = {}
+    for text in encoders:
+        pop3, blend3 = metric_of(rows, POPULARITY, 3), metric_of(rows, f"blend ({text})", 3)
+        pop0, blend0 = metric_of(rows, POPULARITY, 0), metric_of(rows, f"blend ({text})", 0)
+        gain = blend3 / pop3 - 1.0 if pop3 > 0 else math.nan
+        out[text] = {
+            "n3_relative_gain": gain, "n3_target_met": bool(gain >= 0.2),
+            "n0_blend": blend0, "n0_popularity": pop0, "n0_target_met": bool(blend0 >= pop0),
+        }
+    return out
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_rows(path, rows, ["method", "reveal", "users", *METRICS, "popularity_weight", "smoothing", "epsilon", "seed"])
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_atomic(path, buffer.getvalue().encode())
+
+
+def plot(path: Path, rows: Sequence[dict[str, Any]], *, reveal: Sequence[int], users: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, metric, label in zip(axes, ("full_ndcg@10", "ndcg@10"), ("full ranking", "99 sampled negatives")):
+        for method in methods:
+            ax.plot(list(reveal), [metric_of(rows, method, n, metric) for n in reveal], marker="o", ms=3, label=method,
+                    ls="--" if method.startswith("federated") else "-")
+        ax.set_xlabel("revealed items n (chronologically first)")
+        ax.set_ylabel(f"NDCG@10 ({label})")
+        ax.set_xticks(list(reveal))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=3)
+    fig.suptitle(f"cold start on {users} held-out users (never trained)")
+    save_png(path, fig)

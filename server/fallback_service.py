@@ -1,0 +1,106 @@
+"""The cold-start service: POST /recommend takes a sign-up profile, GET /health says it is up.
+
+A thin FastAPI shell: it parses JSON into :class:`fedrec.fallback.Profile`, lets
+:func:`fedrec.fallback.resolve_profile` validate it (every problem becomes one line of
+a 422 answer) and returns the content recommender's list with one reason per item.
+The service keeps no state about users and logs no ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedrec.errors import ProfileError
+from fedrec.fallback import Catalog, ContentRecommender, Demographics, Profile, resolve_profile
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 100
+
+
+class DemographicsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    age: int | None = None
+    gender: str | None = None
+    occupation: str | None = None
+
+
+class RecommendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    genres: list[str] = Field(default_factory=list)
+    liked_items: list[int] = Field(default_factory=list)
+    demographics: DemographicsIn | None = None
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class ItemOut(BaseModel):
+    item_id: int
+    title: str
+    score: float
+    reason: str
+
+
+class RecommendOut(BaseModel):
+    items: list[ItemOut]
+
+
+def _problems_from_pydantic(err: RequestValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        message = e.get("msg", "invalid")
+        if where == "k":
+            message = f"k must be an integer from 1 to {MAX_K} ({message})"
+        out.append(f"{where or 'body'}: {message}")
+    return out
+
+
+def create_app(catalog: Catalog, recommender: ContentRecommender) -> FastAPI:
+    """The FastAPI app serving ``recommender`` over ``catalog``."""
+    app = FastAPI(title="fedrec cold-start fallback", version="1")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _problems_from_pydantic(err)})
+
+    @app.exception_handler(ProfileError)
+    async def invalid_profile(_: Request, err: ProfileError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": err.problems})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "items": catalog.n_items, "genres": list(catalog.genre_names)}
+
+    @app.post("/recommend", response_model=RecommendOut)
+    async def recommend(body: RecommendIn) -> RecommendOut:
+        demo = body.demographics or DemographicsIn()
+        profile = Profile(
+            genres=tuple(body.genres), liked_items=tuple(body.liked_items),
+            demographics=Demographics(age=demo.age, gender=demo.gender, occupation=demo.occupation),
+        )
+        query = resolve_profile(profile, catalog)
+        recs = recommender.recommend(query, k=body.k)
+        return RecommendOut(
+            items=[
+                ItemOut(item_id=int(catalog.item_ids[r.item]), title=catalog.titles[r.item], score=r.score, reason=r.reason)
+                for r in recs
+            ]
+        )
+
+    return app
+
+
+def serve(app: FastAPI, *, host: str, port: int, log_level: str = "warning") -> None:
+    """Run ``app`` with uvicorn until interrupted."""
+    import uvicorn
+    from threadpoolctl import threadpool_limits
+
+    # one request is a small product: BLAS threads only contend with each other (and the host)
+    threadpool_limits(1)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

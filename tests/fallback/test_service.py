@@ -1,0 +1,95 @@
+"""The cold-start service end to end: the real `fedrec serve-fallback` process over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    run_dir = tmp_path_factory.mktemp("fallback")
+    env = {**os.environ, "FEDREC_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedrec", "serve-fallback", "--text", "tfidf", "--run-dir", str(run_dir), "--port", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                pytest.fail(f"service exited with {proc.returncode}:\n{out}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("service did not answer /health within 120 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_health(service: str) -> None:
+    body = httpx.get(f"{service}/health").json()
+    assert body["status"] == "ok" and body["items"] == 1682 and "Sci-Fi" in body["genres"]
+
+
+def test_recommend_from_a_profile(service: str) -> None:
+    profile = {"genres": ["Sci-Fi"], "liked_items": [50], "demographics": {"age": 30, "gender": "F", "occupation": "engineer"}, "k": 10}
+    response = httpx.post(f"{service}/recommend", json=profile)
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert len(items) == 10
+    assert 50 not in [i["item_id"] for i in items]
+    assert len({i["item_id"] for i in items}) == 10
+    scores = [i["score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    assert all(i["title"] and i["reason"] for i in items)
+    assert any("Star Wars (1977)" in i["reason"] for i in items)
+
+
+def test_empty_profile_defaults_to_ten_popular_items(service: str) -> None:
+    items = httpx.post(f"{service}/recommend", json={}).json()["items"]
+    assert len(items) == 10
+    assert items[0]["title"] == "Star Wars (1977)"  # the most rated movie of ML-100K
+    assert items[0]["reason"] == "popular with many users"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"genres": ["Space Opera"]}, "unknown genre 'Space Opera'"),
+        ({"liked_items": [99999]}, "unknown item id 99999"),
+        ({"k": 0}, "k must be an integer from 1 to 100"),
+        ({"k": 1000}, "k must be an integer from 1 to 100"),
+        ({"demographics": {"occupation": "astronaut"}}, "unknown occupation 'astronaut'"),
+        ({"liked": [1]}, "liked: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_profiles_get_422_with_a_clear_message(service: str, body: dict[str, object], message: str) -> None:
+    response = httpx.post(f"{service}/recommend", json=body)
+    assert response.status_code == 422
+    assert any(message in line for line in response.json()["detail"]), response.json()
