@@ -27,6 +27,7 @@ from fedrec.config import RunConfig, parse_run_config
 from fedrec.data.sources import load_interactions
 from fedrec.deploy.bundle import app_config, write_app
 from fedrec.deploy.catalog import load_catalog
+from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
 from fedrec.deploy.fleet import CATALOG, split_fleet
 from fedrec.deploy.pki import make_device_keys, make_tls
 from fedrec.privacy.ledger import LEDGER
@@ -45,23 +46,28 @@ def demo_config(*, rounds: int, devices: int, data_dir: str, out: Path, seed: in
     return parse_run_config(values)
 
 
-def prepare_fleet(out: Path, *, devices: int, config: RunConfig, seed: int) -> dict[str, Any]:
+def prepare_fleet(out: Path, *, devices: int, config: RunConfig, seed: int, secure_aggregation: bool = False) -> dict[str, Any]:
     """Data folders, TLS files, device keys and the app folder, all under ``out``."""
     data = load_interactions(config.data.dataset, config.data.data_dir)
     fleet = split_fleet(data, out / "devices", devices=devices, rating_threshold=config.data.rating_threshold,
                         rng=np.random.default_rng([seed, 5]))
+    # Provisioning fixes each device's seed, so that two demo runs differ only in what
+    # they are meant to compare (e.g. with and without SecAgg+'s quantization).
+    for k, device in enumerate(fleet):
+        save_state(DeviceFiles.beside(device.data_path), DeviceState(device_seed=1_000 * seed + k))
     tls = make_tls(out / "tls")
     keys = make_device_keys(out / "device-keys", [d.name for d in fleet])
     n_items = load_catalog(fleet[0].folder / CATALOG).n_items
-    app = write_app(out / "app", app_config(config, out_dir=out / "run", min_devices=devices, n_items=n_items))
+    run_config = app_config(config, out_dir=out / "run", min_devices=devices, n_items=n_items, secure_aggregation=secure_aggregation)
+    app = write_app(out / "app", run_config)
     return {"fleet": fleet, "tls": tls, "keys": keys, "app": app}
 
 
 def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int = 0,
-             overrides: dict[str, Any] | None = None, timeout: float = 1800.0) -> dict[str, Any]:
+             overrides: dict[str, Any] | None = None, timeout: float = 1800.0, secure_aggregation: bool = False) -> dict[str, Any]:
     out = out.resolve()
     config = demo_config(rounds=rounds, devices=devices, data_dir=data_dir, out=out, seed=seed, overrides=overrides or {})
-    parts = prepare_fleet(out, devices=devices, config=config, seed=seed)
+    parts = prepare_fleet(out, devices=devices, config=config, seed=seed, secure_aggregation=secure_aggregation)
     started = time.perf_counter()
     with LocalFleet(out / "fleet", tls=parts["tls"], auth=True) as fleet:
         fleet.start_superlink()
@@ -83,7 +89,7 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
     clientapp_rss = [json.loads((d.folder / "telemetry.json").read_text())["peak_rss_bytes"]
                      for d in parts["fleet"] if (d.folder / "telemetry.json").is_file()]
     summary = {
-        "devices": devices, "rounds": results["rounds"], "run_id": run_id,
+        "devices": devices, "rounds": results["rounds"], "run_id": run_id, "secure_aggregation": secure_aggregation,
         "seconds_start_to_online": online - started, "seconds_run": finished - online,
         "seconds_per_round": results["seconds_per_round"],
         "hr@10": results["hr@10"], "ndcg@10": results["ndcg@10"], "epsilon": results["epsilon"],
@@ -104,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/deploy-demo"))
     parser.add_argument("--data", default="", help="data directory (default: $FEDREC_DATA_DIR)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--secure-aggregation", action="store_true", help="aggregate with SecAgg+")
     parser.add_argument("--set", action="append", default=[], help="run setting key=value (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = dict(pair.split("=", 1) for pair in args.set)
-    summary = run_demo(args.out, devices=args.devices, rounds=args.rounds, data_dir=args.data, seed=args.seed, overrides=overrides)
+    summary = run_demo(
+        args.out, devices=args.devices, rounds=args.rounds, data_dir=args.data, seed=args.seed, overrides=overrides,
+        secure_aggregation=args.secure_aggregation,
+    )
     print(json.dumps(summary, indent=2))
     return 0 if summary["audit_exit_code"] == 0 else 1
 

@@ -18,6 +18,7 @@ from fedrec.deploy.settings import split_deploy_settings
 from fedrec.experiment import run_and_report
 from fedrec.results import RESULTS, write_json
 from server.app import split_out_dir
+from server.secagg import SecAggTransport
 from server.transport import GridTransport
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,15 @@ def main(grid: Grid, context: Context) -> None:
     values, out_dir = split_out_dir(context.run_config)
     values, deploy = split_deploy_settings(values)
     config = parse_run_config(values)
-    transport = GridTransport(
-        grid, config, expected_nodes=deploy.min_devices, timeout=deploy.round_timeout, patience=deploy.connect_timeout
+    common = {"expected_nodes": deploy.min_devices, "timeout": deploy.round_timeout, "patience": deploy.connect_timeout}
+    transport = (
+        SecAggTransport(grid, config, context=context, **common)  # type: ignore[arg-type]
+        if deploy.secure_aggregation
+        else GridTransport(grid, config, **common)  # type: ignore[arg-type]
     )
     results = run_and_report(config, transport, out_dir=out_dir, engine="flower-deployment", n_items=deploy.n_items)
     per_device = [u["bytes_per_device"] for u in transport.uploads]
+    results["secure_aggregation"] = deploy.secure_aggregation
     results["upload"] = {
         "bytes_per_device_per_round": per_device,
         "mean_bytes_per_device": sum(per_device) / len(per_device) if per_device else 0.0,

@@ -32,7 +32,10 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def app_config(config: RunConfig, *, out_dir: Path, min_devices: int, n_items: int, round_timeout: float = 300.0) -> dict[str, Any]:
+def app_config(
+    config: RunConfig, *, out_dir: Path, min_devices: int, n_items: int, round_timeout: float = 300.0,
+    secure_aggregation: bool = False,
+) -> dict[str, Any]:
     """The flat run config of a deployment: fedrec's keys plus the server's deployment keys."""
     return {
         **config.to_flat(),
@@ -41,6 +44,7 @@ def app_config(config: RunConfig, *, out_dir: Path, min_devices: int, n_items: i
         settings.NUM_ITEMS: n_items,
         settings.ROUND_TIMEOUT: round_timeout,
         settings.CONNECT_TIMEOUT: 300.0,
+        settings.SECURE_AGGREGATION: secure_aggregation,
     }
 
 
