@@ -11,7 +11,7 @@ import copy
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -73,7 +73,7 @@ class InlineGrid(Grid):
             msg = copy.deepcopy(msg)  # on the wire every device gets its own copy (the mod pops keys)
             try:
                 reply = device_app(message=msg, context=self.contexts[msg.metadata.dst_node_id])
-            except Exception as err:  # what the SuperNode does with a raising ClientApp
+            except Exception as err:  # noqa: BLE001 -- what the SuperNode does with a raising ClientApp
                 reply = Message(Error(code=2, reason=str(err)), reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id  # as the SuperNode stamps it
             self.sent.append(reply)
@@ -123,7 +123,8 @@ def test_secure_aggregation_returns_the_sum_of_the_clipped_updates(setup: tuple[
     assert len(masked) == 4
     for m in masked:
         assert not any(len(r) for r in m.content.array_records.values())  # the float update was removed
-        vectors = [bytes_to_ndarray(b) for b in m.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+        payload = cast(list[bytes], m.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
+        vectors = [bytes_to_ndarray(b) for b in payload]
         assert [v.dtype.kind for v in vectors] == ["i"] * len(vectors)
         assert [v.shape for v in vectors] == [(1,)] + [expected[n].shape for n in sorted(expected)]  # weight + tensors
     assert transport.uploads[0]["devices"] == 4
