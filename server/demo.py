@@ -95,6 +95,7 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
         "hr@10": results["hr@10"], "ndcg@10": results["ndcg@10"], "epsilon": results["epsilon"],
         "rejected_updates": results["rejected_updates"],
         "upload_bytes_per_device": results["upload"]["mean_bytes_per_device"],
+        "train_seconds_per_round": [u.get("train_seconds") for u in results["upload"]["rounds"]],
         "peak_rss_supernode_bytes": supernode_rss, "peak_rss_clientapp_bytes": max(clientapp_rss, default=0),
         "peak_rss_superlink_bytes": superlink_rss,
         "audit_exit_code": audit.returncode, "ledger": str(out / "run" / LEDGER),

@@ -13,6 +13,7 @@ with L2 norm <= C has every coordinate in [-C, C], so nothing is cut off.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -120,6 +121,7 @@ class SecAggTransport(GridTransport):
         self.threshold_fraction = threshold_fraction
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
+        started = time.perf_counter()
         names = sorted(shared)
         metered = _MeteredGrid(self.grid)
         run_id = self.grid.run.run_id
@@ -146,6 +148,11 @@ class SecAggTransport(GridTransport):
             replies.append(TrainReply(client=-1, update=total, contributors=strategy.contributors))
         if metered.received:
             sizes = list(metered.received.values())
-            self.uploads.append({"round": float(round_), "devices": float(len(sizes)), "bytes_per_device": float(np.mean(sizes))})
+            self.uploads.append(
+                {
+                    "round": float(round_), "devices": float(len(sizes)), "bytes_per_device": float(np.mean(sizes)),
+                    "train_seconds": time.perf_counter() - started,
+                }
+            )
         logger.info("round %d: secure aggregation of %d of %d devices", round_, strategy.contributors, len(clients))
         return replies

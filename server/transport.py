@@ -56,6 +56,7 @@ class GridTransport:
         return replies
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
+        started = time.perf_counter()
         out = []
         sizes = []
         for reply in self._send(clients, shared, "train", round_):
@@ -82,7 +83,12 @@ class GridTransport:
                 )
             )
         if sizes:
-            self.uploads.append({"round": float(round_), "devices": float(len(sizes)), "bytes_per_device": float(sum(sizes) / len(sizes))})
+            self.uploads.append(
+                {
+                    "round": float(round_), "devices": float(len(sizes)), "bytes_per_device": float(sum(sizes) / len(sizes)),
+                    "train_seconds": time.perf_counter() - started,
+                }
+            )
         return out
 
     def _note_contents(self, reply: Message) -> None:
