@@ -106,6 +106,8 @@ def train(msg: Message, context: Context) -> Message:
     local, config, round_ = _open(msg, context)
     secure = "fitins.parameters" in msg.content.array_records
     if secure:
+        if config.privacy.local_dp:
+            raise ConfigError(["local-dp with secure-aggregation: the device's epsilon cannot be reported through SecAgg+"])
         names = sorted(shared_spec(local.device.model))  # the server sends tensors in name order
         parameters = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
         shared = dict(zip(names, parameters_to_ndarrays(parameters), strict=True))
@@ -115,8 +117,6 @@ def train(msg: Message, context: Context) -> Message:
     local.remember(shared=shared, config=config, round_=round_, private=result.private)
     _note_memory(local)
     if secure:
-        if config.privacy.local_dp:
-            raise ConfigError(["local-dp with secure-aggregation: the device's epsilon cannot be reported through SecAgg+"])
         update = ndarrays_to_parameters([result.update[n] for n in names])
         fitres = FitRes(status=Status(Code.OK, ""), parameters=update, num_examples=1, metrics={})
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
