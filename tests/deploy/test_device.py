@@ -141,3 +141,20 @@ def test_app_folder_lists_every_run_config_key_and_the_deployment_apps(tmp_path:
     values, deploy = split_deploy_settings({k: v for k, v in flwr["config"].items() if k != "out-dir"})
     assert parse_run_config(values) == config and deploy.n_items == 1682
     assert (app / "fedrec" / "deploy" / "device.py").is_file() and (app / "clients" / "device.py").is_file()
+
+
+def test_deploy_and_recommend_commands(data_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["deploy", "split", "--out", str(tmp_path / "d"), "--devices", "2", "--data", str(data_dir)])
+    assert out.exit_code == 0, out.output
+    assert "num-items=1682" in out.output.replace("\n", "")
+    out = runner.invoke(app, ["deploy", "keys", "--out", str(tmp_path / "k"), "--devices", "2"])
+    assert out.exit_code == 0 and (tmp_path / "k" / "device-001.pub").is_file()
+    out = runner.invoke(app, ["recommend", "--device-dir", str(tmp_path / "d" / "device-000"), "-k", "3"])
+    assert out.exit_code == 0 and "popularity" in out.output
+    out = runner.invoke(app, ["recommend", "--device-dir", str(tmp_path / "nowhere"), "-k", "3"])
+    assert out.exit_code == 2 and "error" in out.output
