@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedrec.config import RunConfig, load_config_file, parse_overrides, parse_run_config
+from fedrec.deploy.commands import deploy_app, recommend
 from fedrec.errors import FedrecError
 from fedrec.metrics import METRIC_NAMES
 from fedrec.settings import resolve_data_dir
@@ -25,6 +26,8 @@ from fedrec.settings import resolve_data_dir
 app = typer.Typer(help="fedrec: privacy-preserving federated recommendation.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Get and check data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(deploy_app, name="deploy")
+app.command("recommend")(recommend)
 console = Console()
 
 # Engines are looked up by name so that the library never imports Flower itself.

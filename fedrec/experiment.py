@@ -23,11 +23,17 @@ def run_and_report(
     out_dir: Path,
     engine: str,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    n_items: int | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, write ``results.json`` and ``curves.png`` into ``out_dir``."""
+    """Train, evaluate, write ``results.json`` and ``curves.png`` into ``out_dir``.
+
+    ``n_items`` is the catalogue size when the server has no data (a deployment);
+    otherwise it comes from the simulated population.
+    """
     started = time.perf_counter()
-    prepared = simulated_population(config)
-    model = config.model.build(prepared.split.n_items)
+    if n_items is None:
+        n_items = simulated_population(config).split.n_items
+    model = config.model.build(n_items)
     n_clients = len(transport.clients())
     out_dir.mkdir(parents=True, exist_ok=True)
     shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round)

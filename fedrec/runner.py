@@ -39,6 +39,7 @@ class TrainReply:
     loss: float = float("nan")
     local_epsilon: float = 0.0
     error: str = ""
+    contributors: int = 1  # > 1: ``update`` is already the sum of that many clients' updates (secure aggregation)
 
 
 class Transport(Protocol):
@@ -174,6 +175,7 @@ def run_federated(
             else:
                 good.append(reply)
         updates = [r.update for r in good if r.update is not None]
+        contributors = sum(r.contributors for r in good)
         round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
         history.local_epsilon = max(history.local_epsilon, round_local_epsilon)
         if dp is not None and session is not None:
@@ -181,15 +183,15 @@ def run_federated(
             # on disk before its aggregate touches the model.
             delta = dp.aggregate(updates, like=shared, rng=noise_rng)
             local = {"max_epsilon": round_local_epsilon, "delta": config.privacy.local_delta} if config.privacy.local_dp else None
-            session.record_round(round_, clients=len(updates), local_dp=local)
+            session.record_round(round_, clients=contributors, local_dp=local)
             shared, buffer = optimizer.step(shared, delta, buffer)
         elif updates:
-            delta = mean_updates(updates, shared, denominator=len(updates))
+            delta = mean_updates(updates, shared, denominator=contributors)
             shared, buffer = optimizer.step(shared, delta, buffer)
         info = {
             "round": float(round_),
             "sampled": float(len(sampled)),
-            "aggregated": float(len(good)),
+            "aggregated": float(contributors),
             "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
             "seconds": time.perf_counter() - started,
         }

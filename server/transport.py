@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -22,11 +22,19 @@ logger = logging.getLogger(__name__)
 class GridTransport:
     """Sends train/evaluate messages to SuperNodes and collects the replies."""
 
-    def __init__(self, grid: Grid, config: RunConfig, *, expected_nodes: int, timeout: float = 600.0) -> None:
+    def __init__(
+        self, grid: Grid, config: RunConfig, *, expected_nodes: int, timeout: float = 600.0, patience: float = 120.0,
+        client_order: bool = True,
+    ) -> None:
+        """``client_order``: ask each node which simulated client it is (simulation);
+        real devices have no client index and keep their node-id order."""
         self.grid = grid
         self.run_config = protocol.encode_run_config(config.to_flat())
         self.timeout = timeout
-        self._nodes = self._in_client_order(self._wait_for_nodes(expected_nodes))
+        self.uploads: list[dict[str, float]] = []  # per train round: bytes received per device
+        self.upload_contents: dict[str, list[str]] = {}  # what one train reply carried, by record
+        nodes = self._wait_for_nodes(expected_nodes, patience)
+        self._nodes = self._in_client_order(nodes) if client_order else nodes
 
     def _wait_for_nodes(self, expected: int, patience: float = 120.0) -> list[int]:
         # Virtual nodes register while the ServerApp starts; wait for all of them.
@@ -68,23 +76,48 @@ class GridTransport:
         return replies
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
+        started = time.perf_counter()
         out = []
+        sizes = []
         for reply in self._send(clients, shared, "train", round_):
             node = int(reply.metadata.src_node_id)
             if reply.has_error():
+                logger.warning("round %d: a device failed: %s", round_, reply.error.reason)
                 out.append(TrainReply(client=node, update=None, error=f"device error {reply.error.code}"))
                 continue
-            metrics = reply.content.metric_records[protocol.METRICS]
+            if protocol.ARRAYS not in reply.content.array_records:
+                out.append(TrainReply(client=node, update=None, error="reply without an update"))
+                continue
+            record = reply.content.array_records[protocol.ARRAYS]
+            sizes.append(sum(len(array.data) for array in record.values()))
+            self._note_contents(reply)
+            # A real device may send nothing but its update (and its record-level epsilon).
+            metrics: Mapping[str, object] = reply.content.metric_records.get(protocol.METRICS, {})
             out.append(
                 TrainReply(
                     client=node,
-                    update=to_arrays(reply.content.array_records[protocol.ARRAYS]),
-                    num_examples=int(str(metrics[protocol.NUM_EXAMPLES])),
-                    loss=float(str(metrics[protocol.TRAIN_LOSS])),
-                    local_epsilon=float(str(metrics[protocol.LOCAL_EPSILON])),
+                    update=to_arrays(record),
+                    num_examples=int(str(metrics.get(protocol.NUM_EXAMPLES, 0))),
+                    loss=float(str(metrics.get(protocol.TRAIN_LOSS, "nan"))),
+                    local_epsilon=float(str(metrics.get(protocol.LOCAL_EPSILON, 0.0))),
                 )
             )
+        if sizes:
+            self.uploads.append(
+                {
+                    "round": float(round_), "devices": float(len(sizes)), "bytes_per_device": float(sum(sizes) / len(sizes)),
+                    "train_seconds": time.perf_counter() - started,
+                }
+            )
         return out
+
+    def _note_contents(self, reply: Message) -> None:
+        c = reply.content
+        self.upload_contents = {
+            **{f"arrays:{name}": sorted(record) for name, record in c.array_records.items()},
+            **{f"metrics:{name}": sorted(record) for name, record in c.metric_records.items()},
+            **{f"config:{name}": sorted(record) for name, record in c.config_records.items()},
+        }
 
     def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:
         replies = self._send(clients, shared, "evaluate", round_, **{protocol.HELD_OUT: which})

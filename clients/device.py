@@ -1,0 +1,137 @@
+"""The ClientApp for a real device (Flower's deployment runtime).
+
+The SuperNode's node config names the device's data file (``data-path=...``). The
+device validates it with fedrec's loaders, keeps its private state in ``state.npz``
+next to it, and replies to a training round with nothing but the clipped update of
+the shared parameters (plus its record-level epsilon when local DP-SGD is on). An
+outbox guard (a Flower mod) refuses to send any other record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+
+from clients.records import to_arrays, to_record
+from fedrec import protocol
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.deploy.device import LocalDevice
+from fedrec.errors import ConfigError, DataError, FedrecError
+from fedrec.models import shared_spec
+
+torch.set_num_threads(1)  # a phone-sized workload; several devices share a core in the demo
+
+logger = logging.getLogger(__name__)
+
+DATA_PATH = "data-path"  # node-config key
+TELEMETRY = "telemetry.json"  # device-local: peak memory of the last ClientApp process
+ALLOWED_TRAIN_METRICS = frozenset({protocol.LOCAL_EPSILON})
+# SecAgg+'s legacy FitRes: the update, a constant weight of 1 and an OK status.
+FITRES_SHAPE = {
+    "arrays": {"fitres.parameters"}, "metrics": {"fitres.num_examples": {"num_examples"}},
+    "config": {"fitres.metrics": set(), "fitres.status": {"code", "message"}},
+}
+
+
+def _carries_only_the_update(content: RecordDict) -> bool:
+    metric_keys = {k for r in content.metric_records.values() for k in r}
+    if set(content.array_records) == {protocol.ARRAYS}:
+        return not content.config_records and metric_keys <= ALLOWED_TRAIN_METRICS
+    return (
+        set(content.array_records) == FITRES_SHAPE["arrays"]
+        and {n: set(r) for n, r in content.metric_records.items()} == FITRES_SHAPE["metrics"]
+        and {n: set(r) for n, r in content.config_records.items()} == FITRES_SHAPE["config"]
+        and content.metric_records["fitres.num_examples"]["num_examples"] == 1
+    )
+
+
+def outbox_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Refuse to send a training reply that carries anything but the shared update."""
+    reply = call_next(msg, context)
+    if msg.metadata.message_type == "train" and not reply.has_error() and not _carries_only_the_update(reply.content):
+        raise FedrecError("outbox guard: a training reply may carry only the shared-parameter update")
+    return reply
+
+
+def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ client protocol, for rounds the server runs through SecAgg+."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+# Order matters: SecAgg+ masks what the guard has checked.
+app = ClientApp(mods=[secure_aggregation, outbox_guard])
+
+
+def _open(msg: Message, context: Context) -> tuple[LocalDevice, RunConfig, int]:
+    if "fitins.config" in msg.content.config_records:  # a SecAgg+ round (legacy FitIns)
+        record = msg.content.config_records["fitins.config"]
+    else:
+        record = msg.content.config_records[protocol.CONFIG]
+    config = parse_run_config(protocol.decode_run_config(str(record[protocol.RUN_CONFIG])))
+    path = context.node_config.get(DATA_PATH)
+    if not path:
+        raise ConfigError([f"node config has no {DATA_PATH}: start the SuperNode with --node-config '{DATA_PATH}=\"FILE\"'"])
+    try:
+        local = LocalDevice.open(str(path), config)
+    except DataError as err:
+        # The details (file name, line) stay in the device's log; the server only
+        # learns that this device's data is unusable.
+        logger.error("device data unusable: %s", err)
+        raise FedrecError("the device's data file is unusable (details in the device log)") from None
+    return local, config, int(str(record[protocol.SERVER_ROUND]))
+
+
+def _note_memory(local: LocalDevice) -> None:
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    telemetry = {"peak_rss_bytes": peak_kib * 1024, "at": time.time()}
+    Path(local.files.state.parent / TELEMETRY).write_text(json.dumps(telemetry))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    local, config, round_ = _open(msg, context)
+    secure = "fitins.parameters" in msg.content.array_records
+    if secure:
+        if config.privacy.local_dp:
+            raise ConfigError(["local-dp with secure-aggregation: the device's epsilon cannot be reported through SecAgg+"])
+        names = sorted(shared_spec(local.device.model))  # the server sends tensors in name order
+        parameters = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
+        shared = dict(zip(names, parameters_to_ndarrays(parameters), strict=True))
+    else:
+        shared = to_arrays(msg.content.array_records[protocol.ARRAYS])
+    result = local.device.train(shared=shared, private=local.state.private, config=config, round_=round_)
+    local.remember(shared=shared, config=config, round_=round_, private=result.private)
+    _note_memory(local)
+    if secure:
+        update = ndarrays_to_parameters([result.update[n] for n in names])
+        fitres = FitRes(status=Status(Code.OK, ""), parameters=update, num_examples=1, metrics={})
+        return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+    content = RecordDict({protocol.ARRAYS: to_record(result.update)})
+    if config.privacy.local_dp:
+        content[protocol.METRICS] = MetricRecord({protocol.LOCAL_EPSILON: result.local_epsilon})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    local, config, round_ = _open(msg, context)
+    shared = to_arrays(msg.content.array_records[protocol.ARRAYS])
+    local.remember(shared=shared, config=config, round_=round_)
+    record = msg.content.config_records[protocol.CONFIG]
+    metrics = local.device.evaluate(shared=shared, private=local.state.private, config=config, which=str(record[protocol.HELD_OUT]))
+    _note_memory(local)
+    return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)

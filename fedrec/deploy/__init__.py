@@ -1,0 +1,2 @@
+"""Deployment on real devices: certificates and device keys, per-device data files,
+on-device state and recommendations. No Flower imports (the apps live in clients/, server/)."""

@@ -1,0 +1,50 @@
+"""The ServerApp for Flower's deployment runtime (SuperLink + real SuperNodes).
+
+Unlike the simulation app, the server holds no data: the catalogue size and the
+number of devices to wait for come from the run config (``num-items``,
+``min-devices``). Results and the privacy ledger go to ``out-dir`` on the machine
+that runs the ServerApp.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.config import parse_run_config
+from fedrec.deploy.settings import split_deploy_settings
+from fedrec.experiment import run_and_report
+from fedrec.results import RESULTS, write_json
+from server.app import split_out_dir
+from server.secagg import SecAggTransport
+from server.transport import GridTransport
+
+logger = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    values, out_dir = split_out_dir(context.run_config)
+    values, deploy = split_deploy_settings(values)
+    config = parse_run_config(values)
+    common = {"expected_nodes": deploy.min_devices, "timeout": deploy.round_timeout, "patience": deploy.connect_timeout}
+    transport = (
+        SecAggTransport(grid, config, context=context, **common)  # type: ignore[arg-type]
+        if deploy.secure_aggregation
+        else GridTransport(grid, config, client_order=False, **common)  # type: ignore[arg-type]
+    )
+    results = run_and_report(config, transport, out_dir=out_dir, engine="flower-deployment", n_items=deploy.n_items)
+    per_device = [u["bytes_per_device"] for u in transport.uploads]
+    results["secure_aggregation"] = deploy.secure_aggregation
+    results["upload"] = {
+        "bytes_per_device_per_round": per_device,
+        "mean_bytes_per_device": sum(per_device) / len(per_device) if per_device else 0.0,
+        "rounds": transport.uploads,
+        "contents": transport.upload_contents,
+    }
+    write_json(out_dir / RESULTS, results)
+    logger.info("deployment run finished: results in %s", out_dir / RESULTS)

@@ -1,0 +1,154 @@
+"""SecAgg+ through fedrec's transport and device app, in one process.
+
+The grid here delivers each message straight to the real device ClientApp (with
+Flower's real ``secaggplus_mod`` and ``SecAggPlusWorkflow``); only the network is
+left out. The deployment tests in ``test_fleet.py`` use real processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.device import app as device_app
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.data import Interactions
+from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
+from fedrec.deploy.fleet import split_fleet
+from fedrec.errors import ConfigError
+from fedrec.models import init_shared
+from server.secagg import SecAggTransport
+from server.transport import GridTransport
+
+
+class InlineGrid(Grid):
+    """Delivers messages to a ClientApp in this process, one Context per node."""
+
+    def __init__(self, node_configs: dict[int, dict[str, Any]]) -> None:
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
+            for node, cfg in node_configs.items()
+        }
+        self.sent: list[Message] = []  # replies, as the server received them
+        self._run = Run.create_empty(1)
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def get_nodes(self) -> Iterable[Any]:
+        return []
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            msg = copy.deepcopy(msg)  # on the wire every device gets its own copy (the mod pops keys)
+            try:
+                reply = device_app(message=msg, context=self.contexts[msg.metadata.dst_node_id])
+            except Exception as err:  # noqa: BLE001 -- what the SuperNode does with a raising ClientApp
+                reply = Message(Error(code=2, reason=str(err)), reply_to=msg)
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id  # as the SuperNode stamps it
+            self.sent.append(reply)
+            replies.append(reply)
+        return replies
+
+
+@pytest.fixture()
+def setup(ml100k: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RunConfig, dict[int, dict[str, Any]]]:
+    # Flower stamps messages with the identity of the process's task (set by its runtime).
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    config = parse_run_config({"gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.5, "ledger-key": str(tmp_path / "k.pem")})
+    fleet = split_fleet(ml100k, tmp_path / "devices", devices=4, rating_threshold=0.0, rng=np.random.default_rng(3))
+    for k, device in enumerate(fleet):
+        save_state(DeviceFiles.beside(device.data_path), DeviceState(device_seed=100 + k))
+    return config, {10 + k: {"data-path": str(d.data_path)} for k, d in enumerate(fleet)}
+
+
+def _plain_sum(config: RunConfig, nodes: dict[int, dict[str, Any]], shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    total = {k: np.zeros_like(v, dtype=np.float64) for k, v in shared.items()}
+    for cfg in nodes.values():
+        local = LocalDevice.open(cfg["data-path"], config)
+        update = local.device.train(shared=shared, private=None, config=config, round_=1).update
+        for k in total:
+            total[k] += update[k]
+    return total
+
+
+def test_secure_aggregation_returns_the_sum_of_the_clipped_updates(setup: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
+    config, nodes = setup
+    grid = InlineGrid(nodes)
+    transport = SecAggTransport(grid, config, context=Context(1, 0, {}, RecordDict(), {}), expected_nodes=4, timeout=60, patience=1)
+    shared = init_shared(config.model.build(1682), seed=0)
+    expected = _plain_sum(config, nodes, shared)  # same device seeds, same round: the same updates
+    [reply] = transport.train(sorted(nodes), shared, round_=1)
+    assert reply.contributors == 4 and reply.update is not None
+    step = 2 * config.privacy.clipping_norm / 4194304  # SecAgg+'s quantization step
+    for name, value in expected.items():
+        np.testing.assert_allclose(reply.update[name], value, atol=4 * step * 4 + 1e-6)
+    # what left the devices in the masked stage: masked integers, never the float update
+    masked = [
+        m for m in grid.sent
+        if Key.MASKED_PARAMETERS in m.content.config_records.get(RECORD_KEY_CONFIGS, {})
+    ]
+    assert len(masked) == 4
+    for m in masked:
+        assert not any(len(r) for r in m.content.array_records.values())  # the float update was removed
+        payload = cast(list[bytes], m.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
+        vectors = [bytes_to_ndarray(b) for b in payload]
+        assert [v.dtype.kind for v in vectors] == ["i"] * len(vectors)
+        assert [v.shape for v in vectors] == [(1,)] + [expected[n].shape for n in sorted(expected)]  # weight + tensors
+    assert transport.uploads[0]["devices"] == 4
+
+
+def test_a_device_that_fails_is_a_dropout_and_the_rest_are_aggregated(setup: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
+    config, nodes = setup
+    Path(nodes[12]["data-path"]).write_text("user,item,rating,timestamp\n1,2,3\n")
+    transport = SecAggTransport(InlineGrid(nodes), config, context=Context(1, 0, {}, RecordDict(), {}), expected_nodes=4, timeout=60, patience=1)
+    replies = transport.train(sorted(nodes), init_shared(config.model.build(1682), seed=0), round_=1)
+    assert sum(r.update is None for r in replies) == 1
+    assert [r.contributors for r in replies if r.update is not None] == [3]
+
+
+def test_plain_transport_receives_only_the_update(setup: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
+    config, nodes = setup
+    transport = GridTransport(InlineGrid(nodes), config, expected_nodes=4, patience=1)
+    replies = transport.train(sorted(nodes), init_shared(config.model.build(1682), seed=0), round_=1)
+    assert all(r.update is not None for r in replies)
+    assert transport.upload_contents == {"arrays:arrays": sorted(replies[0].update or {})}
+
+
+def test_secure_aggregation_requires_user_level_dp(setup: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
+    config, nodes = setup
+    off = parse_run_config({**config.to_flat(), "dp": "off"})
+    with pytest.raises(ConfigError, match="needs dp = user"):
+        SecAggTransport(InlineGrid(nodes), off, context=Context(1, 0, {}, RecordDict(), {}), expected_nodes=4, timeout=60, patience=1)
