@@ -26,8 +26,8 @@ def backend_config(ray_address: str = "") -> dict[str, Any]:
     init: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
     if ray_address:
         init["address"] = ray_address  # a running cluster: its own CPUs, no dashboard settings
-    else:
-        init.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    else:  # "local": always a fresh instance, even where a `ray start` left its address behind
+        init.update(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init}
 
 
