@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam
 
 from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, shared_spec
@@ -145,15 +146,16 @@ class StackedNeuMF:
 
 
 def _adam_step(
-    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, lr: float, step: int
+    params: list[torch.Tensor], grads: list[torch.Tensor], moments: list[tuple[torch.Tensor, torch.Tensor]], *, lr: float, step: int
 ) -> None:
-    """torch.optim.Adam's single-tensor update (no weight decay), in place, same arithmetic."""
-    beta1, beta2 = ADAM_BETAS
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step_size = lr / (1 - beta1**step)
-    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(ADAM_EPS)
-    param.addcdiv_(exp_avg, denom, value=-step_size)
+    """torch.optim.Adam's update (no weight decay) of several tensors at step ``step``, in
+    place: torch's own fused kernel, one pass over memory instead of eight."""
+    adam(
+        params, grads, [m for m, _ in moments], [v for _, v in moments], [],
+        [torch.tensor(float(step - 1)) for _ in params],  # the kernel counts the step itself
+        fused=True, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=lr, weight_decay=0.0,
+        eps=ADAM_EPS, maximize=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,9 @@ def local_update_batched(
     order = np.argsort(-schedule.steps, kind="stable")  # most steps first: active clients form a prefix
     net = StackedNeuMF(model, shared, schedule.items[order], user_gmf[order], user_mlp[order])
     tensors = net.tensors()
-    lrs = {name: train.lr * (train.user_lr_scale if name in net.user else 1.0) for name in tensors}
+    groups: dict[float, list[str]] = {}  # learning rate -> tensors (shared weights, private user vectors)
+    for name in tensors:
+        groups.setdefault(train.lr * (train.user_lr_scale if name in net.user else 1.0), []).append(name)
     moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == "adam" else {}
     steps = schedule.steps[order]
     slots = torch.from_numpy(schedule.slots[order])
@@ -225,13 +229,15 @@ def local_update_batched(
         per_client.sum().backward()
         with torch.no_grad():
             loss_sum[:a] += (per_client * count).double()
-            for name, leaf in leaves.items():
-                if leaf.grad is None:  # a 0-d branch (user_mlp of a GMF model) takes no part
-                    continue
+            # a 0-d branch (user_mlp of a GMF model) takes no part and has no gradient
+            for lr, names in groups.items():
+                trained = [n for n in names if leaves[n].grad is not None]
+                grads = [leaves[n].grad for n in trained]
                 if moments:
-                    _adam_step(leaf, leaf.grad, moments[name][0][:a], moments[name][1][:a], lr=lrs[name], step=t + 1)
+                    step_moments = [(moments[n][0][:a], moments[n][1][:a]) for n in trained]
+                    _adam_step([leaves[n] for n in trained], grads, step_moments, lr=lr, step=t + 1)  # type: ignore[arg-type]
                 else:
-                    leaf.add_(leaf.grad, alpha=-lrs[name])
+                    torch._foreach_add_([leaves[n] for n in trained], grads, alpha=-lr)  # type: ignore[arg-type]
     inverse = np.argsort(order)
     examples = schedule.examples
     return BatchedResult(

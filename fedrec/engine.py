@@ -39,7 +39,8 @@ from fedrec.training import fresh_private
 
 logger = logging.getLogger(__name__)
 
-TRAIN_CHUNK = 256  # clients trained together; similar history lengths share a chunk (little padding)
+TRAIN_CHUNK = 256  # at most this many clients train together
+LENGTH_RATIO = 2.0  # ... and only clients whose histories differ by less than this factor (little padding)
 SCORE_PAIRS = 1 << 21  # (user, item) pairs scored at once in evaluation
 
 
@@ -76,11 +77,26 @@ class VectorisedTransport:
                 self.started[c] = True
         return self.user_gmf[clients], self.user_mlp[clients]
 
+    def _similar_lengths(self, clients: Sequence[int]) -> Iterator[list[int]]:
+        """Groups of clients with similar history lengths, longest first.
+
+        A group trains as one padded batch as long as its longest history, over as
+        many item slots as its widest client: mixing a 700-item user with 20-item
+        users would make every step cost as much as the big one.
+        """
+        chunk: list[int] = []
+        for c in sorted(clients, key=lambda c: -self.history[c]):
+            if chunk and (len(chunk) == TRAIN_CHUNK or self.history[c] * LENGTH_RATIO < self.history[chunk[0]]):
+                yield chunk
+                chunk = []
+            chunk.append(c)
+        if chunk:
+            yield chunk
+
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
         replies: list[TrainReply] = []
         privacy = self.config.privacy
-        by_length = sorted(clients, key=lambda c: -self.history[c])
-        for chunk in _chunks(by_length, TRAIN_CHUNK):
+        for chunk in self._similar_lengths(clients):
             user_gmf, user_mlp = self._private(chunk)
             result = local_update_batched(
                 shared=shared, user_gmf=user_gmf, user_mlp=user_mlp,
