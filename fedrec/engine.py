@@ -135,7 +135,9 @@ def make_transport(config: RunConfig) -> Transport:
     if config.privacy.local_dp:
         torch.set_num_threads(1)  # many tiny per-device models: threads cost more than they gain
         return InProcessTransport(config, simulated_population(config).split.n_users)
-    torch.set_num_threads(os.cpu_count() or 1)  # big batched kernels: use every core
+    # Big batched kernels: every core, unless OMP_NUM_THREADS says otherwise (on a machine
+    # shared with other busy processes, OpenMP's spin-waits can make extra threads cost more).
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     return VectorisedTransport(config)
 
 
