@@ -42,13 +42,13 @@ class Schedule:
     optimizer state is fresh each round, so every other embedding row keeps a zero
     gradient, zero Adam moments and hence exactly a zero update. Each client therefore
     trains a compact table of just its items: ``items[k, s]`` is the item in client k's
-    slot s (``n_items[k]`` slots used, the rest padding), and ``slots`` address them.
+    slot s (``n_used[k]`` slots used, the rest padding), and ``slots`` address them.
     ``slots``/``labels``/``mask`` are (K, T, B): client k's t-th mini-batch, padded with
     mask 0 beyond its size; ``steps[k]`` is how many mini-batches client k has.
     """
 
     items: np.ndarray  # (K, S) int64 item of each slot (padding slots hold item 0)
-    n_items: np.ndarray  # (K,) slots in use
+    n_used: np.ndarray  # (K,) slots in use
     slots: np.ndarray  # (K, T, B) int64
     labels: np.ndarray  # (K, T, B) float32
     mask: np.ndarray  # (K, T, B) float32
@@ -76,8 +76,8 @@ class Schedule:
         steps = np.array([epochs_ * math.ceil(n / b) for n in epoch_size], dtype=np.int64)
         uniques = [np.unique(items, return_inverse=True) for items, _ in per_client]
         k, t = len(data), int(steps.max(initial=0))
-        n_items = np.array([u.shape[0] for u, _ in uniques], dtype=np.int64)
-        items = np.zeros((k, int(n_items.max(initial=0))), dtype=np.int64)
+        n_used = np.array([u.shape[0] for u, _ in uniques], dtype=np.int64)
+        items = np.zeros((k, int(n_used.max(initial=0))), dtype=np.int64)
         slots = np.zeros((k, t, b), dtype=np.int64)
         labels = np.zeros((k, t, b), dtype=np.float32)
         mask = np.zeros((k, t, b), dtype=np.float32)
@@ -92,7 +92,7 @@ class Schedule:
                     mask[c, step, :size] = 1.0
                     step += 1
         examples = np.array([len(i) for i, _ in per_client], dtype=np.int64)
-        return cls(items=items, n_items=n_items, slots=slots, labels=labels, mask=mask, steps=steps, examples=examples)
+        return cls(items=items, n_used=n_used, slots=slots, labels=labels, mask=mask, steps=steps, examples=examples)
 
 
 EMBEDDINGS = ("item_gmf.weight", "item_mlp.weight")  # shared tensors with one row per item
@@ -164,13 +164,13 @@ class BatchedResult:
 
     ``update`` is new - downloaded shared parameters, (K, *shape) per tensor, except
     that the item embeddings are compact, (K, S, d), over the rows ``items[k]`` (the
-    first ``n_items[k]`` of them; every other row of a client's update is exactly 0,
+    first ``n_used[k]`` of them; every other row of a client's update is exactly 0,
     padding slots included). :meth:`client_update` gives one client's dense upload.
     """
 
     update: dict[str, torch.Tensor]
     items: np.ndarray  # (K, S)
-    n_items: np.ndarray  # (K,)
+    n_used: np.ndarray  # (K,)
     user_gmf: torch.Tensor  # (K, g)
     user_mlp: torch.Tensor  # (K, m)
     loss: np.ndarray  # (K,) mean training loss per example
@@ -183,7 +183,7 @@ class BatchedResult:
             value = self.update[name][k].numpy()
             if name in EMBEDDINGS:
                 dense = np.zeros(shape, dtype=np.float32)
-                used = self.n_items[k]
+                used = self.n_used[k]
                 dense[self.items[k, :used]] = value[:used]
                 value = dense
             out[name] = value
@@ -243,7 +243,7 @@ def local_update_batched(
     return BatchedResult(
         update={name: value[inverse] for name, value in net.updates(shared).items()},
         items=schedule.items,
-        n_items=schedule.n_items,
+        n_used=schedule.n_used,
         user_gmf=net.user["user_gmf"][inverse],
         user_mlp=net.user["user_mlp"][inverse],
         loss=(loss_sum.numpy()[inverse] / np.maximum(examples, 1)),
