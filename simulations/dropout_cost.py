@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.ERROR)  # each failed client logs a warning: too many to print
+    logging.getLogger("fedrec").setLevel(logging.ERROR)  # each failed client logs a warning: too many to print
 
     flat = load_config_file(HERE / "ml100k.toml")
     flat.update({
