@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import tempfile
 import time
 import traceback
@@ -106,11 +107,21 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(out)
 
 
+class Hang(Exception):
+    """An audit that ran past ``--hang-seconds``: a denial of service, counted as a crash."""
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise Hang()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hang-seconds", type=int, default=10, help="an audit slower than this is a crash")
     args = parser.parse_args()
+    signal.signal(signal.SIGALRM, _alarm)
     rng = np.random.default_rng(args.seed)
     tried = crashes = false_passes = no_ops = 0
     codes: dict[int, int] = {}
@@ -127,13 +138,16 @@ def main() -> None:
             mutated = mutate(original, rng)
             (work / LEDGER).write_bytes(mutated)
             tried += 1
+            signal.alarm(args.hang_seconds)
             try:
                 report = audit_run(work)
-            except Exception:  # noqa: BLE001 - what this script exists to find
+            except Exception:  # noqa: BLE001 - what this script exists to find (Hang included)
                 crashes += 1
                 if crashes <= 5:
                     print(f"CRASH on input {tried}: {mutated[:400]!r}\n{traceback.format_exc()}")
                 continue
+            finally:
+                signal.alarm(0)
             codes[report.code] = codes.get(report.code, 0) + 1
             same = mutated.endswith(b"\n") and mutated.splitlines() == original.splitlines()
             no_ops += same
