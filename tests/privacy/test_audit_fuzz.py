@@ -99,7 +99,10 @@ def test_arbitrary_bytes_as_a_ledger_are_malformed_or_tampered(real_run: Path, j
 @pytest.mark.parametrize(
     "line, name, value",
     [(0, "delta", "x"), (0, "delta", [1]), (0, "budget", "ten"), (0, "budget", {}), (0, "accountant", 3),
-     (1, "epsilon", "x"), (3, "epsilon", None), (3, "round", "3"), (4, "rounds", [])],
+     (1, "epsilon", "x"), (3, "epsilon", None), (3, "round", "3"), (4, "rounds", []),
+     # forged mechanism parameters that overflow, divide by zero or hang the accountants
+     (1, "noise_multiplier", 1e-300), (1, "noise_multiplier", 1e300), (2, "noise_multiplier", 0.02),
+     (3, "sample_rate", 1e-300)],
 )
 def test_wrong_types_in_signed_fields_are_reported(real_run: Path, tmp_path: Path, line, name, value) -> None:
     run_dir = tmp_path / "run"
