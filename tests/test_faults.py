@@ -16,6 +16,7 @@ from fedrec.models import Arrays, init_shared
 from fedrec.privacy.audit import audit_run
 from fedrec.privacy.clipping import global_norm
 from fedrec.privacy.dp_fedavg import DPFedAvg
+from fedrec.privacy.ledger import LEDGER, read_entries
 from fedrec.runner import RunHistory, run_federated
 
 HOSTILE_CLIENT = 2
@@ -126,7 +127,12 @@ def test_run_with_30_percent_dropout_completes_and_ledger_verifies(tiny_config, 
     assert 0 < sum(r["rejected"] for r in history.rounds) <= dropped
     report = audit_run(tmp_path / "run")
     assert report.code == 0, report
-    # the ledger records each round's noise calibrated to q N, whoever replied
+    # every round is recorded with the run's z and q, whoever replied: dropouts cost no privacy
+    rounds = [e for e in read_entries(tmp_path / "run" / LEDGER).entries if e.get("kind") == "round"]
+    assert len(rounds) == 5
+    assert {(e["noise_multiplier"], e["sample_rate"]) for e in rounds} == {
+        (history.privacy["noise_multiplier"], history.sample_rate)
+    }
     assert history.privacy["epsilon"] <= config.privacy.epsilon
 
 
