@@ -169,8 +169,13 @@ def _convert(raw: Any, target: type, key: str) -> Any:
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
             raise ValueError(f"{key}: {raw!r} is not an integer")
         try:
-            return int(float(raw)) if isinstance(raw, str) and "." in raw else int(raw)
-        except (TypeError, ValueError):
+            if isinstance(raw, str) and "." in raw:  # "2.0" from a string-typed run config; "2.5" is no integer
+                number = float(raw)
+                if not number.is_integer():
+                    raise ValueError(raw)
+                return int(number)
+            return int(raw)
+        except (TypeError, ValueError, OverflowError):  # OverflowError: "1.0e400" is an infinite float
             raise ValueError(f"{key}: {raw!r} is not an integer") from None
     if target is float:
         try:
@@ -218,7 +223,7 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
     problems: list[str] = []
     used: set[str] = set()
     config = _parse_section(RunConfig, values, problems, used)
-    unknown = sorted(set(values) - used)
+    unknown = sorted(str(key) for key in set(values) - used)  # keys of any type: a TOML/JSON file can hold any
     if unknown:
         known = sorted(RunConfig().to_flat())
         problems.append(f"unknown key(s) {', '.join(unknown)} (known keys: {', '.join(known)})")

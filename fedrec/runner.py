@@ -56,9 +56,9 @@ class Transport(Protocol):
 
 @dataclass
 class RunHistory:
-    rounds: list[dict[str, float]] = field(default_factory=list)  # per round: sampled, ok, loss, seconds
+    rounds: list[dict[str, float]] = field(default_factory=list)  # per round: sampled, aggregated, rejected, loss, ...
     evals: list[dict[str, float]] = field(default_factory=list)  # per evaluation: round + metrics
-    rejected: int = 0
+    rejected: int = 0  # replies not aggregated: failed (no update) plus invalid updates
     rounds_run: int = 0
     stopped_by_budget: bool = False
     privacy: dict[str, object] = field(default_factory=dict)  # what results.json reports about DP
@@ -86,15 +86,33 @@ def open_privacy(config: RunConfig, *, run_dir: Path, sampler: PoissonSampler) -
     return DPFedAvg(noise_multiplier=z, clipping_norm=p.clipping_norm, expected_clients=sampler.expected_clients), session
 
 
-def check_update(update: Arrays, spec: dict[str, tuple[int, ...]]) -> str:
-    """Empty string if ``update`` has exactly the shared tensors, finite, right shapes."""
+PRIVATE_TENSORS = frozenset({"user_gmf", "user_mlp"})  # a device's own vectors: never uploaded
+UPDATE_DTYPE = np.dtype(np.float32)  # what every device uploads (fedrec.models.shared_arrays)
+
+
+def check_update(update: object, spec: dict[str, tuple[int, ...]]) -> str:
+    """Empty string if ``update`` is exactly the shared tensors: float32, finite, right shapes.
+
+    Otherwise a one-line reason naming the first problem (tensor names only, never ids).
+    A private tensor in an upload is reported as such: it means the device leaked its
+    user vectors, which the server must not aggregate (or keep).
+    """
+    if not isinstance(update, dict):
+        return f"update is a {type(update).__name__}, expected a mapping of tensor name to array"
+    leaked = sorted(str(name) for name in update if name in PRIVATE_TENSORS)
+    if leaked:
+        return f"update carries private tensors {leaked}"
     if set(update) != set(spec):
-        return f"tensors {sorted(set(update) ^ set(spec))} missing or unexpected"
+        return f"tensors {sorted(map(str, set(update) ^ set(spec)))} missing or unexpected"
     for name, shape in spec.items():
         value = update[name]
+        if not isinstance(value, np.ndarray):
+            return f"{name} is a {type(value).__name__}, expected a numpy array"
         if tuple(value.shape) != shape:
             return f"{name} has shape {tuple(value.shape)}, expected {shape}"
-        if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+        if value.dtype != UPDATE_DTYPE:
+            return f"{name} has dtype {value.dtype}, expected {UPDATE_DTYPE}"
+        if not np.all(np.isfinite(value)):
             return f"{name} is not finite float data"
     return ""
 
@@ -167,13 +185,19 @@ def run_federated(
         sampled = sampler.sample(clients, rng)
         replies = transport.train(sampled, shared, round_) if sampled else []
         good: list[TrainReply] = []
+        failed = invalid = 0
         for reply in replies:
-            problem = reply.error or ("" if reply.update is None else check_update(reply.update, spec))
-            if reply.update is None or problem:
-                history.rejected += 1
-                logger.warning("round %d: rejected an update (%s)", round_, problem or "no update")
-            else:
-                good.append(reply)
+            if reply.error or reply.update is None:
+                failed += 1
+                logger.warning("round %d: a client failed (%s)", round_, reply.error or "no update")
+                continue
+            problem = check_update(reply.update, spec)
+            if problem:
+                invalid += 1
+                logger.warning("round %d: rejected an invalid update: %s", round_, problem)
+                continue
+            good.append(reply)
+        history.rejected += failed + invalid
         updates = [r.update for r in good if r.update is not None]
         contributors = sum(r.contributors for r in good)
         round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
@@ -192,6 +216,8 @@ def run_federated(
             "round": float(round_),
             "sampled": float(len(sampled)),
             "aggregated": float(contributors),
+            "rejected": float(failed + invalid),  # replies left out of the aggregate ...
+            "invalid": float(invalid),  # ... of which updates that failed check_update
             "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
             "seconds": time.perf_counter() - started,
         }

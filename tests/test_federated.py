@@ -72,5 +72,6 @@ def test_bad_updates_are_rejected() -> None:
     assert check_update(good, spec) == ""
     assert "shape" in check_update({**good, "a": np.zeros(3, np.float32)}, spec)
     assert "finite" in check_update({**good, "a": np.array([np.nan, 0], np.float32)}, spec)
-    assert "unexpected" in check_update({**good, "user_gmf": np.zeros(2, np.float32)}, spec)
+    assert "private" in check_update({**good, "user_gmf": np.zeros(2, np.float32)}, spec)
+    assert "unexpected" in check_update({**good, "c": np.zeros(2, np.float32)}, spec)
     assert "missing" in check_update({"a": good["a"]}, spec)

@@ -105,8 +105,12 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
     if missing:
         report.fail(MALFORMED, f"header lacks {', '.join(missing)}")
         return report
-    report.delta, report.accountant = float(header["delta"]), str(header["accountant"])
-    report.budget = float(header["budget"]) if header["budget"] is not None else math.inf
+    try:  # a hostile ledger can put any JSON value in any field
+        report.delta, report.accountant = _number(header, "delta"), str(header["accountant"])
+        report.budget = _number(header, "budget") if header["budget"] is not None else math.inf
+    except LedgerError as err:
+        report.fail(MALFORMED, f"header: {err}")
+        return report
     if report.accountant not in ACCOUNTANTS:
         report.fail(MALFORMED, f"unknown accountant {report.accountant!r}")
         return report
@@ -135,21 +139,30 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
         report.fail(MALFORMED, str(err))
         return report
     report.rounds = len(rounds)
-    # 3. epsilon, recomputed independently with both accountants
-    history = compress(steps)
-    try:
-        report.epsilon_prv = epsilon(history, delta=report.delta, accountant="prv")
-        report.epsilon_rdp = epsilon(history, delta=report.delta, accountant="rdp")
-    except PrivacyError as err:
-        report.fail(MALFORMED, str(err))
-        return report
-    headline = report.epsilon_prv if report.accountant == "prv" else report.epsilon_rdp
-    if rounds:
-        report.recorded_epsilon = float(rounds[-1]["epsilon"])
-        if report.recorded_epsilon < headline * (1 - TOLERANCE):
-            report.fail(TAMPERED, f"recorded epsilon {report.recorded_epsilon:.6g} is below the recomputed {headline:.6g}")
-    if headline > report.budget * (1 + TOLERANCE):
-        report.fail(OVER_BUDGET, f"epsilon {headline:.4g} exceeds the budget {report.budget:.4g}")
+    # 3. epsilon, recomputed independently with both accountants -- only from entries
+    # whose signatures verify: forged parameters (z = 1e-300, 1e300, ...) can make an
+    # accountant overflow, exhaust memory or run for hours, and the verdict is already in.
+    if report.code != OK:
+        report.warnings.append("epsilon not recomputed: the entries are not the ones the server signed")
+    else:
+        history = compress(steps)
+        try:
+            report.epsilon_prv = epsilon(history, delta=report.delta, accountant="prv")
+            report.epsilon_rdp = epsilon(history, delta=report.delta, accountant="rdp")
+        except (PrivacyError, ArithmeticError, MemoryError, RuntimeError, ValueError) as err:
+            report.fail(MALFORMED, f"the accountant cannot evaluate these mechanism parameters ({err})")
+            return report
+        headline = report.epsilon_prv if report.accountant == "prv" else report.epsilon_rdp
+        if rounds:
+            try:
+                report.recorded_epsilon = _number(rounds[-1], "epsilon")
+            except LedgerError as err:
+                report.fail(MALFORMED, f"round {len(rounds)}: {err}")
+                return report
+            if report.recorded_epsilon < headline * (1 - TOLERANCE):
+                report.fail(TAMPERED, f"recorded epsilon {report.recorded_epsilon:.6g} is below the recomputed {headline:.6g}")
+        if headline > report.budget * (1 + TOLERANCE):
+            report.fail(OVER_BUDGET, f"epsilon {headline:.4g} exceeds the budget {report.budget:.4g}")
     # 4. the run's end
     if closes:
         close = closes[-1]
@@ -162,8 +175,12 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
     results_path = run_dir / RESULTS
     if results_path.is_file():
         try:
-            head = json.loads(results_path.read_text()).get("ledger_head")
-        except (OSError, json.JSONDecodeError):
+            results = json.loads(results_path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            results = None
+        if isinstance(results, dict):
+            head = results.get("ledger_head")
+        else:
             head = None
             report.warnings.append("results.json is unreadable; skipped the cross-check")
         if head is not None and head != parsed.hashes[-1]:

@@ -104,8 +104,8 @@ def read_entries(path: Path) -> ParsedLedger:
     for lineno, line in enumerate(raw.splitlines(), start=1):
         try:
             entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LedgerError(f"{path}:{lineno}: not valid JSON ({err})") from None
+        except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, > 4300-digit integers, deep nesting
+            raise LedgerError(f"{path}:{lineno}: not valid JSON ({str(err)[:200]})") from None
         if not isinstance(entry, dict):
             raise LedgerError(f"{path}:{lineno}: an entry must be a JSON object")
         entries.append(entry)

@@ -1,0 +1,76 @@
+"""Property tests of the CSV loader (issue 7, item 4): any bytes give data or a
+DataError, never another exception; a valid file round-trips."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedrec.data import CsvColumns, load_csv
+from fedrec.errors import DataError
+
+HEADER = b"user,item,rating,timestamp\n"
+# Cells near the grammar: ids, numbers of every kind, quotes, separators, odd unicode.
+CELLS = st.one_of(
+    st.integers(-5, 2**63).map(lambda v: str(v).encode()),
+    st.floats().map(lambda v: repr(v).encode()),
+    st.sampled_from([b"", b" ", b'"', b'"1"', b",", b"\t", b"\r", b"\x00", b"\xff\xfe", b"nan", b"inf", b"1e999",
+                     b"9" * 5000, b"\xd9\xa1", b"1_0", b" 7 ", b"\xef\xbb\xbf"]),
+    st.binary(max_size=6),
+)
+ROWS = st.lists(st.lists(CELLS, min_size=0, max_size=6).map(lambda cells: b",".join(cells)), max_size=8)
+
+
+def load_bytes(data: bytes, **kwargs: object) -> object:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.csv"
+        path.write_bytes(data)
+        try:
+            return load_csv(path, **kwargs)  # type: ignore[arg-type]
+        except DataError as err:
+            assert str(err) and "\n" not in str(err)  # one line that names the problem
+            return err
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_load_or_raise_data_error(data: bytes) -> None:
+    load_bytes(data)
+    load_bytes(HEADER + data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=ROWS, rating_range=st.sampled_from([None, (1.0, 5.0)]))
+def test_rows_of_near_valid_cells_load_or_raise_data_error(rows: list[bytes], rating_range) -> None:
+    load_bytes(HEADER + b"\n".join(rows) + b"\n", rating_range=rating_range)
+
+
+INTERACTIONS = st.lists(
+    st.tuples(st.integers(0, 2**62 - 1), st.integers(0, 2**62 - 1), st.integers(1, 5), st.integers(0, 2**62 - 1)),
+    min_size=1, max_size=30, unique_by=lambda r: (r[0], r[1]),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=INTERACTIONS, tsv=st.booleans(), with_time=st.booleans())
+def test_valid_files_round_trip(rows, tsv: bool, with_time: bool) -> None:
+    sep = "\t" if tsv else ","
+    header = ["user", "item", "rating"] + (["timestamp"] if with_time else [])
+    lines = [sep.join(header)] + [sep.join(str(v) for v in row[: len(header)]) for row in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("x.tsv" if tsv else "x.csv")
+        path.write_text("\n".join(lines) + "\n")
+        data = load_csv(path, columns=CsvColumns(timestamp="timestamp" if with_time else None))
+    assert len(data) == len(rows)
+    got = sorted(
+        zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist(), data.ratings.tolist(),
+            data.timestamps.tolist())
+    )
+    want = sorted((u, i, float(r), t if with_time else k) for k, (u, i, r, t) in enumerate(rows))
+    assert got == want
+    assert data.n_users == len({r[0] for r in rows}) and data.n_items == len({r[1] for r in rows})
+    assert np.all(np.diff(data.user_ids) > 0) and np.all(np.diff(data.item_ids) > 0)  # sorted, contiguous indices
