@@ -40,7 +40,7 @@ from fedrec.training import fresh_private
 logger = logging.getLogger(__name__)
 
 TRAIN_CHUNK = 256  # at most this many clients train together
-LENGTH_RATIO = 2.0  # ... and only clients whose histories differ by less than this factor (little padding)
+LENGTH_RATIO = 4.0  # ... and only clients whose histories differ by less than this factor (little padding)
 SCORE_PAIRS = 1 << 21  # (user, item) pairs scored at once in evaluation
 
 
