@@ -36,6 +36,7 @@ from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 from torch import nn
 
+from clients.app import query as client_query
 from clients.records import to_record
 from fedrec import protocol
 from fedrec.client import simulated_population
@@ -57,10 +58,7 @@ def noop_client(config: RunConfig) -> ClientApp:
     model = config.model.build(simulated_population(config).split.n_items)
     zeros = {name: np.zeros(shape, dtype=np.float32) for name, shape in shared_spec(model).items()}
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        client = int(context.node_config.get("partition-id", -1))
-        return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client})}), reply_to=msg)
+    app.query()(client_query)  # the real app's answer to "which client are you"
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

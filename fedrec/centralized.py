@@ -72,10 +72,7 @@ def train_centralized(
     def score(users: np.ndarray) -> np.ndarray:
         tower.eval()
         u_gmf, u_mlp = users_table(torch.from_numpy(users))
-        n = model.n_items
-        items = torch.arange(n).repeat(users.shape[0])
-        logits = tower(u_gmf.repeat_interleave(n, 0), u_mlp.repeat_interleave(n, 0), items)
-        return logits.view(users.shape[0], n).numpy()
+        return tower.score_users(u_gmf, u_mlp).numpy()
 
     curve: list[dict[str, float]] = []
     best = (-1.0, 0, {k: v.detach().clone() for k, v in {**tower.state_dict(), **{"u." + k: v for k, v in users_table.state_dict().items()}}.items()})

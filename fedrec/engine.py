@@ -16,7 +16,6 @@ engine runs the devices one after the other (:class:`fedrec.runner.InProcessTran
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -36,8 +35,6 @@ from fedrec.privacy.clipping import clip_stacked
 from fedrec.results import RESULTS
 from fedrec.runner import InProcessTransport, TrainReply, Transport
 from fedrec.training import fresh_private
-
-logger = logging.getLogger(__name__)
 
 TRAIN_CHUNK = 256  # at most this many clients train together
 LENGTH_RATIO = 4.0  # ... and only clients whose histories differ by less than this factor (little padding)
