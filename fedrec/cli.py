@@ -113,18 +113,30 @@ def simulate(
     ray_address: Annotated[
         str, typer.Option(help="flower engine: run on this existing Ray cluster (e.g. auto, or HEAD_IP:6379).")
     ] = "",
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the crashed run in this folder from its last checkpoint (its own config and engine)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Federated training on simulated devices (one per user); writes OUT/results.json."""
     _setup_logging(verbose)
     with _errors():
-        run_config = _load_config(config, set_, data)
+        if resume is not None:
+            if config or set_ or data:
+                raise FedrecError("--resume takes the run's own config; drop --config, --set and --data")
+            from fedrec.checkpoint import read_run_config
+
+            flat, engine = read_run_config(resume)
+            run_config, out = parse_run_config(flat), resume
+        else:
+            run_config = _load_config(config, set_, data)
         runner = _engine(engine)
         if ray_address and engine != "flower":
             raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
         rounds = run_config.federation.num_rounds
         with _progress() as progress:
-            task = progress.add_task(f"federated ({engine})", total=rounds, status="starting")
+            task = progress.add_task(f"federated ({engine})", total=rounds, status="resuming" if resume else "starting")
 
             def on_round(round_: int, info: dict[str, float]) -> None:
                 status = f"loss {info['train_loss']:.3f}, {int(info['aggregated'])} clients"
@@ -132,7 +144,10 @@ def simulate(
                     status += f", val ndcg@10 {info['ndcg@10']:.3f}"
                 progress.update(task, completed=round_, status=status)
 
-            path = runner(run_config, out.resolve(), on_round, **({"ray_address": ray_address} if ray_address else {}))
+            options: dict[str, Any] = {"resume": True} if resume is not None else {}
+            if ray_address:
+                options["ray_address"] = ray_address
+            path = runner(run_config, out.resolve(), on_round, **options)
         results = json.loads(path.read_text())
         console.print(_table(f"{results['dataset']}: test metrics after {rounds} rounds", {f"federated {results['model']}": results}))
         console.print(
@@ -243,6 +258,7 @@ def audit(
     table.add_row("delta", f"{report.delta:.1e}")
     table.add_row("budget", f"{report.budget:.4g}")
     table.add_row("run closed", "yes" if report.closed else "no")
+    table.add_row("resumed after a crash", f"{report.resumes} time(s)")
     table.add_row("stopped by budget", "yes" if report.stopped_by_budget else "no")
     console.print(table)
     for problem in report.problems:

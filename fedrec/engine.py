@@ -64,6 +64,19 @@ class VectorisedTransport:
     def clients(self) -> list[int]:
         return list(range(self.split.n_users))
 
+    def client_state(self) -> Arrays:
+        return {
+            "user_gmf": self.user_gmf.numpy().copy(), "user_mlp": self.user_mlp.numpy().copy(),
+            "started": self.started.copy(),
+        }
+
+    def restore_client_state(self, state: Arrays) -> None:
+        if state["user_gmf"].shape != tuple(self.user_gmf.shape) or state["started"].shape != self.started.shape:
+            raise ValueError("the checkpoint's client state is for another population")
+        self.user_gmf = torch.from_numpy(state["user_gmf"].astype(np.float32, copy=True))
+        self.user_mlp = torch.from_numpy(state["user_mlp"].astype(np.float32, copy=True))
+        self.started = state["started"].astype(bool, copy=True)
+
     def _private(self, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The clients' private vectors, created as the device would on first use."""
         for c in clients:
@@ -138,6 +151,8 @@ def make_transport(config: RunConfig) -> Transport:
     return VectorisedTransport(config)
 
 
-def run(config: RunConfig, out_dir: Path, on_round: Callable[[int, dict[str, float]], None] | None = None) -> Path:
-    run_and_report(config, make_transport(config), out_dir=out_dir, engine="inprocess", on_round=on_round)
+def run(
+    config: RunConfig, out_dir: Path, on_round: Callable[[int, dict[str, float]], None] | None = None, *, resume: bool = False
+) -> Path:
+    run_and_report(config, make_transport(config), out_dir=out_dir, engine="inprocess", on_round=on_round, resume=resume)
     return out_dir / RESULTS

@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedrec.checkpoint import write_run_config
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
+from fedrec.errors import FedrecError
 from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
 from fedrec.runner import Transport, run_federated
 
@@ -24,11 +26,13 @@ def run_and_report(
     engine: str,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     n_items: int | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate, write ``results.json`` and ``curves.png`` into ``out_dir``.
 
     ``n_items`` is the catalogue size when the server has no data (a deployment);
-    otherwise it comes from the simulated population.
+    otherwise it comes from the simulated population. ``resume`` continues the crashed
+    run in ``out_dir`` from its last checkpoint.
     """
     started = time.perf_counter()
     if n_items is None:
@@ -36,7 +40,11 @@ def run_and_report(
     model = config.model.build(n_items)
     n_clients = len(transport.clients())
     out_dir.mkdir(parents=True, exist_ok=True)
-    shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round)
+    if resume and (out_dir / RESULTS).exists():
+        raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): nothing to resume")
+    if not resume:
+        write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
+    shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round, resume=resume)
     write_arrays(out_dir / MODEL, shared)
     seconds = time.perf_counter() - started
     results: dict[str, Any] = {
@@ -55,6 +63,7 @@ def run_and_report(
         "seconds_per_round": seconds / max(history.rounds_run, 1),
         **history.privacy,
         "rejected_updates": history.rejected,
+        "resumes": history.resumes,
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": history.evals,

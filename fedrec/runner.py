@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from fedrec.checkpoint import Checkpoint, StatefulTransport, load_checkpoint, save_checkpoint
 from fedrec.client import Device
 from fedrec.config import RunConfig
+from fedrec.errors import FedrecError
 from fedrec.federated import ServerOptimizer, mean_updates
 from fedrec.metrics import METRIC_NAMES
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
@@ -65,13 +67,16 @@ class RunHistory:
     local_epsilon: float = 0.0  # largest record-level epsilon a device reported
     sample_rate: float = 0.0  # q, as the run's sampler decided it
     expected_clients: float = 0.0  # q N
+    resumes: int = 0  # times the run was continued from a checkpoint after a crash
 
 
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
-def open_privacy(config: RunConfig, *, run_dir: Path, sampler: PoissonSampler) -> tuple[DPFedAvg, PrivacySession]:
-    """Decide z (given, or calibrated to the budget) and open the ledger."""
+def open_privacy(
+    config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False
+) -> tuple[DPFedAvg, PrivacySession]:
+    """Decide z (given, or calibrated to the budget) and open (or, resuming, reopen) the ledger."""
     p = config.privacy
     z = p.noise_multiplier or calibrate_noise(
         target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate,
@@ -81,7 +86,7 @@ def open_privacy(config: RunConfig, *, run_dir: Path, sampler: PoissonSampler) -
     session = PrivacySession(
         run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
         population=sampler.population, sample_rate=sampler.rate, noise_multiplier=z,
-        clipping_norm=p.clipping_norm, config_hash=config.digest(),
+        clipping_norm=p.clipping_norm, config_hash=config.digest(), resume=resume,
     )
     return DPFedAvg(noise_multiplier=z, clipping_norm=p.clipping_norm, expected_clients=sampler.expected_clients), session
 
@@ -152,11 +157,14 @@ def run_federated(
     model: ModelConfig,
     run_dir: Path,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    resume: bool = False,
 ) -> tuple[Arrays, RunHistory, dict[str, float]]:
     """Run ``num-rounds`` rounds; return final shared parameters, history, test metrics.
 
     With DP on, each round is checked against the budget before it starts and
-    recorded in ``run_dir``'s ledger before its aggregate is applied.
+    recorded in ``run_dir``'s ledger before its aggregate is applied. After every round
+    the server checkpoints (:mod:`fedrec.checkpoint`); ``resume`` continues from the
+    last checkpoint in ``run_dir``, with every round in the ledger still counted.
     """
     fed = config.federation
     rng = np.random.default_rng([config.seed, 3])
@@ -169,15 +177,36 @@ def run_federated(
     history = RunHistory(sample_rate=sampler.rate, expected_clients=sampler.expected_clients)
     dp: DPFedAvg | None = None
     session: PrivacySession | None = None
+    noise_rng: np.random.Generator | None = None
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if checkpoint is not None and checkpoint.config_hash != config.digest():
+        raise FedrecError(f"the checkpoint in {run_dir} belongs to a different configuration; resume with the run's own")
     if config.privacy.enabled:
-        dp, session = open_privacy(config, run_dir=run_dir, sampler=sampler)
+        dp, session = open_privacy(config, run_dir=run_dir, sampler=sampler, resume=resume)
         noise_rng = noise_generator(seed=config.seed, secure=config.privacy.secure_noise)
+    first = 1
+    if checkpoint is not None:
+        shared, buffer, first = checkpoint.shared, checkpoint.buffer, checkpoint.round + 1
+        rng.bit_generator.state = checkpoint.sampler_rng
+        if noise_rng is not None and checkpoint.noise_rng is not None:
+            noise_rng.bit_generator.state = checkpoint.noise_rng
+        history = RunHistory(**checkpoint.history)
+        if isinstance(transport, StatefulTransport) and checkpoint.clients:
+            transport.restore_client_state(checkpoint.clients)
+    if resume:
+        history.resumes += 1
+        if session is not None and not session.closed:
+            session.mark_resume(checkpoint_round=first - 1)
+        logger.info("resuming at round %d of %d", first, fed.num_rounds)
     eval_clients = clients
     if 0 < fed.eval_users < len(clients):
         chosen = np.sort(np.random.default_rng([config.seed, 5]).choice(len(clients), size=fed.eval_users, replace=False))
         eval_clients = [clients[i] for i in chosen]
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
-    for round_ in range(1, fed.num_rounds + 1):
+    for round_ in range(first, fed.num_rounds + 1):
+        if session is not None and session.closed:  # resumed after the run's end was recorded
+            history.stopped_by_budget = session.stopped_by_budget
+            break
         if session is not None and not session.allows_next_round():
             history.stopped_by_budget = True
             break
@@ -202,7 +231,7 @@ def run_federated(
         contributors = sum(r.contributors for r in good)
         round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
         history.local_epsilon = max(history.local_epsilon, round_local_epsilon)
-        if dp is not None and session is not None:
+        if dp is not None and session is not None and noise_rng is not None:
             # A DP round always runs the mechanism (noise even with no replies) and is
             # on disk before its aggregate touches the model.
             delta = dp.aggregate(updates, like=shared, rng=noise_rng)
@@ -221,18 +250,31 @@ def run_federated(
             "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
             "seconds": time.perf_counter() - started,
         }
-        if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
-            info.update(mean_client_metrics(transport.evaluate(eval_clients, shared, "val", round_)))
-            history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
         if session is not None:
             info["epsilon"] = session.spent
         history.rounds.append(info)
         history.rounds_run = round_
+        # The new model exists only here until the checkpoint is on disk: nothing derived
+        # from it (evaluation, progress) leaves the server before.
+        save_checkpoint(
+            run_dir,
+            Checkpoint(
+                round=round_, shared=shared, buffer=buffer, sampler_rng=dict(rng.bit_generator.state),
+                noise_rng=None if noise_rng is None or config.privacy.secure_noise else dict(noise_rng.bit_generator.state),
+                history=asdict(history), ledger_rounds=session.ledger_rounds if session is not None else 0,
+                config_hash=config.digest(),
+                clients=transport.client_state() if isinstance(transport, StatefulTransport) else {},
+            ),
+        )
+        if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
+            info.update(mean_client_metrics(transport.evaluate(eval_clients, shared, "val", round_)))
+            history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
         if on_round is not None:
             on_round(round_, info)
     final_round = history.rounds_run
     if session is not None and dp is not None:
-        session.close(stopped_by_budget=history.stopped_by_budget)
+        if not session.closed:
+            session.close(stopped_by_budget=history.stopped_by_budget)
         history.privacy = {
             "epsilon": session.spent, "epsilon_rdp": session.epsilon_with("rdp"), "delta": config.privacy.delta,
             "accountant": config.privacy.accountant, "noise_multiplier": dp.noise_multiplier,
@@ -280,6 +322,31 @@ class InProcessTransport:
                 )
             )
         return replies
+
+    def client_state(self) -> Arrays:
+        """Every started device's private state as arrays (row k is client ``ids[k]``)."""
+        ids = sorted(self.private)
+        states = [self.private[c] for c in ids]
+        history = [(c, z, q, steps) for c, s in zip(ids, states) for z, q, steps in s.dp_history]
+        return {
+            "ids": np.asarray(ids, dtype=np.int64),
+            "user_gmf": np.asarray([s.user_gmf for s in states], dtype=np.float32).reshape(len(ids), -1),
+            "user_mlp": np.asarray([s.user_mlp for s in states], dtype=np.float32).reshape(len(ids), -1),
+            "rounds_trained": np.asarray([s.rounds_trained for s in states], dtype=np.int64),
+            "dp_history": np.asarray(history, dtype=np.float64).reshape(len(history), 4),
+        }
+
+    def restore_client_state(self, state: Arrays) -> None:
+        history: dict[int, list[tuple[float, float, int]]] = {}
+        for c, z, q, steps in state["dp_history"]:
+            history.setdefault(int(c), []).append((float(z), float(q), int(steps)))
+        self.private = {
+            int(c): PrivateState(
+                user_gmf=state["user_gmf"][k].copy(), user_mlp=state["user_mlp"][k].copy(),
+                rounds_trained=int(state["rounds_trained"][k]), dp_history=tuple(history.get(int(c), ())),
+            )
+            for k, c in enumerate(state["ids"])
+        }
 
     def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:
         return [

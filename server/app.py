@@ -15,32 +15,42 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.errors import ConfigError
 from fedrec.experiment import run_and_report
 from server.transport import GridTransport
 
 OUT_DIR = "out-dir"  # run-config key of the results folder (not part of RunConfig)
+RESUME = "resume"  # run-config key: continue the crashed run in out-dir from its checkpoint
 
 RoundCallback = Callable[[int, dict[str, float]], None]
 
 
-def serve(grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None) -> dict[str, Any]:
+def serve(
+    grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False
+) -> dict[str, Any]:
     expected = simulated_population(config).split.n_users
     transport = GridTransport(grid, config, expected_nodes=expected)
-    return run_and_report(config, transport, out_dir=out_dir, engine="flower", on_round=on_round)
+    return run_and_report(config, transport, out_dir=out_dir, engine="flower", on_round=on_round, resume=resume)
 
 
-def split_out_dir(values: Mapping[str, Any]) -> tuple[dict[str, Any], Path]:
+def split_out_dir(values: Mapping[str, Any]) -> tuple[dict[str, Any], Path, bool]:
+    """Take the server-only keys (``out-dir``, ``resume``) out of a flat run config."""
     rest = dict(values)
-    return rest, Path(str(rest.pop(OUT_DIR, "runs/flwr-run"))).resolve()
+    resume = str(rest.pop(RESUME, False)).lower()
+    if resume not in ("true", "false", "1", "0"):
+        raise ConfigError([f"{RESUME}: {resume!r} is not true/false"])
+    return rest, Path(str(rest.pop(OUT_DIR, "runs/flwr-run"))).resolve(), resume in ("true", "1")
 
 
-def build_server_app(config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None) -> ServerApp:
+def build_server_app(
+    config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False
+) -> ServerApp:
     """A ServerApp bound to a parsed config (Flower's run_simulation takes no run config)."""
     bound = ServerApp()
 
     @bound.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, config, out_dir, on_round)
+        serve(grid, config, out_dir, on_round, resume=resume)
 
     return bound
 
@@ -50,5 +60,5 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    values, out_dir = split_out_dir(context.run_config)
-    serve(grid, parse_run_config(values), out_dir)
+    values, out_dir, resume = split_out_dir(context.run_config)
+    serve(grid, parse_run_config(values), out_dir, resume=resume)

@@ -28,7 +28,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    values, out_dir = split_out_dir(context.run_config)
+    values, out_dir, resume = split_out_dir(context.run_config)
     values, deploy = split_deploy_settings(values)
     config = parse_run_config(values)
     common = {"expected_nodes": deploy.min_devices, "timeout": deploy.round_timeout, "patience": deploy.connect_timeout}
@@ -37,7 +37,9 @@ def main(grid: Grid, context: Context) -> None:
         if deploy.secure_aggregation
         else GridTransport(grid, config, client_order=False, **common)  # type: ignore[arg-type]
     )
-    results = run_and_report(config, transport, out_dir=out_dir, engine="flower-deployment", n_items=deploy.n_items)
+    results = run_and_report(
+        config, transport, out_dir=out_dir, engine="flower-deployment", n_items=deploy.n_items, resume=resume
+    )
     per_device = [u["bytes_per_device"] for u in transport.uploads]
     results["secure_aggregation"] = deploy.secure_aggregation
     results["upload"] = {

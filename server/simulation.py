@@ -31,14 +31,21 @@ def backend_config(ray_address: str = "") -> dict[str, Any]:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init}
 
 
-def run(config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, ray_address: str = "") -> Path:
-    """One virtual SuperNode per user; returns the path of results.json."""
+def run(
+    config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, ray_address: str = "", resume: bool = False
+) -> Path:
+    """One virtual SuperNode per user; returns the path of results.json.
+
+    ``resume``: continue the crashed run in ``out_dir``. The simulated devices' private
+    vectors lived in the dead process (real devices keep theirs in their state file),
+    so they start afresh; the shared model, sampler, noise and ledger continue.
+    """
     n_clients = simulated_population(config).split.n_users
     backend = backend_config(ray_address)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
-            server_app=build_server_app(config, out_dir, on_round),
+            server_app=build_server_app(config, out_dir, on_round, resume=resume),
             client_app=client_app,
             num_supernodes=n_clients,
             backend_config=backend,  # type: ignore[arg-type]

@@ -51,6 +51,7 @@ class AuditReport:
     epsilon_prv: float = math.nan
     epsilon_rdp: float = math.nan
     closed: bool = False
+    resumes: int = 0  # times the run continued after a crash (rounds spent before it still count)
     stopped_by_budget: bool = False
 
     @property
@@ -130,6 +131,14 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
     steps: list[tuple[float, float]] = []
     rounds = [e for e in entries[1:] if e.get("kind") == "round"]
     closes = [e for e in entries[1:] if e.get("kind") == "close"]
+    seen = 0  # a resume entry states how many rounds came before it: removing one shows
+    for entry in entries[1:]:
+        if entry.get("kind") == "round":
+            seen += 1
+        elif entry.get("kind") == "resume":
+            report.resumes += 1
+            if entry.get("recorded_rounds") != seen:
+                report.fail(TAMPERED, f"a resume entry counts {entry.get('recorded_rounds')!r} earlier rounds, the ledger has {seen}")
     try:
         for expected, entry in enumerate(rounds, start=1):
             if entry.get("round") != expected:

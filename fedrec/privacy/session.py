@@ -37,16 +37,24 @@ class PrivacySession:
         noise_multiplier: float,
         clipping_norm: float,
         config_hash: str,
+        resume: bool = False,
     ) -> None:
         self.accountant, self.delta, self.budget = accountant, delta, budget
         self.sample_rate, self.noise_multiplier, self.clipping_norm = sample_rate, noise_multiplier, clipping_norm
         self.config_hash = config_hash
         self.writer = LedgerWriter(run_dir, key)
-        if self.writer.entries:
-            raise LedgerError(
-                f"{self.writer.path} already exists: a new run never appends to another run's ledger; choose a new --out"
-            )
         self.steps: list[tuple[float, float]] = []
+        self.closed = False  # the run's end is recorded: no more rounds
+        self.stopped_by_budget = False
+        if self.writer.entries:
+            if not resume:
+                raise LedgerError(
+                    f"{self.writer.path} already exists: a new run never appends to another run's ledger; choose a new --out"
+                )
+            self._reopen(run_dir, key)
+            return
+        if resume:
+            logger.info("resume: no ledger yet, the run starts its ledger now")
         self.writer.append(
             {
                 "kind": "header", "run_id": uuid.uuid4().hex, "accountant": accountant, "delta": delta,
@@ -55,6 +63,47 @@ class PrivacySession:
                 "mechanism": MECHANISM,
             }
         )
+
+    def _reopen(self, run_dir: Path, key: Ed25519PrivateKey) -> None:
+        """Continue a crashed run's ledger: verify it, then count every recorded round."""
+        from fedrec.privacy.audit import MALFORMED, TAMPERED, audit_run
+
+        report = audit_run(run_dir)
+        if report.code in (TAMPERED, MALFORMED):
+            raise LedgerError(f"cannot resume: {self.writer.path} does not verify ({'; '.join(report.problems)})")
+        header = self.writer.entries[0]
+        if header.get("key_fingerprint") != fingerprint(key.public_key()):
+            raise LedgerError("cannot resume: the ledger was signed by another key (set ledger-key to the run's key)")
+        if header.get("config_hash") != self.config_hash:
+            raise LedgerError("cannot resume: the ledger belongs to a different configuration")
+        closes = [e for e in self.writer.entries if e.get("kind") == "close"]
+        if closes:  # the crash came after the last round, before the results were written
+            self.closed, self.stopped_by_budget = True, bool(closes[-1].get("stopped_by_budget"))
+        for entry in self.writer.entries:
+            if entry.get("kind") != "round":
+                continue
+            if (entry["noise_multiplier"], entry["sample_rate"]) != (self.noise_multiplier, self.sample_rate):
+                raise LedgerError(
+                    f"cannot resume: ledger round {entry['round']} used z={entry['noise_multiplier']}, "
+                    f"q={entry['sample_rate']}, this run would use z={self.noise_multiplier}, q={self.sample_rate}"
+                )
+            self.steps.append((float(entry["noise_multiplier"]), float(entry["sample_rate"])))
+
+    def mark_resume(self, *, checkpoint_round: int) -> dict[str, Any]:
+        """Record that the run continues from ``checkpoint_round``: the ledger rounds after
+        it were spent but their aggregates were never used; they still count."""
+        logger.info(
+            "resume from round %d: %d ledger round(s) recorded, epsilon spent so far %.4f",
+            checkpoint_round, len(self.steps), self.spent,
+        )
+        return self.writer.append(
+            {"kind": "resume", "checkpoint_round": checkpoint_round, "recorded_rounds": len(self.steps), "epsilon": self.spent}
+        )
+
+    @property
+    def ledger_rounds(self) -> int:
+        """Rounds recorded in the ledger (each one application of the mechanism)."""
+        return len(self.steps)
 
     def epsilon_after(self, extra_rounds: int = 0) -> float:
         steps = self.steps + [(self.noise_multiplier, self.sample_rate)] * extra_rounds
@@ -79,6 +128,10 @@ class PrivacySession:
     def record_round(self, round_: int, *, clients: int, local_dp: dict[str, float] | None = None) -> dict[str, Any]:
         """Write (and fsync) the round's entry; call before the aggregate is applied.
 
+        ``round_`` is the model's round; the entry's ``round`` counts applications of the
+        mechanism, which run ahead of the model's round after a resume (rounds spent
+        but never used are never recorded twice, and never dropped).
+
         ``local_dp``: the devices' own record-level epsilon (largest reported), kept as
         reported; it is the devices' claim, not recomputed by the server.
         """
@@ -90,7 +143,7 @@ class PrivacySession:
         )
         return self.writer.append(
             {
-                "kind": "round", "round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
+                "kind": "round", "round": len(self.steps), "model_round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
                 "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm, "clients": clients,
                 "delta": self.delta, "epsilon": spent, "accountant": self.accountant, "config_hash": self.config_hash,
                 **({"local_dp": local_dp} if local_dp is not None else {}),
@@ -98,6 +151,7 @@ class PrivacySession:
         )
 
     def close(self, *, stopped_by_budget: bool) -> dict[str, Any]:
+        self.closed, self.stopped_by_budget = True, stopped_by_budget
         return self.writer.append(
             {"kind": "close", "rounds": len(self.steps), "epsilon": self.spent, "stopped_by_budget": stopped_by_budget}
         )
