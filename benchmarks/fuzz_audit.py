@@ -1,7 +1,7 @@
 """Fuzz the ledger parser and the audit for ``--minutes`` minutes (issue 7, item 4).
 
-Starts from a real signed ledger (a closed 3-round DP run and the results.json that
-names its head), applies random mutations (byte flips, inserts of random bytes or of
+Starts from a real signed ledger (a closed DP run that was resumed once after a crash,
+and the results.json that names its head), applies random mutations (byte flips, inserts of random bytes or of
 JSON tokens, deletions, overwrites, one field set to a random JSON value of any type,
 one field dropped, lines swapped or duplicated) and runs
 :func:`fedrec.privacy.audit.audit_run` on each. A *crash* is any exception escaping the
@@ -35,11 +35,21 @@ TOKENS = [b"\n", b"\r", b" ", b"0", b"9", b"-", b".", b"e", b'"', b",", b"{", b"
 
 
 def write_ledger(run_dir: Path) -> None:
-    session = PrivacySession(
-        run_dir=run_dir, key=load_or_create_key(run_dir.parent / "key.pem"), accountant="rdp", delta=1e-5,
-        budget=10.0, population=100, sample_rate=0.1, noise_multiplier=1.2, clipping_norm=1.0, config_hash="0" * 64,
-    )
-    for round_ in range(1, 4):
+    """Two rounds, a crash, a resume from the round-1 checkpoint, two more rounds, close."""
+    key = load_or_create_key(run_dir.parent / "key.pem")
+
+    def open_session(resume: bool) -> PrivacySession:
+        return PrivacySession(
+            run_dir=run_dir, key=key, accountant="rdp", delta=1e-5, budget=10.0, population=100, sample_rate=0.1,
+            noise_multiplier=1.2, clipping_norm=1.0, config_hash="0" * 64, resume=resume,
+        )
+
+    session = open_session(False)
+    for round_ in (1, 2):
+        session.record_round(round_, clients=10)
+    session = open_session(True)
+    session.mark_resume(checkpoint_round=1)
+    for round_ in (2, 3):
         session.record_round(round_, clients=10)
     session.close(stopped_by_budget=False)
     (run_dir / RESULTS).write_text(json.dumps({"ledger_head": session.head}))

@@ -165,3 +165,15 @@ def test_a_removed_resume_entry_is_detected(config: RunConfig, tmp_path: Path) -
     lines = ledger.read_text().splitlines()
     ledger.write_text("\n".join(line for line in lines if '"kind":"resume"' not in line) + "\n")
     assert audit_run(tmp_path / "run").code == TAMPERED
+
+
+def test_the_server_apps_take_resume_from_the_run_config() -> None:
+    from fedrec.errors import ConfigError
+    from server.app import split_out_dir
+
+    rest, out, resume = split_out_dir({"out-dir": "runs/x", "resume": True, "seed": 1})
+    assert rest == {"seed": 1} and out.name == "x" and resume is True
+    assert split_out_dir({"resume": "false"})[2] is False
+    assert split_out_dir({})[2] is False
+    with pytest.raises(ConfigError, match="resume"):
+        split_out_dir({"resume": "maybe"})

@@ -40,6 +40,7 @@ def app_config(
     return {
         **config.to_flat(),
         "out-dir": str(out_dir),
+        "resume": False,  # flwr run --run-config 'resume=true' continues a crashed run from its checkpoint
         settings.MIN_DEVICES: min_devices,
         settings.NUM_ITEMS: n_items,
         settings.ROUND_TIMEOUT: round_timeout,

@@ -138,8 +138,12 @@ def test_app_folder_lists_every_run_config_key_and_the_deployment_apps(tmp_path:
     project = tomllib.loads((app / "pyproject.toml").read_text())
     flwr = project["tool"]["flwr"]["app"]
     assert flwr["components"] == {"serverapp": "server.deploy:app", "clientapp": "clients.device:app"}
-    values, deploy = split_deploy_settings({k: v for k, v in flwr["config"].items() if k != "out-dir"})
+    from server.app import split_out_dir
+
+    values, out_dir, resume = split_out_dir(flwr["config"])  # as the deployed ServerApp reads it
+    values, deploy = split_deploy_settings(values)
     assert parse_run_config(values) == config and deploy.n_items == 1682
+    assert out_dir == (tmp_path / "run").resolve() and resume is False
     assert (app / "fedrec" / "deploy" / "device.py").is_file() and (app / "clients" / "device.py").is_file()
 
 
