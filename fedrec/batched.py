@@ -124,17 +124,27 @@ class StackedNeuMF:
         return {**self.params, **self.user}
 
     def logits(self, p: dict[str, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        """``p``: the active clients' tensors (a, ...); ``slots`` (a, B) -> logits (a, B)."""
+        """``p``: the active clients' tensors (a, ...); ``slots`` (a, B) -> logits (a, B).
+
+        :meth:`SharedTower.forward` with the concatenations split into sums: the first MLP
+        layer's user half is computed once per client, not once per example, and the
+        output layer takes the GMF and MLP parts separately (fewer, smaller kernels).
+        """
         rows = torch.arange(slots.shape[0]).unsqueeze(1)  # (a, 1)
-        parts = [p["user_gmf"].unsqueeze(1) * p["item_gmf.weight"][rows, slots]]  # (a, B, g)
+        g = self.model.gmf_dim
+        gmf = p["user_gmf"].unsqueeze(1) * p["item_gmf.weight"][rows, slots]  # (a, B, g)
+        out_w = p["output.weight"]  # (a, 1, g + last)
+        logits = torch.baddbmm(p["output.bias"].unsqueeze(1), gmf, out_w[:, :, :g].transpose(1, 2))  # (a, B, 1)
         if self.model.kind == "neumf":
-            user = p["user_mlp"].unsqueeze(1).expand(-1, slots.shape[1], -1)  # (a, B, m)
-            h = torch.cat([user, p["item_mlp.weight"][rows, slots]], dim=-1)  # (a, B, 2m)
-            for name in self.linear_names:
+            m = self.model.mlp_dim
+            first, *rest = self.linear_names
+            w1 = p[f"{first}.weight"]  # (a, h1, 2m): user columns first, as torch.cat([user, item])
+            user = torch.baddbmm(p[f"{first}.bias"].unsqueeze(1), p["user_mlp"].unsqueeze(1), w1[:, :, :m].transpose(1, 2))
+            h = torch.relu(torch.baddbmm(user, p["item_mlp.weight"][rows, slots], w1[:, :, m:].transpose(1, 2)))
+            for name in rest:
                 h = torch.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2)))
-            parts.append(h)
-        z = torch.cat(parts, dim=-1)  # (a, B, predictive)
-        return torch.baddbmm(p["output.bias"].unsqueeze(1), z, p["output.weight"].transpose(1, 2)).squeeze(-1)
+            logits = torch.baddbmm(logits, h, out_w[:, :, g:].transpose(1, 2))
+        return logits.squeeze(-1)
 
     def updates(self, shared: Arrays) -> dict[str, torch.Tensor]:
         """New - downloaded parameters, compact like the parameters themselves."""

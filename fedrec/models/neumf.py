@@ -81,11 +81,24 @@ class SharedTower(nn.Module):
         return self.score_users(user_gmf.unsqueeze(0), user_mlp.unsqueeze(0))[0]
 
     def score_users(self, user_gmf: torch.Tensor, user_mlp: torch.Tensor) -> torch.Tensor:
-        """Logits of every item for U users: ``(U, g), (U, m) -> (U, n_items)``."""
-        u, n = user_gmf.shape[0], self.config.n_items
-        items = torch.arange(n).repeat(u)  # (U n,)
-        flat = self.forward(user_gmf.repeat_interleave(n, dim=0), user_mlp.repeat_interleave(n, dim=0), items)
-        return flat.view(u, n)
+        """Logits of every item for U users: ``(U, g), (U, m) -> (U, n_items)``.
+
+        :meth:`forward` for all (user, item) pairs, factored: the GMF part is one matrix
+        product, and the first MLP layer is split into its user and item halves, each
+        computed once, so only the layers after it run per pair.
+        """
+        g = self.config.gmf_dim
+        w = self.output.weight[0]  # (g + last,)
+        scores = torch.addmm(self.output.bias, user_gmf * w[:g], self.item_gmf.weight.T)  # (U, n)
+        if self.config.kind == "neumf":
+            m = self.config.mlp_dim
+            first = self.mlp[0]
+            assert isinstance(first, nn.Linear)
+            user = torch.addmm(first.bias, user_mlp, first.weight[:, :m].T)  # (U, h1)
+            item = self.item_mlp.weight @ first.weight[:, m:].T  # (n, h1)
+            h = self.mlp[2:](torch.relu(user.unsqueeze(1) + item.unsqueeze(0)))  # (U, n, last)
+            scores = scores + h @ w[g:]
+        return scores
 
 
 class UserEmbeddings(nn.Module):
