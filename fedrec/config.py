@@ -266,5 +266,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError([f"config file {path} not found"]) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"config file {path}: {err}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path} is a directory; give a TOML file"]) from None
+    except OSError as err:
+        raise ConfigError([f"config file {path} cannot be read: {err.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {path} is not UTF-8 text (a TOML file is)"]) from None
+    except (tomllib.TOMLDecodeError, RecursionError) as err:
+        raise ConfigError([f"config file {path}: {str(err)[:200]}"]) from None

@@ -50,10 +50,18 @@ class RecommendOut(BaseModel):
     items: list[ItemOut]
 
 
+def _shown(part: object, limit: int = 40) -> str:
+    """A request's own key as it may appear in a one-line message: escaped and short."""
+    text = str(part)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _problems_from_pydantic(err: RequestValidationError) -> list[str]:
     out = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        where = ".".join(_shown(p) for p in e.get("loc", ()) if p != "body")
         message = e.get("msg", "invalid")
         if where == "k":
             message = f"k must be an integer from 1 to {MAX_K} ({message})"

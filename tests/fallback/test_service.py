@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +95,43 @@ def test_invalid_profiles_get_422_with_a_clear_message(service: str, body: dict[
     response = httpx.post(f"{service}/recommend", json=body)
     assert response.status_code == 422
     assert any(message in line for line in response.json()["detail"]), response.json()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+_field = st.sampled_from(["genres", "liked_items", "demographics", "k", "age", "gender", "occupation", "x"])
+_profiles = st.dictionaries(_field, _json, max_size=4) | st.fixed_dictionaries(
+    {},
+    optional={
+        "genres": st.lists(st.sampled_from(["Sci-Fi", "Drama", "Comedy", "sci-fi", ""]) | st.text(max_size=8), max_size=4),
+        "liked_items": st.lists(st.integers(-5, 2000), max_size=6),
+        "demographics": st.fixed_dictionaries(
+            {}, optional={"age": st.integers(-10, 200) | _json, "gender": st.sampled_from(["F", "M", "X"]) | _json,
+                          "occupation": st.sampled_from(["engineer", "none", "?"]) | _json}
+        ),
+        "k": st.integers(-3, 200) | _json,
+    },
+)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_profiles | _json, raw=st.none() | st.binary(max_size=40))
+def test_fuzzed_requests_get_an_answer_or_a_clear_4xx_never_a_server_error(service: str, body: object, raw: bytes | None) -> None:
+    if raw is not None:
+        response = httpx.post(f"{service}/recommend", content=raw, headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(f"{service}/recommend", json=body)
+    # 400: not JSON at all; 422: JSON that is not a valid profile; never a 5xx
+    assert response.status_code in (200, 400, 422), (body, raw, response.status_code, response.text[:300])
+    payload = response.json()
+    if response.status_code != 200:
+        detail = payload["detail"]
+        lines = [detail] if isinstance(detail, str) else detail
+        assert lines and all(isinstance(line, str) and line and "\n" not in line for line in lines)
+    else:
+        items = payload["items"]
+        k = body.get("k", 10) if isinstance(body, dict) else 10
+        assert 1 <= len(items) <= k and len({i["item_id"] for i in items}) == len(items)
