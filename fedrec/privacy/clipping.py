@@ -26,6 +26,10 @@ def clip_update(update: Arrays, *, max_norm: float) -> tuple[Arrays, float]:
     if not max_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {max_norm}")
     norm = global_norm(update)
+    if norm <= max_norm and all(np.asarray(v).dtype == np.float32 for v in update.values()):
+        # Within the bound already (an honest device clipped it): the float64 round trip
+        # below would give back the very same float32 values, so copy them as they are.
+        return {name: np.array(value, dtype=np.float32) for name, value in update.items()}, norm
     scale = 1.0 if norm <= max_norm else max_norm / norm
     clipped = {name: (np.asarray(value, dtype=np.float64) * scale).astype(np.float32) for name, value in update.items()}
     # float32 rounding can push the norm a hair above C; shrink once more if so.
