@@ -47,11 +47,12 @@ from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_samp
 from opacus.grad_sample.utils import register_norm_sampler
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
-from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping, DPTensorFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from fedrec.data.split import ClientData
+from fedrec.errors import PrivacyError
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared, shared_arrays
 from fedrec.privacy.accountant import device_epsilon
 from fedrec.training import LocalResult, PrivateState, TrainConfig, epoch_examples, make_optimizer
@@ -129,6 +130,74 @@ class FusedNoiseDPOptimizer(DPOptimizerFastGradientClipping):
             _mark_as_processed(p.summed_grad)
 
 
+class BookkeepingGradSampleModule(GradSampleModuleFastGradientClipping):
+    """Opacus' ghost-clipping module that also keeps each layer's activations and
+    backprops of the norm pass, so that the clipped gradient sum can be formed from them
+    directly (book-keeping, Bu et al. 2023) instead of by a second backward pass."""
+
+    def __init__(self, m: nn.Module, *, max_grad_norm: float) -> None:
+        super().__init__(m, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        self.kept: list[tuple[nn.Module, list[torch.Tensor], torch.Tensor]] = []
+
+    def rearrange_grad_samples(  # type: ignore[override]
+        self, *, module: nn.Module, backprops: torch.Tensor, loss_reduction: str, batch_first: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        activations, backprops = super().rearrange_grad_samples(
+            module=module, backprops=backprops, loss_reduction=loss_reduction, batch_first=batch_first
+        )
+        self.kept.append((module, activations, backprops))  # backprops: per-example, x batch size for "mean"
+        return activations, backprops
+
+
+def clipped_gradient_sum(
+    kept: list[tuple[nn.Module, list[torch.Tensor], torch.Tensor]], coeff: torch.Tensor
+) -> dict[torch.Tensor, torch.Tensor]:
+    """``sum_i coeff_i * grad_i`` per parameter, from each layer's activations and
+    per-example backprops: what the second backward pass of ghost clipping computes."""
+    grads: dict[torch.Tensor, torch.Tensor] = {}
+
+    def add(p: torch.Tensor, g: torch.Tensor) -> None:
+        grads[p] = grads[p] + g if p in grads else g
+
+    for module, activations, backprops in kept:
+        weighted = coeff[:, None] * backprops
+        if isinstance(module, SingleLookupEmbedding) and activations[0].dim() == 1:
+            weight = torch.zeros_like(module.weight).index_add_(0, activations[0], weighted)
+            add(module.weight, weight)
+        elif isinstance(module, nn.Linear) and activations[0].dim() == 2 and backprops.dim() == 2:
+            if module.weight.requires_grad:
+                add(module.weight, weighted.t() @ activations[0])
+            if module.bias is not None and module.bias.requires_grad:
+                add(module.bias, weighted.sum(0))
+        else:
+            raise PrivacyError(f"no book-keeping rule for {type(module).__name__} with inputs of shape "
+                               f"{tuple(activations[0].shape)}; use Opacus' DPLossFastGradientClipping")
+    return grads
+
+
+class _BookkeepingLoss(DPTensorFastGradientClipping):
+    def backward(self) -> None:  # type: ignore[override]
+        module = self.module
+        assert isinstance(module, BookkeepingGradSampleModule)
+        module.kept = []
+        torch.mean(self.loss_per_sample, dim=0).backward()  # norm pass: hooks keep what they saw
+        coeff = module.get_clipping_coef()
+        grads = clipped_gradient_sum(module.kept, coeff)
+        module.kept = []
+        for p in module.trainable_parameters:
+            if p not in grads:
+                raise PrivacyError("a trainable parameter got no clipped gradient; its layer is not supported")
+            p.grad = grads[p]
+
+
+class BookkeepingDPLoss(DPLossFastGradientClipping):
+    """Opacus' ghost-clipping loss whose ``backward`` is one backward pass plus book-keeping."""
+
+    def __call__(self, *args: torch.Tensor, shape: object = None, **kwargs: torch.Tensor) -> DPTensorFastGradientClipping:
+        out = super().__call__(*args, shape=shape, **kwargs)
+        return _BookkeepingLoss(self.module, self.optimizer, out.loss_per_sample, self.loss_reduction)
+
+
 class _DeviceNet(nn.Module):
     """The device's whole model as one module of items -> logits (what Opacus wraps)."""
 
@@ -151,9 +220,7 @@ class _Wrapped:
 
     def __init__(self, model: ModelConfig, max_grad_norm: float) -> None:
         self.net = _DeviceNet(model)
-        self.module = GradSampleModuleFastGradientClipping(
-            self.net, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True
-        )
+        self.module = BookkeepingGradSampleModule(self.net, max_grad_norm=max_grad_norm)
 
 
 _local = threading.local()
@@ -229,7 +296,7 @@ def local_update_dp(
     accountant = RDPAccountant()
     accountant.history = list(private.dp_history)
     dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
-    criterion = DPLossFastGradientClipping(module, dp_optimizer, nn.BCEWithLogitsLoss(), "mean")
+    criterion = BookkeepingDPLoss(module, dp_optimizer, nn.BCEWithLogitsLoss(), "mean")
     total, seen = 0.0, 0
     try:
         for epoch in range(train.local_epochs):

@@ -21,6 +21,8 @@ from fedrec.models import ModelConfig, init_shared, load_shared, shared_spec
 from fedrec.privacy.accountant import INTEGER_ORDERS, device_epsilon, epsilon
 from fedrec.privacy.ledger import LEDGER
 from fedrec.privacy.local_dp import (
+    BookkeepingDPLoss,
+    BookkeepingGradSampleModule,
     FusedNoiseDPOptimizer,
     SingleLookupEmbedding,
     _DeviceNet,
@@ -91,13 +93,20 @@ def _per_example_grads(net: _DeviceNet, items: torch.Tensor, labels: torch.Tenso
     return [list(torch.autograd.grad(loss(net(items[i : i + 1]), labels[i : i + 1]), params)) for i in range(items.shape[0])]
 
 
-def _dp_grads(net: _DeviceNet, items: torch.Tensor, labels: torch.Tensor, clip: float) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The clipped gradient sum and per-example norms from the real ghost-clipping pipeline."""
-    module = GradSampleModuleFastGradientClipping(net, batch_first=True, loss_reduction="mean", max_grad_norm=clip)
+def _dp_grads(
+    net: _DeviceNet, items: torch.Tensor, labels: torch.Tensor, clip: float, *, opacus_two_pass: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The clipped gradient sum and per-example norms from the real pipeline (or from
+    Opacus' own two-backward-pass ghost clipping)."""
+    if opacus_two_pass:
+        module = GradSampleModuleFastGradientClipping(net, batch_first=True, loss_reduction="mean", max_grad_norm=clip)
+    else:
+        module = BookkeepingGradSampleModule(net, max_grad_norm=clip)
     optimizer = FusedNoiseDPOptimizer(
         torch.optim.SGD(net.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=1
     )
-    criterion = DPLossFastGradientClipping(module, optimizer, torch.nn.BCEWithLogitsLoss(), "mean")
+    loss_type = DPLossFastGradientClipping if opacus_two_pass else BookkeepingDPLoss
+    criterion = loss_type(module, optimizer, torch.nn.BCEWithLogitsLoss(), "mean")
     optimizer.zero_grad(set_to_none=True)
     criterion(module(items), labels).backward()
     grads = [p.grad.detach().clone() for p in net.parameters() if p.requires_grad]
@@ -122,6 +131,10 @@ def test_ghost_clipping_clips_each_example_over_all_parameters() -> None:
     for k, grad in enumerate(grads):
         expected = sum(f * gs[k] for f, gs in zip(factors, per_example))
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+    # the same as Opacus' own ghost clipping with its second backward pass
+    opacus_grads, _ = _dp_grads(net, items, labels, clip, opacus_two_pass=True)
+    for grad, theirs in zip(grads, opacus_grads):
+        torch.testing.assert_close(grad, theirs, rtol=1e-4, atol=1e-6)
     # the huge example alone contributes a gradient of norm at most C
     alone, _ = _dp_grads(net, items[:1], labels[:1], clip)
     assert float(torch.sqrt(sum((g**2).sum() for g in alone))) <= clip * (1 + 1e-5)  # type: ignore[arg-type]
