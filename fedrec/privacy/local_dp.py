@@ -44,6 +44,7 @@ import torch
 from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
+from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.grad_sample.utils import register_norm_sampler
 from opacus.optimizers import DPOptimizerFastGradientClipping
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
@@ -95,6 +96,42 @@ def single_lookup_norm_sample(
     if ids.dim() != 1:
         return compute_embedding_norm_sample(layer, activations, backprops)
     return {layer.weight: backprops.reshape(backprops.shape[0], -1).norm(2, dim=-1)}
+
+
+class FlatLinear(nn.Linear):
+    """An :class:`nn.Linear` applied to one vector per example (input shape ``(B, d)``).
+
+    Behaves exactly like ``nn.Linear``; the type selects the norm sampler below.
+    """
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> FlatLinear:
+        """The same layer (the very same parameters) under this type."""
+        out = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        out.weight = linear.weight
+        out.bias = linear.bias
+        return out
+
+
+@register_norm_sampler(FlatLinear)
+def flat_linear_norm_sample(
+    layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[torch.Tensor, torch.Tensor]:
+    """Per-example gradient norms of a linear layer on one vector per example.
+
+    Example i's weight gradient is the outer product ``backprops[i] activations[i]^T``,
+    of norm ``||backprops[i]|| ||activations[i]||``; its bias gradient is
+    ``backprops[i]``. (Opacus' general version computes the same with einsums that
+    also cover sequences; other shapes go to it.)
+    """
+    a = activations[0]
+    if a.dim() != 2 or backprops.dim() != 2:
+        return compute_linear_norm_sample(layer, activations, backprops)
+    g = backprops.norm(2, dim=1)
+    out = {layer.weight: g * a.to(backprops.dtype).norm(2, dim=1)}
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = g
+    return out
 
 
 class FusedNoiseDPOptimizer(DPOptimizerFastGradientClipping):
@@ -207,6 +244,10 @@ class _DeviceNet(nn.Module):
         self.tower.item_gmf = SingleLookupEmbedding.of(self.tower.item_gmf)
         if model.kind == "neumf":
             self.tower.item_mlp = SingleLookupEmbedding.of(self.tower.item_mlp)
+            for i, layer in enumerate(self.tower.mlp):
+                if isinstance(layer, nn.Linear):
+                    self.tower.mlp[i] = FlatLinear.of(layer)
+        self.tower.output = FlatLinear.of(self.tower.output)
         self.user_gmf = SingleLookupEmbedding(1, model.gmf_dim)
         self.user_mlp = SingleLookupEmbedding(1, model.mlp_dim)
 

@@ -14,6 +14,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
+from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from fedrec.client import Device, simulated_population
@@ -23,9 +24,11 @@ from fedrec.privacy.ledger import LEDGER
 from fedrec.privacy.local_dp import (
     BookkeepingDPLoss,
     BookkeepingGradSampleModule,
+    FlatLinear,
     FusedNoiseDPOptimizer,
     SingleLookupEmbedding,
     _DeviceNet,
+    flat_linear_norm_sample,
     noise_only_step,
     single_lookup_norm_sample,
 )
@@ -153,6 +156,17 @@ def test_single_lookup_norms_equal_opacus_general_embedding_norms() -> None:
         single_lookup_norm_sample(layer, [two_per_example], bp)[layer.weight],
         compute_embedding_norm_sample(layer, [two_per_example], bp)[layer.weight],
     )
+
+
+def test_flat_linear_norms_equal_opacus_linear_norms() -> None:
+    layer = FlatLinear.of(torch.nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(3)
+    activations, backprops = torch.randn(5, 6, generator=g), torch.randn(5, 3, generator=g)
+    ours = flat_linear_norm_sample(layer, [activations], backprops)
+    theirs = compute_linear_norm_sample(layer, [activations], backprops)
+    assert set(ours) == set(theirs) == {layer.weight, layer.bias}
+    for p in ours:
+        torch.testing.assert_close(ours[p], theirs[p])
 
 
 def test_noise_has_std_z_c_on_every_parameter_and_empty_batches_count() -> None:
