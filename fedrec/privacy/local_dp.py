@@ -20,7 +20,9 @@ close to plain training (``benchmarks/local_dp_cost.py``):
   each call loads the downloaded weights into it and starts a fresh optimizer;
 * batches are drawn with Opacus' Poisson sampler directly from two tensors instead of
   through a ``DataLoader`` (which fetches and collates example by example), at the
-  sample rate ``make_private`` would use, ``1 / ceil(n / batch_size)``;
+  sample rate ``make_private`` would use, ``1 / ceil(n / batch_size)``, for
+  ``ceil(n / batch_size)`` steps per epoch like plain training; every step, an empty
+  batch included, adds noise and is counted by the accountant;
 * an embedding looked up once per example has a per-example gradient with a single
   non-zero row, the example's backprop, so its norm is the backprop's norm; a norm
   sampler registered for :class:`SingleLookupEmbedding` computes exactly that instead
@@ -275,15 +277,17 @@ def _wrapped(model: ModelConfig, max_grad_norm: float) -> _Wrapped:
     return cache[key]
 
 
-def sample_rate(num_examples: int, batch_size: int) -> float:
-    """The Poisson sample rate ``make_private`` uses: 1 / (batches of the plain loader)."""
-    return 1.0 / -(-num_examples // batch_size)
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Steps per epoch: as many as the plain loader has batches, ``ceil(n / batch_size)``.
+    The Poisson sample rate is its inverse, as in ``make_private``."""
+    return -(-num_examples // batch_size)
 
 
-def poisson_batches(num_examples: int, rate: float, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """One epoch of Poisson batches (``int(1 / rate)`` of them, each example in each
-    with probability ``rate``), from Opacus' own sampler; may be empty."""
-    sampler = UniformWithReplacementSampler(num_samples=num_examples, sample_rate=rate, generator=generator)
+def poisson_batches(num_examples: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch of ``steps`` Poisson batches (each example in each with probability
+    ``1 / steps``) from Opacus' own sampler; a batch may be empty. The step count is
+    passed explicitly: the sampler's default ``int(1 / rate)`` can round down."""
+    sampler = UniformWithReplacementSampler(num_samples=num_examples, sample_rate=1.0 / steps, generator=generator, steps=steps)
     for indices in sampler:
         yield torch.tensor(indices, dtype=torch.long)
 
@@ -323,7 +327,8 @@ def local_update_dp(
 
     items, labels = examples()
     n = items.shape[0]
-    rate = sample_rate(n, train.batch_size)
+    steps = batches_per_epoch(n, train.batch_size)
+    rate = 1.0 / steps
     seed = int(rng.integers(2**62))
     sampling = torch.Generator().manual_seed(seed)
     dp_optimizer = FusedNoiseDPOptimizer(
@@ -343,7 +348,7 @@ def local_update_dp(
         for epoch in range(train.local_epochs):
             if epoch:  # fresh negatives each epoch, same number of examples
                 items, labels = examples()
-            for batch in poisson_batches(n, rate, sampling):
+            for batch in poisson_batches(n, steps, sampling):
                 dp_optimizer.zero_grad(set_to_none=True)
                 if batch.shape[0] == 0:
                     noise_only_step(dp_optimizer)

@@ -28,8 +28,10 @@ from fedrec.privacy.local_dp import (
     FusedNoiseDPOptimizer,
     SingleLookupEmbedding,
     _DeviceNet,
+    batches_per_epoch,
     flat_linear_norm_sample,
     noise_only_step,
+    poisson_batches,
     single_lookup_norm_sample,
 )
 from fedrec.runner import InProcessTransport, run_federated
@@ -226,3 +228,10 @@ def test_the_reused_wrapped_model_carries_nothing_between_calls(local_config) ->
     for other in (again, out[0]):
         assert all(np.array_equal(first.update[k], other.update[k]) for k in first.update)
         assert np.array_equal(first.private.user_gmf, other.private.user_gmf)
+
+
+def test_poisson_batches_take_every_step_the_plain_loader_takes() -> None:
+    steps = batches_per_epoch(93 * 64, 64)
+    assert steps == 93 and int(1 / (1.0 / steps)) == 92  # what the sampler's default would do
+    sizes = [b.shape[0] for b in poisson_batches(93 * 64, steps, torch.Generator().manual_seed(0))]
+    assert len(sizes) == 93 and abs(np.mean(sizes) - 64) < 3
