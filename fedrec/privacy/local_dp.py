@@ -8,8 +8,10 @@ batches; Opacus' RDP accountant counts the steps.
 
 Embedding tables make naive per-sample gradients huge (one dense (B, n_items, d)
 tensor per table), so this uses Opacus' ghost clipping (Li et al. 2022; Bu et al.
-2023): per-sample gradient *norms* from the layers' activations and backprops, then a
-second backward pass of the clipped-weighted loss. The Opacus pieces are the ones
+2023): per-sample gradient *norms* from the layers' activations and backprops; Opacus
+then runs a second backward pass of the clipped-weighted loss, which here is replaced by
+forming that same clipped sum from the kept activations and backprops (book-keeping,
+Bu et al. 2023; :class:`BookkeepingDPLoss`). The Opacus pieces are the ones
 ``PrivacyEngine.make_private(grad_sample_mode="ghost", poisson_sampling=True)`` builds
 (:class:`GradSampleModuleFastGradientClipping`, :class:`DPOptimizerFastGradientClipping`,
 :class:`DPLossFastGradientClipping`, :class:`UniformWithReplacementSampler`, the
@@ -27,6 +29,8 @@ close to plain training (``benchmarks/local_dp_cost.py``):
   non-zero row, the example's backprop, so its norm is the backprop's norm; a norm
   sampler registered for :class:`SingleLookupEmbedding` computes exactly that instead
   of Opacus' general ``unique``-based one (inputs of another shape fall back to it);
+  likewise :class:`FlatLinear` for linear layers on one vector per example
+  (``||g_i|| ||a_i||`` instead of einsums);
 * the optimizer accumulates without ``deepcopy`` and draws the
   noise of all parameters in one call (same distribution: i.i.d. N(0, (zC)^2) per
   coordinate).
