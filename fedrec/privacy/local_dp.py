@@ -1,11 +1,39 @@
 """Record-level DP-SGD on the device, through Opacus (Abadi et al. 2016).
 
 Protects each single interaction of the user even from the server: every local step
-clips each example's gradient to ``max_grad_norm`` and adds Gaussian noise, with
-Poisson-sampled batches. Embedding tables make naive per-sample gradients huge (one
-dense (B, n_items, d) tensor per table), so this uses Opacus' ghost clipping
-(Li et al. 2022; Bu et al. 2023), which computes per-sample gradient *norms* without
-materialising per-sample gradients.
+clips each example's gradient (over *all* trainable parameters: item embeddings, MLP,
+output layer and the private user vectors) to ``max_grad_norm`` and adds Gaussian noise
+of std ``noise_multiplier * max_grad_norm`` to every parameter, with Poisson-sampled
+batches; Opacus' RDP accountant counts the steps.
+
+Embedding tables make naive per-sample gradients huge (one dense (B, n_items, d)
+tensor per table), so this uses Opacus' ghost clipping (Li et al. 2022; Bu et al.
+2023): per-sample gradient *norms* from the layers' activations and backprops; Opacus
+then runs a second backward pass of the clipped-weighted loss, which here is replaced by
+forming that same clipped sum from the kept activations and backprops (book-keeping,
+Bu et al. 2023; :class:`BookkeepingDPLoss`). The Opacus pieces are the ones
+``PrivacyEngine.make_private(grad_sample_mode="ghost", poisson_sampling=True)`` builds
+(:class:`GradSampleModuleFastGradientClipping`, :class:`DPOptimizerFastGradientClipping`,
+:class:`DPLossFastGradientClipping`, :class:`UniformWithReplacementSampler`, the
+accountant's step hook), put together by hand so that per client-epoch cost stays
+close to plain training (``benchmarks/local_dp_cost.py``):
+
+* the wrapped model (hooks) is built once per thread and model shape and reused;
+  each call loads the downloaded weights into it and starts a fresh optimizer;
+* batches are drawn with Opacus' Poisson sampler directly from two tensors instead of
+  through a ``DataLoader`` (which fetches and collates example by example), at the
+  sample rate ``make_private`` would use, ``1 / ceil(n / batch_size)``, for
+  ``ceil(n / batch_size)`` steps per epoch like plain training; every step, an empty
+  batch included, adds noise and is counted by the accountant;
+* an embedding looked up once per example has a per-example gradient with a single
+  non-zero row, the example's backprop, so its norm is the backprop's norm; a norm
+  sampler registered for :class:`SingleLookupEmbedding` computes exactly that instead
+  of Opacus' general ``unique``-based one (inputs of another shape fall back to it);
+  likewise :class:`FlatLinear` for linear layers on one vector per example
+  (``||g_i|| ||a_i||`` instead of einsums);
+* the optimizer accumulates without ``deepcopy`` and draws the
+  noise of all parameters in one call (same distribution: i.i.d. N(0, (zC)^2) per
+  coordinate).
 
 The device keeps its accountant history across rounds in its private state and
 reports its own epsilon (RDP, a fast upper bound) with every update.
@@ -13,16 +41,25 @@ reports its own epsilon (RDP, a fast upper bound) with every update.
 
 from __future__ import annotations
 
-import warnings
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
+from opacus.grad_sample.linear import compute_linear_norm_sample
+from opacus.grad_sample.utils import register_norm_sampler
+from opacus.optimizers import DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping, DPTensorFastGradientClipping
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.data.split import ClientData
+from fedrec.errors import PrivacyError
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared, shared_arrays
 from fedrec.privacy.accountant import device_epsilon
 from fedrec.training import LocalResult, PrivateState, TrainConfig, epoch_examples, make_optimizer
@@ -35,18 +72,228 @@ class LocalDPConfig:
     delta: float = 1e-5
 
 
+class SingleLookupEmbedding(nn.Embedding):
+    """An :class:`nn.Embedding` that each example looks up once (input shape ``(B,)``).
+
+    Behaves exactly like ``nn.Embedding``; the type only selects the cheap exact
+    per-example gradient norm below under Opacus' ghost clipping.
+    """
+
+    @classmethod
+    def of(cls, embedding: nn.Embedding) -> SingleLookupEmbedding:
+        """The same table (the very same parameter) under this type."""
+        out = cls(embedding.num_embeddings, embedding.embedding_dim, _weight=embedding.weight.data)
+        out.weight = embedding.weight
+        return out
+
+
+@register_norm_sampler(SingleLookupEmbedding)
+def single_lookup_norm_sample(
+    layer: nn.Embedding, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[torch.Tensor, torch.Tensor]:
+    """Per-example gradient norm of an embedding looked up once per example.
+
+    Example i's gradient of the table is zero except for row ``ids[i]``, which is
+    ``backprops[i]``: its Frobenius norm is ``||backprops[i]||``. Any other input shape
+    (several lookups per example, which may hit the same row) goes to Opacus' general
+    implementation.
+    """
+    ids = activations[0]
+    if ids.dim() != 1:
+        return compute_embedding_norm_sample(layer, activations, backprops)
+    return {layer.weight: backprops.reshape(backprops.shape[0], -1).norm(2, dim=-1)}
+
+
+class FlatLinear(nn.Linear):
+    """An :class:`nn.Linear` applied to one vector per example (input shape ``(B, d)``).
+
+    Behaves exactly like ``nn.Linear``; the type selects the norm sampler below.
+    """
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> FlatLinear:
+        """The same layer (the very same parameters) under this type."""
+        out = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        out.weight = linear.weight
+        out.bias = linear.bias
+        return out
+
+
+@register_norm_sampler(FlatLinear)
+def flat_linear_norm_sample(
+    layer: nn.Linear, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[torch.Tensor, torch.Tensor]:
+    """Per-example gradient norms of a linear layer on one vector per example.
+
+    Example i's weight gradient is the outer product ``backprops[i] activations[i]^T``,
+    of norm ``||backprops[i]|| ||activations[i]||``; its bias gradient is
+    ``backprops[i]``. (Opacus' general version computes the same with einsums that
+    also cover sequences; other shapes go to it.)
+    """
+    a = activations[0]
+    if a.dim() != 2 or backprops.dim() != 2:
+        return compute_linear_norm_sample(layer, activations, backprops)
+    g = backprops.norm(2, dim=1)
+    out = {layer.weight: g * a.to(backprops.dtype).norm(2, dim=1)}
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = g
+    return out
+
+
+class FusedNoiseDPOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping DP optimizer with cheaper bookkeeping, same mechanism.
+
+    ``accumulate`` keeps the step's gradient tensor instead of a ``copy.deepcopy``
+    (~0.1 ms per tensor), and ``add_noise`` draws the N(0, (zC)^2) noise of all
+    parameters with one call and splits it, instead of one call per parameter.
+    """
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is not None:
+                p.summed_grad.add_(p.grad)
+            else:  # p.grad is this step's own tensor (zero_grad drops it): no copy needed
+                p.summed_grad = p.grad.detach()
+
+    def add_noise(self) -> None:
+        z = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+        std = z * self.max_grad_norm
+        params = self.params
+        total = sum(p.numel() for p in params)
+        if std == 0:
+            flat = torch.zeros(total, dtype=params[0].dtype)
+        else:
+            flat = torch.normal(0.0, std, size=(total,), generator=self.generator, dtype=params[0].dtype)
+        offset = 0
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+            noise = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            p.grad = noise.add_(p.summed_grad)  # each parameter has its own slice of the draw
+            _mark_as_processed(p.summed_grad)
+
+
+class BookkeepingGradSampleModule(GradSampleModuleFastGradientClipping):
+    """Opacus' ghost-clipping module that also keeps each layer's activations and
+    backprops of the norm pass, so that the clipped gradient sum can be formed from them
+    directly (book-keeping, Bu et al. 2023) instead of by a second backward pass."""
+
+    def __init__(self, m: nn.Module, *, max_grad_norm: float) -> None:
+        super().__init__(m, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+        self.kept: list[tuple[nn.Module, list[torch.Tensor], torch.Tensor]] = []
+
+    def rearrange_grad_samples(  # type: ignore[override]
+        self, *, module: nn.Module, backprops: torch.Tensor, loss_reduction: str, batch_first: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        activations, backprops = super().rearrange_grad_samples(
+            module=module, backprops=backprops, loss_reduction=loss_reduction, batch_first=batch_first
+        )
+        self.kept.append((module, activations, backprops))  # backprops: per-example, x batch size for "mean"
+        return activations, backprops
+
+
+def clipped_gradient_sum(
+    kept: list[tuple[nn.Module, list[torch.Tensor], torch.Tensor]], coeff: torch.Tensor
+) -> dict[torch.Tensor, torch.Tensor]:
+    """``sum_i coeff_i * grad_i`` per parameter, from each layer's activations and
+    per-example backprops: what the second backward pass of ghost clipping computes."""
+    grads: dict[torch.Tensor, torch.Tensor] = {}
+
+    def add(p: torch.Tensor, g: torch.Tensor) -> None:
+        grads[p] = grads[p] + g if p in grads else g
+
+    for module, activations, backprops in kept:
+        weighted = coeff[:, None] * backprops
+        if isinstance(module, SingleLookupEmbedding) and activations[0].dim() == 1:
+            weight = torch.zeros_like(module.weight).index_add_(0, activations[0], weighted)
+            add(module.weight, weight)
+        elif isinstance(module, nn.Linear) and activations[0].dim() == 2 and backprops.dim() == 2:
+            if module.weight.requires_grad:
+                add(module.weight, weighted.t() @ activations[0])
+            if module.bias is not None and module.bias.requires_grad:
+                add(module.bias, weighted.sum(0))
+        else:
+            raise PrivacyError(f"no book-keeping rule for {type(module).__name__} with inputs of shape "
+                               f"{tuple(activations[0].shape)}; use Opacus' DPLossFastGradientClipping")
+    return grads
+
+
+class _BookkeepingLoss(DPTensorFastGradientClipping):
+    def backward(self) -> None:  # type: ignore[override]
+        module = self.module
+        assert isinstance(module, BookkeepingGradSampleModule)
+        module.kept = []
+        torch.mean(self.loss_per_sample, dim=0).backward()  # norm pass: hooks keep what they saw
+        coeff = module.get_clipping_coef()
+        grads = clipped_gradient_sum(module.kept, coeff)
+        module.kept = []
+        for p in module.trainable_parameters:
+            if p not in grads:
+                raise PrivacyError("a trainable parameter got no clipped gradient; its layer is not supported")
+            p.grad = grads[p]
+
+
+class BookkeepingDPLoss(DPLossFastGradientClipping):
+    """Opacus' ghost-clipping loss whose ``backward`` is one backward pass plus book-keeping."""
+
+    def __call__(self, *args: torch.Tensor, shape: object = None, **kwargs: torch.Tensor) -> DPTensorFastGradientClipping:
+        out = super().__call__(*args, shape=shape, **kwargs)
+        return _BookkeepingLoss(self.module, self.optimizer, out.loss_per_sample, self.loss_reduction)
+
+
 class _DeviceNet(nn.Module):
     """The device's whole model as one module of items -> logits (what Opacus wraps)."""
 
-    def __init__(self, tower: SharedTower, private: PrivateState) -> None:
+    def __init__(self, model: ModelConfig) -> None:
         super().__init__()
-        self.tower = tower
-        self.user_gmf = nn.Embedding.from_pretrained(torch.from_numpy(private.user_gmf.copy())[None, :], freeze=False)
-        self.user_mlp = nn.Embedding.from_pretrained(torch.from_numpy(private.user_mlp.copy())[None, :], freeze=False)
+        self.tower = SharedTower(model, generator=None)  # weights are loaded per call
+        self.tower.item_gmf = SingleLookupEmbedding.of(self.tower.item_gmf)
+        if model.kind == "neumf":
+            self.tower.item_mlp = SingleLookupEmbedding.of(self.tower.item_mlp)
+            for i, layer in enumerate(self.tower.mlp):
+                if isinstance(layer, nn.Linear):
+                    self.tower.mlp[i] = FlatLinear.of(layer)
+        self.tower.output = FlatLinear.of(self.tower.output)
+        self.user_gmf = SingleLookupEmbedding(1, model.gmf_dim)
+        self.user_mlp = SingleLookupEmbedding(1, model.mlp_dim)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         me = torch.zeros_like(items)  # the device has one user: row 0
         return self.tower(self.user_gmf(me), self.user_mlp(me), items)
+
+
+class _Wrapped:
+    """A device model wrapped by Opacus once, reused by every call on this thread."""
+
+    def __init__(self, model: ModelConfig, max_grad_norm: float) -> None:
+        self.net = _DeviceNet(model)
+        self.module = BookkeepingGradSampleModule(self.net, max_grad_norm=max_grad_norm)
+
+
+_local = threading.local()
+
+
+def _wrapped(model: ModelConfig, max_grad_norm: float) -> _Wrapped:
+    cache: dict[tuple[ModelConfig, float], _Wrapped] = _local.__dict__.setdefault("wrapped", {})
+    key = (model, float(max_grad_norm))
+    if key not in cache:
+        cache[key] = _Wrapped(model, max_grad_norm)
+    return cache[key]
+
+
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Steps per epoch: as many as the plain loader has batches, ``ceil(n / batch_size)``.
+    The Poisson sample rate is its inverse, as in ``make_private``."""
+    return -(-num_examples // batch_size)
+
+
+def poisson_batches(num_examples: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch of ``steps`` Poisson batches (each example in each with probability
+    ``1 / steps``) from Opacus' own sampler; a batch may be empty. The step count is
+    passed explicitly: the sampler's default ``int(1 / rate)`` can round down."""
+    sampler = UniformWithReplacementSampler(num_samples=num_examples, sample_rate=1.0 / steps, generator=generator, steps=steps)
+    for indices in sampler:
+        yield torch.tensor(indices, dtype=torch.long)
 
 
 def local_update_dp(
@@ -60,9 +307,13 @@ def local_update_dp(
     rng: np.random.Generator,
 ) -> LocalResult:
     """Like :func:`fedrec.training.local_update`, with record-level DP-SGD."""
-    tower = SharedTower(model, generator=None)
-    load_shared(tower, shared)
-    net = _DeviceNet(tower, private)
+    wrapped = _wrapped(model, local.max_grad_norm)
+    net, module = wrapped.net, wrapped.module
+    load_shared(net.tower, shared)
+    with torch.no_grad():
+        net.user_gmf.weight.copy_(torch.from_numpy(private.user_gmf)[None, :])
+        net.user_mlp.weight.copy_(torch.from_numpy(private.user_mlp)[None, :])
+    tower = net.tower
     optimizer = make_optimizer(
         [
             {"params": list(tower.parameters())},
@@ -79,36 +330,44 @@ def local_update_dp(
         return torch.from_numpy(items), torch.from_numpy(labels)
 
     items, labels = examples()
-    dataset = TensorDataset(items.clone(), labels.clone())
+    n = items.shape[0]
+    steps = batches_per_epoch(n, train.batch_size)
+    rate = 1.0 / steps
     seed = int(rng.integers(2**62))
-    loader = DataLoader(dataset, batch_size=train.batch_size, generator=torch.Generator().manual_seed(seed))
-    engine = PrivacyEngine(accountant="rdp")
-    engine.accountant.history = list(private.dp_history)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "secure RNG turned off": noise uses the injected generator
-        dp_net, dp_optimizer, criterion, dp_loader = engine.make_private(
-            module=net, optimizer=optimizer, criterion=nn.BCEWithLogitsLoss(), data_loader=loader,
-            noise_multiplier=local.noise_multiplier, max_grad_norm=local.max_grad_norm,
-            grad_sample_mode="ghost", poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(seed + 1),
-        )
+    sampling = torch.Generator().manual_seed(seed)
+    dp_optimizer = FusedNoiseDPOptimizer(
+        optimizer,
+        noise_multiplier=local.noise_multiplier,
+        max_grad_norm=local.max_grad_norm,
+        expected_batch_size=int(n * rate),
+        loss_reduction="mean",
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
+    accountant = RDPAccountant()
+    accountant.history = list(private.dp_history)
+    dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
+    criterion = BookkeepingDPLoss(module, dp_optimizer, nn.BCEWithLogitsLoss(), "mean")
     total, seen = 0.0, 0
-    for epoch in range(train.local_epochs):
-        if epoch:  # fresh negatives each epoch, same number of examples
-            items, labels = examples()
-            dataset.tensors[0].copy_(items)
-            dataset.tensors[1].copy_(labels)
-        for batch_items, batch_labels in dp_loader:
-            if batch_items.shape[0] == 0:
-                continue  # Poisson sampling can draw an empty batch
-            loss = criterion(dp_net(batch_items), batch_labels)
-            dp_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            dp_optimizer.step()
-            total += float(loss.detach()) * batch_items.shape[0]
-            seen += batch_items.shape[0]
+    try:
+        for epoch in range(train.local_epochs):
+            if epoch:  # fresh negatives each epoch, same number of examples
+                items, labels = examples()
+            for batch in poisson_batches(n, steps, sampling):
+                dp_optimizer.zero_grad(set_to_none=True)
+                if batch.shape[0] == 0:
+                    noise_only_step(dp_optimizer)
+                    continue
+                batch_items, batch_labels = items[batch], labels[batch]
+                loss = criterion(module(batch_items), batch_labels)
+                loss.backward()
+                dp_optimizer.step()
+                total += float(loss.detach()) * batch.shape[0]
+                seen += batch.shape[0]
+    except BaseException:
+        _local.__dict__.pop("wrapped", None)  # hooks may hold a half-done step: rebuild next time
+        raise
     new_shared = shared_arrays(tower)
-    history = tuple((float(z), float(q), int(n)) for z, q, n in engine.accountant.history)
+    history = tuple((float(z), float(q), int(k)) for z, q, k in accountant.history)
     return LocalResult(
         update={name: new_shared[name] - shared[name] for name in shared},
         private=PrivateState(
@@ -121,3 +380,12 @@ def local_update_dp(
         loss=total / max(seen, 1),
         local_epsilon=device_epsilon(history, delta=local.delta),
     )
+
+
+def noise_only_step(dp_optimizer: DPOptimizerFastGradientClipping) -> None:
+    """The DP-SGD step of an empty Poisson batch: the clipped sum is zero, the noise and
+    the accounting are not skipped (skipping would reveal that the batch was empty)."""
+    dp_optimizer.zero_grad(set_to_none=True)
+    for p in dp_optimizer.params:
+        p.grad = torch.zeros_like(p)
+    dp_optimizer.step()
