@@ -120,7 +120,8 @@ def train(msg: Message, context: Context) -> Message:
         update = ndarrays_to_parameters([result.update[n] for n in names])
         fitres = FitRes(status=Status(Code.OK, ""), parameters=update, num_examples=1, metrics={})
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
-    content = RecordDict({protocol.ARRAYS: to_record(result.update)})
+    # SecAgg+ rounds (above) send the float update: SecAgg+ quantizes it itself
+    content = RecordDict({protocol.ARRAYS: to_record(local.device.upload(result.update, config=config, round_=round_))})
     if config.privacy.local_dp:
         content[protocol.METRICS] = MetricRecord({protocol.LOCAL_EPSILON: result.local_epsilon})
     return Message(content, reply_to=msg)
