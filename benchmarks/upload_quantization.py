@@ -44,7 +44,10 @@ def main() -> None:
     torch.set_num_threads(1)  # a shared machine: one thread
     overrides = parse_overrides(args.overrides)
     bits = [0, *[b for b in args.bits if b != 0]]
-    results = {b: [_result(args.config, overrides, s, b, args.out) for s in args.seeds] for b in bits}
+    results: dict[int, list[dict[str, float]]] = {b: [] for b in bits}
+    for s in args.seeds:  # seed by seed: a stopped benchmark still has complete pairs
+        for b in bits:
+            results[b].append(_result(args.config, overrides, s, b, args.out))
     base = np.array([r["ndcg@10"] for r in results[0]])
     dense = results[0][0]["upload_bytes_dense_float32"]
     print(f"config {args.config} {' '.join(args.overrides)}; seeds {args.seeds}")
