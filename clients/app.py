@@ -71,7 +71,8 @@ def train(msg: Message, context: Context) -> Message:
             protocol.LOCAL_EPSILON: result.local_epsilon, protocol.CLIENT_ID: device.client_id,
         }
     )
-    return Message(RecordDict({protocol.ARRAYS: to_record(result.update), protocol.METRICS: metrics}), reply_to=msg)
+    upload = device.upload(result.update, config=config, round_=int(str(record[protocol.SERVER_ROUND])))
+    return Message(RecordDict({protocol.ARRAYS: to_record(upload), protocol.METRICS: metrics}), reply_to=msg)
 
 
 @app.evaluate()

@@ -14,14 +14,24 @@ import logging
 import resource
 import time
 from pathlib import Path
+from typing import cast
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common import (
+    Code,
+    FitRes,
+    Status,
+    bytes_to_ndarray,
+    ndarray_to_bytes,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key
 from flwr.compat.common import recorddict_compat as compat
 
 from clients.records import to_arrays, to_record
@@ -68,8 +78,39 @@ def outbox_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
 def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's SecAgg+ client protocol, for rounds the server runs through SecAgg+."""
     if RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
+        return compact_masked_vector(secaggplus_mod(msg, context, call_next), context)
     return call_next(msg, context)
+
+
+def masked_dtype(modulus: int) -> np.dtype:
+    """The narrowest unsigned integer that holds every residue modulo ``modulus`` (a power of 2)."""
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if modulus - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"SecAgg+ modulus {modulus} does not fit in 64 bits")
+
+
+def compact_masked_vector(reply: Message, context: Context) -> Message:
+    """Send SecAgg+'s masked vector in the narrowest unsigned dtype its modulus allows.
+
+    Flower's mod uploads the masked residues (all in ``[0, modulus)``, modulus 2^32 by
+    default) as int64. Stored as uint32 they are the same numbers in half the bytes. The
+    server's workflow adds the devices' vectors element-wise and reduces modulo the
+    modulus: uint32 additions wrap modulo 2^32, a multiple of any power-of-two modulus up
+    to 2^32, so the unmasked sum is unchanged (``tests/deploy/test_secagg.py``).
+    """
+    if reply.has_error() or RECORD_KEY_CONFIGS not in reply.content.config_records:
+        return reply
+    configs = reply.content.config_records[RECORD_KEY_CONFIGS]
+    if Key.MASKED_PARAMETERS not in configs:
+        return reply
+    modulus = int(str(context.state.config_records[RECORD_KEY_STATE]["mod_range"]))
+    dtype = masked_dtype(modulus)
+    vectors = [bytes_to_ndarray(b) for b in cast(list[bytes], configs[Key.MASKED_PARAMETERS])]
+    if any(v.size and (v.min() < 0 or v.max() >= modulus) for v in vectors):
+        return reply  # not reduced residues: leave Flower's payload as it is
+    configs[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(v.astype(dtype)) for v in vectors]
+    return reply
 
 
 # Order matters: SecAgg+ masks what the guard has checked.
@@ -120,7 +161,8 @@ def train(msg: Message, context: Context) -> Message:
         update = ndarrays_to_parameters([result.update[n] for n in names])
         fitres = FitRes(status=Status(Code.OK, ""), parameters=update, num_examples=1, metrics={})
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
-    content = RecordDict({protocol.ARRAYS: to_record(result.update)})
+    # SecAgg+ rounds (above) send the float update: SecAgg+ quantizes it itself
+    content = RecordDict({protocol.ARRAYS: to_record(local.device.upload(result.update, config=config, round_=round_))})
     if config.privacy.local_dp:
         content[protocol.METRICS] = MetricRecord({protocol.LOCAL_EPSILON: result.local_epsilon})
     return Message(content, reply_to=msg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fedrec.compression import encode_update, upload_rng
 from fedrec.config import RunConfig
 from fedrec.data.sources import PreparedData, prepare
 from fedrec.data.split import ClientData
@@ -67,6 +68,14 @@ class Device:
         if config.privacy.enabled:
             result = replace(result, update=clip_update(result.update, max_norm=config.privacy.clipping_norm)[0])
         return result
+
+    def upload(self, update: Arrays, *, config: RunConfig, round_: int) -> Arrays:
+        """What the device sends for its (already clipped) ``update``: the update itself,
+        or with ``upload-bits`` > 0 its quantized payload (:mod:`fedrec.compression`)."""
+        bits = config.federation.upload_bits
+        if bits == 0:
+            return update
+        return encode_update(update, bits=bits, rng=upload_rng(seed=config.seed, round_=round_, client=self.client_id))
 
     def evaluate(self, *, shared: Arrays, private: PrivateState | None, config: RunConfig, which: str) -> dict[str, float]:
         state = private if private is not None else self.fresh_private(config.seed)

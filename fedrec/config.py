@@ -92,6 +92,11 @@ class FederationSettings:
     # evaluate a fixed seeded sample of this many users (0 = every user); for huge populations
     eval_users: int = field(default=0, metadata=_key("eval-users", check=_non_negative))
     central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))
+    # devices upload their clipped update quantized to this many bits per coordinate
+    # (fedrec.compression; 0 = dense float32)
+    upload_bits: int = field(
+        default=0, metadata=_key("upload-bits", check=lambda v: None if v in (0, 4, 8) else "must be 0 (off), 4 or 8")
+    )
 
 
 def _probability(v: Any) -> str | None:

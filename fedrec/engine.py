@@ -26,6 +26,7 @@ import torch
 
 from fedrec.batched import local_update_batched
 from fedrec.client import simulated_population
+from fedrec.compression import encode_update, upload_rng
 from fedrec.config import RunConfig
 from fedrec.evaluation import metrics_from_scores
 from fedrec.experiment import run_and_report
@@ -117,11 +118,15 @@ class VectorisedTransport:
             self.user_mlp[chunk] = result.user_mlp
             if privacy.enabled:  # on the compact form: the rows it leaves out are zero
                 result = replace(result, update=clip_stacked(result.update, max_norm=privacy.clipping_norm)[0])
+            bits = self.config.federation.upload_bits
             for k, c in enumerate(chunk):
+                update = result.client_update(k, self.spec)
+                if bits:  # what the device would send (fedrec.client.Device.upload)
+                    update = encode_update(update, bits=bits, rng=upload_rng(seed=self.config.seed, round_=round_, client=c))
                 replies.append(
                     TrainReply(
-                        client=c, update=result.client_update(k, self.spec),
-                        num_examples=int(result.examples[k]), loss=float(result.loss[k]),
+                        client=c, update=update, num_examples=int(result.examples[k]), loss=float(result.loss[k]),
+                        encoded=bits > 0,
                     )
                 )
         position = {c: i for i, c in enumerate(clients)}

@@ -8,14 +8,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedrec.checkpoint import write_run_config
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
+from fedrec.models import ModelConfig, shared_spec
 from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
 from fedrec.runner import Transport, run_federated
 
 logger = logging.getLogger(__name__)
+
+
+def upload_summary(config: RunConfig, model: ModelConfig, rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """Bytes one client uploads per round (mean over rounds), beside the dense float32 size."""
+    dense = 4 * sum(int(np.prod(shape, dtype=np.int64)) for shape in shared_spec(model).values())
+    sizes = [r["upload_bytes"] for r in rounds if np.isfinite(r.get("upload_bytes", float("nan")))]
+    per_client = float(np.mean(sizes)) if sizes else float("nan")
+    return {
+        "upload_bits": config.federation.upload_bits,
+        "upload_bytes_per_client": per_client,
+        "upload_bytes_dense_float32": dense,
+        "upload_ratio_vs_dense": per_client / dense,
+    }
 
 
 def run_and_report(
@@ -64,6 +80,7 @@ def run_and_report(
         **history.privacy,
         "rejected_updates": history.rejected,
         "resumes": history.resumes,
+        **upload_summary(config, model, history.rounds),
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": history.evals,

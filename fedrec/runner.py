@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from fedrec.checkpoint import Checkpoint, StatefulTransport, load_checkpoint, save_checkpoint
 from fedrec.client import Device
+from fedrec.compression import decode_update, payload_bytes
 from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
 from fedrec.federated import ServerOptimizer, mean_updates
@@ -42,6 +43,7 @@ class TrainReply:
     local_epsilon: float = 0.0
     error: str = ""
     contributors: int = 1  # > 1: ``update`` is already the sum of that many clients' updates (secure aggregation)
+    encoded: bool = False  # ``update`` is a quantized payload (fedrec.compression) the server decodes first
 
 
 class Transport(Protocol):
@@ -215,11 +217,21 @@ def run_federated(
         replies = transport.train(sampled, shared, round_) if sampled else []
         good: list[TrainReply] = []
         failed = invalid = 0
+        upload_sizes: list[int] = []
         for reply in replies:
             if reply.error or reply.update is None:
                 failed += 1
                 logger.warning("round %d: a client failed (%s)", round_, reply.error or "no update")
                 continue
+            if reply.contributors == 1:
+                upload_sizes.append(payload_bytes(reply.update))
+            if reply.encoded:
+                decoded, problem = decode_update(reply.update, spec, bits=fed.upload_bits)
+                if decoded is None:
+                    invalid += 1
+                    logger.warning("round %d: rejected a malformed encoded update: %s", round_, problem)
+                    continue
+                reply = replace(reply, update=decoded, encoded=False)
             problem = check_update(reply.update, spec)
             if problem:
                 invalid += 1
@@ -248,6 +260,8 @@ def run_federated(
             "rejected": float(failed + invalid),  # replies left out of the aggregate ...
             "invalid": float(invalid),  # ... of which updates that failed check_update
             "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
+            # mean bytes of the arrays one device uploaded (not the secure-aggregation sum)
+            "upload_bytes": float(np.mean(upload_sizes)) if upload_sizes else float("nan"),
             "seconds": time.perf_counter() - started,
         }
         if session is not None:
@@ -317,8 +331,9 @@ class InProcessTransport:
             self.private[c] = result.private
             replies.append(
                 TrainReply(
-                    client=c, update=result.update, num_examples=result.num_examples, loss=result.loss,
-                    local_epsilon=result.local_epsilon,
+                    client=c, update=self.devices[c].upload(result.update, config=self.config, round_=round_),
+                    num_examples=result.num_examples, loss=result.loss, local_epsilon=result.local_epsilon,
+                    encoded=self.config.federation.upload_bits > 0,
                 )
             )
         return replies

@@ -31,6 +31,7 @@ class GridTransport:
         self.grid = grid
         self.run_config = protocol.encode_run_config(config.to_flat())
         self.timeout = timeout
+        self.upload_bits = config.federation.upload_bits  # every device must send its update quantized
         self.uploads: list[dict[str, float]] = []  # per train round: bytes received per device
         self.upload_contents: dict[str, list[str]] = {}  # what one train reply carried, by record
         nodes = self._wait_for_nodes(expected_nodes, patience)
@@ -100,6 +101,7 @@ class GridTransport:
                     num_examples=int(str(metrics.get(protocol.NUM_EXAMPLES, 0))),
                     loss=float(str(metrics.get(protocol.TRAIN_LOSS, "nan"))),
                     local_epsilon=float(str(metrics.get(protocol.LOCAL_EPSILON, 0.0))),
+                    encoded=self.upload_bits > 0,  # the server decodes (fedrec.runner) before its checks
                 )
             )
         if sizes:

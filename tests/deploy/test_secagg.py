@@ -23,12 +23,15 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.device import app as device_app
+from clients.device import masked_dtype
+from fedrec.compression import CODES, decode_update, payload_scales
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
 from fedrec.deploy.fleet import split_fleet
 from fedrec.errors import ConfigError
-from fedrec.models import init_shared
+from fedrec.models import init_shared, shared_spec
+from fedrec.runner import check_update
 from server.secagg import SecAggTransport
 from server.transport import GridTransport
 
@@ -125,9 +128,23 @@ def test_secure_aggregation_returns_the_sum_of_the_clipped_updates(setup: tuple[
         assert not any(len(r) for r in m.content.array_records.values())  # the float update was removed
         payload = cast(list[bytes], m.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS])
         vectors = [bytes_to_ndarray(b) for b in payload]
-        assert [v.dtype.kind for v in vectors] == ["i"] * len(vectors)
+        # residues modulo 2^32 travel as uint32 (clients.device.compact_masked_vector), not Flower's int64
+        assert [v.dtype for v in vectors] == [np.dtype(np.uint32)] * len(vectors)
         assert [v.shape for v in vectors] == [(1,)] + [expected[n].shape for n in sorted(expected)]  # weight + tensors
     assert transport.uploads[0]["devices"] == 4
+    values = sum(v.size for v in expected.values())
+    # all four stages: the masked vector at 4 bytes per coordinate (+ the weight) plus keys and shares
+    assert 4 * values < transport.uploads[0]["bytes_per_device"] < 4 * values + 8_000
+
+
+def test_masked_dtype_holds_every_residue() -> None:
+    assert masked_dtype(2**32) == np.uint32 and masked_dtype(2**16) == np.uint16 and masked_dtype(2**17) == np.uint32
+    # wrapping uint32 addition is addition modulo any power-of-two modulus <= 2^32
+    rng = np.random.default_rng(0)
+    for modulus in (2**16, 2**20, 2**32):
+        a, b = (rng.integers(0, modulus, 1000, dtype=np.int64) for _ in range(2))
+        wrapped = (a.astype(masked_dtype(modulus)) + b.astype(masked_dtype(modulus))) & (modulus - 1)
+        np.testing.assert_array_equal(wrapped, (a + b) % modulus)
 
 
 def test_a_device_that_fails_is_a_dropout_and_the_rest_are_aggregated(setup: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
@@ -137,6 +154,28 @@ def test_a_device_that_fails_is_a_dropout_and_the_rest_are_aggregated(setup: tup
     replies = transport.train(sorted(nodes), init_shared(config.model.build(1682), seed=0), round_=1)
     assert sum(r.update is None for r in replies) == 1
     assert [r.contributors for r in replies if r.update is not None] == [3]
+
+
+def test_plain_transport_decodes_quantized_uploads(setup: tuple[RunConfig, dict[int, dict[str, Any]]], tmp_path: Path) -> None:
+    config, nodes = setup
+    config = parse_run_config({**config.to_flat(), "upload-bits": 8})
+    model = config.model.build(1682)
+    shared = init_shared(model, seed=0)
+    dense = _plain_sum(config, {10: nodes[10]}, shared)  # device 10's clipped float32 update
+    transport = GridTransport(InlineGrid(nodes), config, expected_nodes=4, patience=1)
+    replies = transport.train(sorted(nodes), shared, round_=1)
+    assert transport.upload_contents == {"arrays:arrays": [CODES]}
+    assert all(r.encoded for r in replies)
+    spec = shared_spec(model)
+    decoded, problem = decode_update(replies[0].update, spec, bits=8)
+    assert problem == "" and decoded is not None and check_update(decoded, spec) == ""
+    for i, name in enumerate(sorted(spec)):
+        step = float(payload_scales(cast(dict, replies[0].update), len(spec))[i, 1])
+        assert np.all(np.abs(decoded[name] - dense[name]) <= step * (1 + 1e-5) + 1e-7), name
+    # bytes the server received per device: at most 1/4 of what the dense float32 update takes
+    dense_transport = GridTransport(InlineGrid(nodes), parse_run_config({**config.to_flat(), "upload-bits": 0}), expected_nodes=4, patience=1)
+    dense_transport.train(sorted(nodes), shared, round_=1)
+    assert transport.uploads[0]["bytes_per_device"] <= dense_transport.uploads[0]["bytes_per_device"] / 4
 
 
 def test_plain_transport_receives_only_the_update(setup: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
