@@ -14,7 +14,15 @@ from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.engine import VectorisedTransport
 from fedrec.errors import PrivacyError
-from fedrec.privacy.canaries import EMPIRICAL_AUDIT, AuditSettings, make_canaries, run_empirical_audit, with_canaries
+from fedrec.privacy.canaries import (
+    EMPIRICAL_AUDIT,
+    AuditSettings,
+    Canaries,
+    make_canaries,
+    membership_scores,
+    run_empirical_audit,
+    with_canaries,
+)
 
 
 def _config(tmp_path: Path, **overrides: object) -> RunConfig:
@@ -68,3 +76,21 @@ def test_the_attack_works_without_dp_and_is_held_down_by_dp(tmp_path: Path) -> N
     assert on["one_run_epsilon_lower_bound"] < off["one_run_epsilon_lower_bound"]
     written = json.loads((tmp_path / "on" / EMPIRICAL_AUDIT).read_text())
     assert written["canaries"] == 100 and written["dp"] is True
+
+
+def test_scores_see_items_moving_together_and_ignore_shared_drift() -> None:
+    rng = np.random.default_rng(0)
+    n_items, d, k = 400, 12, 10
+    pool = np.arange(n_items)
+    items = np.stack([rng.choice(pool, size=k, replace=False) for _ in range(40)])
+    members = np.arange(40) < 20
+    initial = {"item_gmf.weight": rng.normal(size=(n_items, d)), "item_mlp.weight": rng.normal(size=(n_items, d))}
+    moved = rng.normal(scale=0.1, size=(n_items, 2 * d)) + 5.0  # noise plus a drift every item shares
+    for c in np.flatnonzero(members):
+        moved[items[c]] += 0.3 * rng.normal(size=2 * d)  # a member pushes its items one way
+    released = {"item_gmf.weight": initial["item_gmf.weight"] + moved[:, :d],
+                "item_mlp.weight": initial["item_mlp.weight"] + moved[:, d:]}
+    canaries = Canaries(items=items, held_out=np.zeros((40, 2), dtype=np.int64), members=members, pool=pool)
+    scores = membership_scores(released=released, initial=initial, canaries=canaries)
+    assert scores[members].min() > scores[~members].max()
+    assert np.abs(scores[~members]).max() < 0.1  # the shared drift is gone (it alone would score 5^2 * 24 = 600)
