@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.engine import VectorisedTransport
@@ -94,3 +96,15 @@ def test_scores_see_items_moving_together_and_ignore_shared_drift() -> None:
     scores = membership_scores(released=released, initial=initial, canaries=canaries)
     assert scores[members].min() > scores[~members].max()
     assert np.abs(scores[~members]).max() < 0.1  # the shared drift is gone (it alone would score 5^2 * 24 = 600)
+
+
+def test_the_command_prints_both_bounds_and_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    args = ["audit-empirical", "--canaries", "20", "--items", "4", "--out", str(out), "--set", "dataset=synthetic",
+            "--set", "synthetic-users=60", "--set", "synthetic-items=200", "--set", "num-rounds=2", "--set", "dp=off",
+            "--set", "eval-every=0", "--set", "gmf-dim=4", "--set", "mlp-layers=8,4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "one-run epsilon lower bound" in result.output
+    report = json.loads((out / EMPIRICAL_AUDIT).read_text())
+    assert report["canaries"] == 20 and report["dp"] is False
