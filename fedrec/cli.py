@@ -268,6 +268,49 @@ def audit(
     raise typer.Exit(code=report.code)
 
 
+@app.command("audit-empirical")
+def audit_empirical(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = Path("runs/audit-empirical"),
+    canaries: Annotated[int, typer.Option(help="Canary users; each joins training with probability 1/2.")] = 200,
+    items: Annotated[int, typer.Option(help="Rarely-rated items per canary.")] = 64,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train once with canary users, attack the released model, bound epsilon from below.
+
+    Writes OUT/empirical_audit.json (and the run's results.json, model.npz, ledger).
+    """
+    _setup_logging(verbose)
+    with _errors():
+        from fedrec.privacy.canaries import AuditSettings, run_empirical_audit
+
+        run_config = _load_config(config, set_, data)
+        with _progress() as progress:
+            task = progress.add_task("training with canaries", total=run_config.federation.num_rounds, status="")
+
+            def on_round(round_: int, info: dict[str, float]) -> None:
+                progress.update(task, completed=round_, status=f"loss {info['train_loss']:.3f}")
+
+            report = run_empirical_audit(
+                run_config, out_dir=out.resolve(), settings=AuditSettings(canaries=canaries, items_per_canary=items),
+                on_round=on_round,
+            )
+    table = Table(title=f"empirical privacy audit ({'DP' if report['dp'] else 'no DP'})", show_header=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("accountant epsilon (upper bound)", f"{report['accountant_epsilon']:.3f}")
+    table.add_row("delta", f"{report['delta']:.1e}")
+    table.add_row("one-run epsilon lower bound (95%)", f"[bold]{report['one_run_epsilon_lower_bound']:.3f}[/]")
+    table.add_row("Clopper-Pearson epsilon lower bound (95%)", f"{report['cp_epsilon_lower_bound']:.3f}")
+    table.add_row("canaries (members)", f"{report['canaries']} ({report['members']})")
+    table.add_row("guesses / correct", f"{report['guesses']} / {report['correct']}")
+    table.add_row("attack AUC", f"{report['auc']:.3f}")
+    console.print(table)
+    console.print(f"{report['rounds']} rounds, {report['seconds']:.0f} s. Wrote {out / 'empirical_audit.json'}")
+
+
 @app.command("coldstart-eval")
 def coldstart_eval(
     config: ConfigOpt = None,

@@ -28,6 +28,7 @@ from fedrec.batched import local_update_batched
 from fedrec.client import simulated_population
 from fedrec.compression import encode_update, upload_rng
 from fedrec.config import RunConfig
+from fedrec.data.split import LeaveOneOutSplit
 from fedrec.evaluation import metrics_from_scores
 from fedrec.experiment import run_and_report
 from fedrec.federated import client_rng
@@ -50,9 +51,10 @@ def _chunks(clients: Sequence[int], size: int) -> Iterator[list[int]]:
 class VectorisedTransport:
     """Trains and evaluates many simulated devices at once, in this process."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, split: LeaveOneOutSplit | None = None) -> None:
+        # ``split``: a population other than the config's (e.g. with audit canaries added)
         self.config = config
-        self.split = simulated_population(config).split
+        self.split = split if split is not None else simulated_population(config).split
         self.model = config.model.build(self.split.n_items)
         self.train_config = config.train.build()
         self.spec = shared_spec(self.model)
