@@ -123,16 +123,16 @@ class StackedNeuMF:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {**self.params, **self.user}
 
-    def logits(self, p: dict[str, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        """``p``: the active clients' tensors (a, ...); ``slots`` (a, B) -> logits (a, B).
+    def logits(self, p: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``p``: the active clients' dense tensors (a, ...); ``rows``: each item
+        embedding's rows for the mini-batch, (a, B, d) -> logits (a, B).
 
         :meth:`SharedTower.forward` with the concatenations split into sums: the first MLP
         layer's user half is computed once per client, not once per example, and the
         output layer takes the GMF and MLP parts separately (fewer, smaller kernels).
         """
-        rows = torch.arange(slots.shape[0]).unsqueeze(1)  # (a, 1)
         g = self.model.gmf_dim
-        gmf = p["user_gmf"].unsqueeze(1) * p["item_gmf.weight"][rows, slots]  # (a, B, g)
+        gmf = p["user_gmf"].unsqueeze(1) * rows["item_gmf.weight"]  # (a, B, g)
         out_w = p["output.weight"]  # (a, 1, g + last)
         logits = torch.baddbmm(p["output.bias"].unsqueeze(1), gmf, out_w[:, :, :g].transpose(1, 2))  # (a, B, 1)
         if self.model.kind == "neumf":
@@ -140,7 +140,7 @@ class StackedNeuMF:
             first, *rest = self.linear_names
             w1 = p[f"{first}.weight"]  # (a, h1, 2m): user columns first, as torch.cat([user, item])
             user = torch.baddbmm(p[f"{first}.bias"].unsqueeze(1), p["user_mlp"].unsqueeze(1), w1[:, :, :m].transpose(1, 2))
-            h = torch.relu(torch.baddbmm(user, p["item_mlp.weight"][rows, slots], w1[:, :, m:].transpose(1, 2)))
+            h = torch.relu(torch.baddbmm(user, rows["item_mlp.weight"], w1[:, :, m:].transpose(1, 2)))
             for name in rest:
                 h = torch.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2)))
             logits = torch.baddbmm(logits, h, out_w[:, :, g:].transpose(1, 2))
@@ -155,14 +155,29 @@ class StackedNeuMF:
         return out
 
 
-def _adam_step(
-    params: list[torch.Tensor], grads: list[torch.Tensor], moments: list[tuple[torch.Tensor, torch.Tensor]], *, lr: float, step: int
-) -> None:
-    """torch.optim.Adam's update (no weight decay) of several tensors at step ``step``, in
+def _adam_pieces(
+    names: list[str], *, a: int, params: dict[str, torch.Tensor], leaves: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor | None], moments: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Parameters, gradients and moments of the active clients ``[:a]`` (contiguous
+    prefixes: the fused Adam kernel ignores strides)."""
+    out: tuple[list[torch.Tensor], ...] = ([], [], [], [])
+    for name in names:
+        grad = grads[name]
+        assert grad is not None
+        m, v = moments[name]
+        for full, part in zip(out, (leaves[name] if name in leaves else params[name][:a], grad, m[:a], v[:a])):
+            full.append(part)
+    return out  # type: ignore[return-value]
+
+
+def _adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+               exp_avg_sq: list[torch.Tensor], *, step: int, lr: float) -> None:
+    """torch.optim.Adam's update (no weight decay) of contiguous tensors at ``step``, in
     place: torch's own fused kernel, one pass over memory instead of eight."""
+    counts = torch.full((len(params),), float(step - 1)).unbind(0)  # the kernel adds the step itself
     adam(
-        params, grads, [m for m, _ in moments], [v for _, v in moments], [],
-        [torch.tensor(float(step - 1)) for _ in params],  # the kernel counts the step itself
+        params, grads, exp_avg, exp_avg_sq, [], list(counts),
         fused=True, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=lr, weight_decay=0.0,
         eps=ADAM_EPS, maximize=False,
     )
@@ -223,31 +238,46 @@ def local_update_batched(
     for name in tensors:
         groups.setdefault(train.lr * (train.user_lr_scale if name in net.user else 1.0), []).append(name)
     moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == "adam" else {}
+    # An item table's gradient is non-zero only on the mini-batch's rows: it lives in a
+    # buffer that is zero between steps, gets those rows added and is cleared again
+    # (instead of a fresh zero tensor the size of the table every step).
+    tables = [name for name in EMBEDDINGS if name in tensors]
+    table_grads = {name: torch.zeros_like(tensors[name]) for name in tables}
     steps = schedule.steps[order]
     slots = torch.from_numpy(schedule.slots[order])
     labels = torch.from_numpy(schedule.labels[order])
     mask = torch.from_numpy(schedule.mask[order])
+    client_rows = torch.arange(len(data)).unsqueeze(1)  # (K, 1)
     loss_sum = torch.zeros(len(data), dtype=torch.float64)
     for t in range(int(steps.max(initial=0))):
         a = int(np.count_nonzero(steps > t))
+        index = (client_rows[:a], slots[:a, t])  # (a, 1), (a, B): each example's row of its client's table
         # Leaves viewing the active prefix: gradients are (a, ...) and updates land in place.
-        leaves = {name: value[:a].detach().requires_grad_(True) for name, value in tensors.items()}
+        leaves = {name: value[:a].detach().requires_grad_(True) for name, value in tensors.items() if name not in tables}
+        rows = {name: tensors[name][index].requires_grad_(True) for name in tables}  # (a, B, d) copies
         m = mask[:a, t]
         count = m.sum(dim=1)  # (a,) the size of each client's mini-batch
-        per_example = F.binary_cross_entropy_with_logits(net.logits(leaves, slots[:a, t]), labels[:a, t], reduction="none")
+        per_example = F.binary_cross_entropy_with_logits(net.logits(leaves, rows), labels[:a, t], reduction="none")
         per_client = (per_example * m).sum(dim=1) / count  # (a,) each client's mean batch loss
         per_client.sum().backward()
         with torch.no_grad():
             loss_sum[:a] += (per_client * count).double()
+            grads = {name: leaf.grad for name, leaf in leaves.items()}
+            for name in tables:  # what autograd's backward of the row lookup computes
+                grads[name] = table_grads[name][:a].index_put_(index, rows[name].grad, accumulate=True)  # type: ignore[arg-type]
             # a 0-d branch (user_mlp of a GMF model) takes no part and has no gradient
-            for lr, names in groups.items():
-                trained = [n for n in names if leaves[n].grad is not None]
-                grads = [leaves[n].grad for n in trained]
-                if moments:
-                    step_moments = [(moments[n][0][:a], moments[n][1][:a]) for n in trained]
-                    _adam_step([leaves[n] for n in trained], grads, step_moments, lr=lr, step=t + 1)  # type: ignore[arg-type]
-                else:
-                    torch._foreach_add_([leaves[n] for n in trained], grads, alpha=-lr)  # type: ignore[arg-type]
+            trained = [n for n in tensors if grads[n] is not None]
+            if moments:
+                for lr, names in groups.items():
+                    _adam_step(*_adam_pieces([n for n in names if n in trained], a=a, params=tensors, leaves=leaves,
+                                             grads=grads, moments=moments), step=t + 1, lr=lr)
+            else:
+                for lr, names in groups.items():
+                    names = [n for n in names if n in trained]
+                    params = [leaves[n] if n in leaves else tensors[n][:a] for n in names]
+                    torch._foreach_add_(params, [grads[n] for n in names], alpha=-lr)  # type: ignore[misc]
+            for name in tables:
+                table_grads[name][index] = 0.0
     inverse = np.argsort(order)
     examples = schedule.examples
     return BatchedResult(

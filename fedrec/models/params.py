@@ -7,6 +7,7 @@ live in a different module and cannot be named here by accident.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -24,9 +25,16 @@ def shared_arrays(tower: SharedTower) -> Arrays:
 
 def shared_spec(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every shared tensor: what a valid upload must contain."""
+    return dict(_shared_spec(config))
+
+
+@lru_cache(maxsize=64)
+def _shared_spec(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    # Building even a meta-device tower costs ~20 ms (torch's init functions run through
+    # a dispatch mode); the engine asks for the spec several times per round.
     with torch.device("meta"):
         tower = SharedTower(config, generator=None)
-    return {name: tuple(p.shape) for name, p in tower.named_parameters()}
+    return tuple((name, tuple(p.shape)) for name, p in tower.named_parameters())
 
 
 def load_shared(tower: SharedTower, arrays: Arrays) -> None:
