@@ -44,6 +44,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -181,6 +182,41 @@ class BookkeepingGradSampleModule(GradSampleModuleFastGradientClipping):
     def __init__(self, m: nn.Module, *, max_grad_norm: float) -> None:
         super().__init__(m, batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norm, use_ghost_clipping=True)
         self.kept: list[tuple[nn.Module, list[torch.Tensor], torch.Tensor]] = []
+
+    def add_hooks(self, *, loss_reduction: str = "mean", batch_first: bool = True, force_functorch: bool = False) -> None:
+        """Opacus' own two hooks per layer (``capture_activations_hook``,
+        ``capture_backprops_hook``), reached more cheaply.
+
+        Opacus registers the second as a module full backward hook, which wraps every
+        layer's inputs and outputs in an extra autograd function on every forward. For a
+        layer with a single tensor output, what that hook receives is the gradient of
+        the loss with respect to the output, which a hook on the output tensor receives
+        too: the forward hook below registers one.
+        """
+        if hasattr(self._module, "autograd_grad_sample_hooks"):
+            raise ValueError("Trying to add hooks twice to the same model")
+        hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._module.autograd_grad_sample_hooks = hooks
+        self.autograd_grad_sample_hooks = hooks
+        for module in self.iterate_submodules(self._module):
+            if type(module) not in self.NORM_SAMPLERS:
+                raise PrivacyError(f"local DP: no per-example norm rule for a {type(module).__name__} layer")
+
+            def forward_hook(
+                module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+            ) -> None:
+                before = len(getattr(module, "activations", ()))
+                self.capture_activations_hook(module, list(inputs), output)
+                if len(getattr(module, "activations", ())) > before:  # kept (training, grad enabled, hooks on)
+                    if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                        raise PrivacyError(f"local DP: the output of {type(module).__name__} takes no gradient")
+                    output.register_hook(partial(self._on_output_grad, module, loss_reduction, batch_first))
+
+            hooks.append(module.register_forward_hook(forward_hook))
+        self.enable_hooks()
+
+    def _on_output_grad(self, module: nn.Module, loss_reduction: str, batch_first: bool, grad: torch.Tensor) -> None:
+        self.capture_backprops_hook(module, None, (grad,), loss_reduction, batch_first)  # type: ignore[arg-type]
 
     def rearrange_grad_samples(  # type: ignore[override]
         self, *, module: nn.Module, backprops: torch.Tensor, loss_reduction: str, batch_first: bool
