@@ -41,22 +41,27 @@ def clip_update(update: Arrays, *, max_norm: float) -> tuple[Arrays, float]:
 
 def clip_stacked(update: dict[str, torch.Tensor], *, max_norm: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """:func:`clip_update` for K clients at once: every tensor is (K, *shape), row k is
-    client k's update. Each client is clipped on its own global norm, with the same
-    float64 arithmetic. Returns (clipped float32 tensors, (K,) norms before clipping).
+    client k's update. Each client is clipped on its own global norm, accumulated in
+    float64 like :func:`clip_update`; the float32 values are scaled by the float32
+    factor (within a rounding of :func:`clip_update`'s float64 product) and the norm
+    after clipping is checked in float64 and shrunk once more where rounding left it a
+    hair above C. Returns (clipped float32 tensors, (K,) norms before clipping).
     """
     if not max_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {max_norm}")
 
     def norms(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.sqrt(sum(t.double().square().reshape(t.shape[0], -1).sum(dim=1) for t in tensors.values()))  # type: ignore[arg-type]
-
-    before = norms(update)
-    scale = torch.where(before <= max_norm, torch.ones_like(before), max_norm / before)
+        squares = [
+            torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1, dtype=torch.float64).square() for t in tensors.values()
+        ]
+        return torch.sqrt(torch.stack(squares).sum(dim=0))
 
     def scaled(tensors: dict[str, torch.Tensor], by: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: t * by.view(-1, *([1] * (t.dim() - 1))).to(t.dtype) for name, t in tensors.items()}
+        factor = by.float()
+        return {name: t.float() * factor.view(-1, *([1] * (t.dim() - 1))) for name, t in tensors.items()}
 
-    clipped = {name: t.float() for name, t in scaled({k: v.double() for k, v in update.items()}, scale).items()}
+    before = norms(update)
+    clipped = scaled(update, torch.where(before <= max_norm, torch.ones_like(before), max_norm / before))
     after = norms(clipped)
     # float32 rounding can push a norm a hair above C; shrink those once more.
     shrink = torch.where(after > max_norm, max_norm / after * (1 - 1e-6), torch.ones_like(after))
