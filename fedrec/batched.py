@@ -102,8 +102,9 @@ class StackedNeuMF:
     """K independent copies of the shared tower plus K user vectors, as stacked tensors.
 
     Parameter names are those of :class:`fedrec.models.SharedTower`. Dense tensors are
-    (K, *shape); the item embeddings are compact, (K, S, d): client k's rows of its own
-    items only (see :class:`Schedule`).
+    (K, *shape); the item embeddings are rows ``items`` of the shared tables: the
+    clients' compact tables of their own items (see :class:`Schedule`), one after the
+    other.
     """
 
     def __init__(
@@ -156,17 +157,19 @@ class StackedNeuMF:
 
 
 def _adam_pieces(
-    names: list[str], *, a: int, params: dict[str, torch.Tensor], leaves: dict[str, torch.Tensor],
+    names: list[str], *, a: int, rows: int, params: dict[str, torch.Tensor], leaves: dict[str, torch.Tensor],
     grads: dict[str, torch.Tensor | None], moments: dict[str, tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Parameters, gradients and moments of the active clients ``[:a]`` (contiguous
-    prefixes: the fused Adam kernel ignores strides)."""
+    """Parameters, gradients and moments of the active clients: the first ``a`` of every
+    stacked tensor, the first ``rows`` rows of the flat item tables. Contiguous prefixes
+    only: torch's fused Adam kernel ignores strides."""
     out: tuple[list[torch.Tensor], ...] = ([], [], [], [])
     for name in names:
         grad = grads[name]
         assert grad is not None
         m, v = moments[name]
-        for full, part in zip(out, (leaves[name] if name in leaves else params[name][:a], grad, m[:a], v[:a])):
+        n = a if name in leaves else rows
+        for full, part in zip(out, (leaves[name] if name in leaves else params[name][:n], grad, m[:n], v[:n])):
             full.append(part)
     return out  # type: ignore[return-value]
 
@@ -232,7 +235,13 @@ def local_update_batched(
     """
     schedule = Schedule.build(data=data, model=model, train=train, rngs=rngs)
     order = np.argsort(-schedule.steps, kind="stable")  # most steps first: active clients form a prefix
-    net = StackedNeuMF(model, shared, schedule.items[order], user_gmf[order], user_mlp[order])
+    # The clients' compact item tables, one after the other in that order, as one flat
+    # (R, d) table: the rows of the clients still training are a prefix of it too, and
+    # no client pays for another's longer history (no padding).
+    n_used = schedule.n_used[order]
+    offsets = np.concatenate([[0], np.cumsum(n_used)]).astype(np.int64)
+    flat_items = np.concatenate([schedule.items[c, :n] for c, n in zip(order, n_used)]) if len(order) else np.zeros(0, np.int64)
+    net = StackedNeuMF(model, shared, flat_items, user_gmf[order], user_mlp[order])
     tensors = net.tensors()
     groups: dict[float, list[str]] = {}  # learning rate -> tensors (shared weights, private user vectors)
     for name in tensors:
@@ -244,14 +253,14 @@ def local_update_batched(
     tables = [name for name in EMBEDDINGS if name in tensors]
     table_grads = {name: torch.zeros_like(tensors[name]) for name in tables}
     steps = schedule.steps[order]
-    slots = torch.from_numpy(schedule.slots[order])
+    flat_slots = torch.from_numpy(schedule.slots[order] + offsets[:-1, None, None])  # (K, T, B) rows of the flat tables
     labels = torch.from_numpy(schedule.labels[order])
     mask = torch.from_numpy(schedule.mask[order])
-    client_rows = torch.arange(len(data)).unsqueeze(1)  # (K, 1)
     loss_sum = torch.zeros(len(data), dtype=torch.float64)
     for t in range(int(steps.max(initial=0))):
         a = int(np.count_nonzero(steps > t))
-        index = (client_rows[:a], slots[:a, t])  # (a, 1), (a, B): each example's row of its client's table
+        active_rows = int(offsets[a])
+        index = flat_slots[:a, t]  # (a, B): each example's row (padding: its client's first row, masked out)
         # Leaves viewing the active prefix: gradients are (a, ...) and updates land in place.
         leaves = {name: value[:a].detach().requires_grad_(True) for name, value in tensors.items() if name not in tables}
         rows = {name: tensors[name][index].requires_grad_(True) for name in tables}  # (a, B, d) copies
@@ -264,24 +273,35 @@ def local_update_batched(
             loss_sum[:a] += (per_client * count).double()
             grads = {name: leaf.grad for name, leaf in leaves.items()}
             for name in tables:  # what autograd's backward of the row lookup computes
-                grads[name] = table_grads[name][:a].index_put_(index, rows[name].grad, accumulate=True)  # type: ignore[arg-type]
+                grads[name] = table_grads[name][:active_rows].index_put_((index,), rows[name].grad, accumulate=True)  # type: ignore[arg-type]
             # a 0-d branch (user_mlp of a GMF model) takes no part and has no gradient
             trained = [n for n in tensors if grads[n] is not None]
             if moments:
                 for lr, names in groups.items():
-                    _adam_step(*_adam_pieces([n for n in names if n in trained], a=a, params=tensors, leaves=leaves,
-                                             grads=grads, moments=moments), step=t + 1, lr=lr)
+                    _adam_step(*_adam_pieces([n for n in names if n in trained], a=a, rows=active_rows, params=tensors,
+                                             leaves=leaves, grads=grads, moments=moments), step=t + 1, lr=lr)
             else:
                 for lr, names in groups.items():
                     names = [n for n in names if n in trained]
-                    params = [leaves[n] if n in leaves else tensors[n][:a] for n in names]
+                    params = [leaves[n] if n in leaves else tensors[n][:active_rows] for n in names]
                     torch._foreach_add_(params, [grads[n] for n in names], alpha=-lr)  # type: ignore[misc]
             for name in tables:
                 table_grads[name][index] = 0.0
     inverse = np.argsort(order)
     examples = schedule.examples
+    # back to the compact (K, S, d) form per client, in the callers' order
+    owner = torch.from_numpy(np.repeat(order, n_used))  # flat row -> client
+    slot = torch.from_numpy(np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], n_used))  # flat row -> its slot
+    update = {}
+    for name, value in net.updates(shared).items():
+        if name in tables:
+            compact = value.new_zeros((len(data), schedule.items.shape[1], value.shape[1]))
+            compact[owner, slot] = value
+            update[name] = compact
+        else:
+            update[name] = value[inverse]
     return BatchedResult(
-        update={name: value[inverse] for name, value in net.updates(shared).items()},
+        update=update,
         items=schedule.items,
         n_used=schedule.n_used,
         user_gmf=net.user["user_gmf"][inverse],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -60,7 +61,14 @@ def run_and_report(
         raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): nothing to resume")
     if not resume:
         write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
-    shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round, resume=resume)
+    # The data set, split and model built so far live as long as the run: keep Python's
+    # cyclic GC from rescanning them in every full collection (~0.2 s each at ML-100K);
+    # unfrozen afterwards, so that a process running many runs can still collect them.
+    gc.freeze()
+    try:
+        shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round, resume=resume)
+    finally:
+        gc.unfreeze()
     write_arrays(out_dir / MODEL, shared)
     seconds = time.perf_counter() - started
     results: dict[str, Any] = {
