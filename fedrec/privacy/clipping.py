@@ -41,11 +41,10 @@ def clip_update(update: Arrays, *, max_norm: float) -> tuple[Arrays, float]:
 
 def clip_stacked(update: dict[str, torch.Tensor], *, max_norm: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """:func:`clip_update` for K clients at once: every tensor is (K, *shape), row k is
-    client k's update. Each client is clipped on its own global norm, accumulated in
-    float64 like :func:`clip_update`; the float32 values are scaled by the float32
-    factor (within a rounding of :func:`clip_update`'s float64 product) and the norm
-    after clipping is checked in float64 and shrunk once more where rounding left it a
-    hair above C. Returns (clipped float32 tensors, (K,) norms before clipping).
+    client k's update. Each client is clipped on its own global norm with the same
+    arithmetic: norms accumulated in float64, the clipping product in float64, the final
+    shrink (where float32 rounding left a norm a hair above C) in float32. Returns
+    (clipped float32 tensors, (K,) norms before clipping).
     """
     if not max_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {max_norm}")
@@ -57,8 +56,9 @@ def clip_stacked(update: dict[str, torch.Tensor], *, max_norm: float) -> tuple[d
         return torch.sqrt(torch.stack(squares).sum(dim=0))
 
     def scaled(tensors: dict[str, torch.Tensor], by: torch.Tensor) -> dict[str, torch.Tensor]:
-        factor = by.float()
-        return {name: t.float() * factor.view(-1, *([1] * (t.dim() - 1))) for name, t in tensors.items()}
+        # float32 values times a float64 factor: the product is taken in float64 (type
+        # promotion), then rounded once to float32; a float32 factor keeps it in float32
+        return {name: (t * by.view(-1, *([1] * (t.dim() - 1)))).float() for name, t in tensors.items()}
 
     before = norms(update)
     clipped = scaled(update, torch.where(before <= max_norm, torch.ones_like(before), max_norm / before))
@@ -66,5 +66,5 @@ def clip_stacked(update: dict[str, torch.Tensor], *, max_norm: float) -> tuple[d
     # float32 rounding can push a norm a hair above C; shrink those once more.
     shrink = torch.where(after > max_norm, max_norm / after * (1 - 1e-6), torch.ones_like(after))
     if bool((shrink < 1).any()):
-        clipped = scaled(clipped, shrink)
+        clipped = scaled(clipped, shrink.float())
     return clipped, before
