@@ -9,6 +9,7 @@ then C / (q N) whatever happens in the round, so dropouts cost signal, never pri
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +31,9 @@ class DPFedAvg:
         """Std of the noise on the sum: z C (0 when z is 0, even for C = inf)."""
         return 0.0 if self.noise_multiplier == 0 else self.noise_multiplier * self.clipping_norm
 
-    def aggregate(self, updates: list[Arrays], *, like: Arrays, rng: np.random.Generator) -> Arrays:
+    def aggregate(self, updates: Iterable[Arrays], *, like: Arrays, rng: np.random.Generator) -> Arrays:
         """(sum of clipped updates + noise) / expected clients."""
-        clipped = [clip_update(u, max_norm=self.clipping_norm)[0] for u in updates]
+        # clipped one at a time as the sum consumes them: never a second copy of every update
+        clipped = (clip_update(u, max_norm=self.clipping_norm)[0] for u in updates)
         noisy = add_gaussian_noise(sum_updates(clipped, like), std=self.noise_std, rng=rng)
         return {name: (value / self.expected_clients).astype(np.float32) for name, value in noisy.items()}

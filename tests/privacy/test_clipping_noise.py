@@ -60,6 +60,21 @@ def test_dp_with_no_noise_and_no_clipping_is_plain_fedavg_exactly() -> None:
     assert all(np.array_equal(got[k], want[k]) for k in like)
 
 
+def test_dp_aggregate_is_the_mean_of_individually_clipped_updates_exactly() -> None:
+    """Hostile-sized and honest updates mixed: each is clipped on its own, then summed in order."""
+    rng = np.random.default_rng(2)
+    like = {"w": np.zeros((5, 3), np.float32), "b": np.zeros((), np.float32)}
+    updates = [
+        {k: rng.normal(size=v.shape).astype(np.float32) * scale for k, v in like.items()}
+        for scale in (1e-3, 1e6, 0.3, 1.0)
+    ]
+    dp = DPFedAvg(noise_multiplier=0.0, clipping_norm=0.5, expected_clients=3.5)
+    got = dp.aggregate(iter(updates), like=like, rng=np.random.default_rng(1))  # a one-pass iterable is enough
+    want = mean_updates([clip_update(u, max_norm=0.5)[0] for u in updates], like, denominator=3.5)
+    assert all(np.array_equal(got[k], want[k]) for k in like)
+    assert global_norm(got) <= 4 * 0.5 / 3.5
+
+
 def test_noise_std_is_z_c_over_expected_clients() -> None:
     z, c, expected = 1.3, 0.7, 25.0
     dp = DPFedAvg(noise_multiplier=z, clipping_norm=c, expected_clients=expected)
