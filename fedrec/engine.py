@@ -10,10 +10,11 @@ work done in vectorised batches instead of messages and actors.
 runner's, shared with the Flower path. Private user vectors live in one
 ``(N, d)`` tensor per branch, created when a client is first needed.
 
-A round's clients are dealt to *lanes*, one per usable core (``$FEDREC_LANES``): this
-process trains the first, forked worker processes the others, each with one intra-op
-thread, and send back their groups' compact, clipped updates. The clients' results do
-not depend on the lane they trained in (beyond float rounding).
+A round's clients are cut into groups of similar history lengths (fixed by the sampled
+clients alone), and *lanes*, one per usable core (``$FEDREC_LANES``), take the next
+group as soon as they are free: this process and forked worker processes, each with
+one intra-op thread; a worker sends back its group's compact, clipped updates. A
+client's result does not depend on the lane it trained in.
 
 Record-level local DP (Opacus) is per device by nature: with ``local-dp`` on, the
 engine runs the devices one after the other (:class:`fedrec.runner.InProcessTransport`).
@@ -26,7 +27,10 @@ import multiprocessing
 import os
 import pickle
 import platform
+import queue
+import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -52,7 +56,9 @@ from fedrec.results import RESULTS
 from fedrec.runner import InProcessTransport, TrainReply, Transport
 from fedrec.training import fresh_private
 
-TRAIN_CHUNK = 256  # at most this many clients train together
+TRAIN_CHUNK = 256  # at most this many clients train together ...
+MIN_CHUNK = 16  # ... and groups are cut to about GROUPS_PER_ROUND parts, but not below this
+GROUPS_PER_ROUND = 8
 LENGTH_RATIO = 4.0  # ... and only clients whose histories differ by less than this factor (little padding)
 SCORE_PAIRS = 1 << 21  # (user, item) pairs scored at once in evaluation
 LANES_ENV = "FEDREC_LANES"  # how many processes train a round's clients (default: one per usable core)
@@ -107,8 +113,6 @@ def _chunks(clients: Sequence[int], size: int) -> Iterator[list[int]]:
 class VectorisedTransport:
     """Trains and evaluates many simulated devices at once, in this process."""
 
-    min_lane_clients = 8  # a lane gets at least this many of a round's clients, or fewer lanes are used
-
     def __init__(self, config: RunConfig, *, split: LeaveOneOutSplit | None = None, lanes: int | None = None) -> None:
         # ``split``: a population other than the config's (e.g. with audit canaries added)
         # ``lanes``: processes that train a round's clients side by side (default_lanes())
@@ -154,107 +158,122 @@ class VectorisedTransport:
                 self.started[c] = True
         return self.user_gmf[clients], self.user_mlp[clients]
 
-    def _similar_lengths(self, clients: Sequence[int]) -> Iterator[list[int]]:
-        """Groups of clients with similar history lengths, longest first.
+    def _groups(self, clients: Sequence[int]) -> list[list[int]]:
+        """The round's clients in training groups of similar history lengths, longest first.
 
-        A group trains as one padded batch as long as its longest history, over as
-        many item slots as its widest client: mixing a 700-item user with 20-item
-        users would make every step cost as much as the big one.
+        A group trains as one padded batch as long as its longest history, over as many
+        item slots as its widest client: mixing a 700-item user with 20-item users would
+        make every step cost as much as the big one. Runs of similar lengths are cut into
+        consecutive parts of at most ``chunk`` clients: small enough for the lanes to share
+        the round, large enough to keep kernels big. The
+        groups depend on the sampled clients only, never on the lanes, so that a client's
+        result does not depend on where it trained.
         """
-        chunk: list[int] = []
-        for c in sorted(clients, key=lambda c: -self.history[c]):
-            if chunk and (len(chunk) == TRAIN_CHUNK or self.history[c] * LENGTH_RATIO < self.history[chunk[0]]):
-                yield chunk
-                chunk = []
-            chunk.append(c)
-        if chunk:
-            yield chunk
+        chunk = min(TRAIN_CHUNK, max(MIN_CHUNK, -(-len(clients) // GROUPS_PER_ROUND)))
+        runs: list[list[int]] = []
+        for c in sorted(clients, key=lambda c: (-self.history[c], c)):
+            if runs and self.history[c] * LENGTH_RATIO >= self.history[runs[-1][0]]:
+                runs[-1].append(c)
+            else:
+                runs.append([c])
+        groups = []
+        for run in runs:
+            parts = -(-len(run) // chunk)
+            groups += [[int(c) for c in part] for part in np.array_split(np.asarray(run), parts)]
+        return groups
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
-        clients = list(clients)
-        lanes = self._lanes_for(clients)
-        workers = self._workers(len(lanes) - 1)
-        for lane, worker in zip(lanes[1:], workers):  # the other lanes start at once ...
-            user_gmf, user_mlp = self._private(lane)
-            worker.send(
-                shared=shared, round_=round_, clients=lane, user_gmf=user_gmf.numpy(), user_mlp=user_mlp.numpy()
-            )
+        """Train the round's groups on every lane, longest histories first: each lane takes
+        the next group as soon as it is free. A thread per worker keeps it fed; this
+        thread trains groups itself and turns every result into the devices' uploads."""
+        pending = deque(self._groups(clients))
+        self._private(list(clients))  # every sampled client's private vectors exist before the lanes start
+        workers = self._workers(min(self.lanes - 1, len(pending) - 1))
+        lock = threading.Lock()  # guards pending and the private-vector tables
+        done: queue.SimpleQueue[tuple[list[int], BatchedResult] | FedrecError] = queue.SimpleQueue()
+
+        def take() -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+            with lock:
+                if not pending:
+                    return None
+                group = pending.popleft()
+                return group, self.user_gmf[group], self.user_mlp[group]
+
+        def drive(worker: _Lane) -> None:
+            try:
+                worker.send(kind="round", shared=shared, round_=round_)
+                while (job := take()) is not None:
+                    group, user_gmf, user_mlp = job
+                    worker.send(kind="group", group=group, user_gmf=user_gmf.numpy(), user_mlp=user_mlp.numpy())
+                    done.put(worker.receive())
+            except FedrecError as error:
+                done.put(error)
+
+        def store(group: list[int], result: BatchedResult) -> None:
+            with lock:
+                self.user_gmf[group] = result.user_gmf
+                self.user_mlp[group] = result.user_mlp
+            batches.append(self._replies(group, result, round_))
+
+        def drain() -> None:  # the workers' results so far
+            while not done.empty():
+                item = done.get_nowait()
+                if isinstance(item, FedrecError):
+                    failures.append(item)
+                else:
+                    store(*item)
+
+        batches: list[list[TrainReply]] = []
+        failures: list[FedrecError] = []
+        drivers = [threading.Thread(target=drive, args=(w,), name="fedrec-lane-feed", daemon=True) for w in workers]
+        for thread in drivers:
+            thread.start()
         try:
-            with _intra_op_threads(1 if workers else None):  # ... while this process trains the first
-                user_gmf, user_mlp = self._private(lanes[0])
-                replies = self._replies(self._train_lane(shared, round_, lanes[0], user_gmf, user_mlp), round_)
-        finally:  # every lane's answer is collected, even after a failure, so the next round starts in step
-            answers, failure = [], None
-            for worker in workers:
-                try:
-                    answers.append(worker.receive())
-                except FedrecError as error:
-                    failure = failure or error
-        if failure is not None:
-            raise failure
-        for groups in answers:
-            replies += self._replies(groups, round_)
+            with _intra_op_threads(1):  # one thread per lane (two did less than one here: small kernels)
+                while (job := take()) is not None:
+                    group, user_gmf, user_mlp = job
+                    store(group, self._train_group(shared, round_, group, user_gmf, user_mlp))
+                    drain()
+        finally:  # the workers finish their groups and hand them in, even after a failure here
+            with lock:
+                pending.clear()
+            for thread in drivers:
+                thread.join()
+        drain()
+        if failures:
+            raise failures[0]
         position = {c: i for i, c in enumerate(clients)}
-        return sorted(replies, key=lambda r: position[r.client])
+        return sorted((r for batch in batches for r in batch), key=lambda r: position[r.client])
 
-    def _lanes_for(self, clients: list[int]) -> list[list[int]]:
-        """The round's clients dealt to the lanes, longest histories first, each to the
-        lane with the least work so far (work ~ history length). Lane 0 is this process."""
-        lanes: list[list[int]] = [[] for _ in range(max(1, min(self.lanes, len(clients) // self.min_lane_clients)))]
-        work = np.zeros(len(lanes))
-        for c in sorted(clients, key=lambda c: (-self.history[c], c)):
-            lane = int(np.argmin(work))
-            lanes[lane].append(c)
-            work[lane] += self.history[c]
-        return lanes
+    def _train_group(
+        self, shared: Arrays, round_: int, group: list[int], user_gmf: torch.Tensor, user_mlp: torch.Tensor
+    ) -> BatchedResult:
+        """Local training of one group (private vectors ``user_gmf``/``user_mlp``, row k is
+        ``group[k]``), its updates clipped per client when DP is on. Runs in this process
+        or in a lane's worker."""
+        result = local_update_batched(
+            shared=shared, user_gmf=user_gmf, user_mlp=user_mlp,
+            data=[self.split.client(c) for c in group], model=self.model, train=self.train_config,
+            rngs=[client_rng(seed=self.config.seed, round_=round_, client=c) for c in group],
+        )
+        if self.config.privacy.enabled:  # on the compact form: the rows it leaves out are zero
+            result = replace(result, update=clip_stacked(result.update, max_norm=self.config.privacy.clipping_norm)[0])
+        return result
 
-    def _train_lane(
-        self, shared: Arrays, round_: int, clients: list[int], user_gmf: torch.Tensor, user_mlp: torch.Tensor
-    ) -> list[tuple[list[int], BatchedResult]]:
-        """Local training of ``clients`` (private vectors ``user_gmf``/``user_mlp``, row k
-        is ``clients[k]``) in groups of similar history lengths; each group's updates
-        clipped per client when DP is on. Runs in this process or in a lane's worker."""
-        row = {c: k for k, c in enumerate(clients)}
-        out = []
-        privacy = self.config.privacy
-        for chunk in self._similar_lengths(clients):
-            rows = [row[c] for c in chunk]
-            result = local_update_batched(
-                shared=shared,
-                user_gmf=user_gmf[rows],
-                user_mlp=user_mlp[rows],
-                data=[self.split.client(c) for c in chunk],
-                model=self.model,
-                train=self.train_config,
-                rngs=[client_rng(seed=self.config.seed, round_=round_, client=c) for c in chunk],
-            )
-            if privacy.enabled:  # on the compact form: the rows it leaves out are zero
-                result = replace(result, update=clip_stacked(result.update, max_norm=privacy.clipping_norm)[0])
-            out.append((chunk, result))
-        return out
-
-    def _replies(self, groups: list[tuple[list[int], BatchedResult]], round_: int) -> list[TrainReply]:
-        """Store the groups' new private vectors; each client's upload as its device sends it."""
-        replies = []
+    def _replies(self, group: list[int], result: BatchedResult, round_: int) -> list[TrainReply]:
+        """Each client's upload as its device sends it."""
         bits = self.config.federation.upload_bits
-        for chunk, result in groups:
-            self.user_gmf[chunk] = result.user_gmf
-            self.user_mlp[chunk] = result.user_mlp
-            for k, c in enumerate(chunk):
-                update = result.client_update(k, self.spec)
-                if bits:  # what the device would send (fedrec.client.Device.upload)
-                    update = encode_update(
-                        update, bits=bits, rng=upload_rng(seed=self.config.seed, round_=round_, client=c)
-                    )
-                replies.append(
-                    TrainReply(
-                        client=c,
-                        update=update,
-                        num_examples=int(result.examples[k]),
-                        loss=float(result.loss[k]),
-                        encoded=bits > 0,
-                    )
+        replies = []
+        for k, c in enumerate(group):
+            update = result.client_update(k, self.spec)
+            if bits:  # what the device would send (fedrec.client.Device.upload)
+                update = encode_update(update, bits=bits, rng=upload_rng(seed=self.config.seed, round_=round_, client=c))
+            replies.append(
+                TrainReply(
+                    client=c, update=update, num_examples=int(result.examples[k]), loss=float(result.loss[k]),
+                    encoded=bits > 0,
                 )
+            )
         return replies
 
     def _workers(self, n: int) -> list[_Lane]:
@@ -290,14 +309,14 @@ class VectorisedTransport:
 
 
 class _Lane:
-    """A forked process that trains one lane of every round's clients, with one intra-op
-    thread: two single-threaded processes on two cores do twice the work of one, where
-    one process with two OpenMP threads does less (its kernels are small, its Python
-    overhead serial).
+    """A forked worker process that trains the groups it is handed, one at a time, with
+    one intra-op thread (on this workload one process with two OpenMP threads did less
+    than with one: small kernels, serial Python overhead; a second single-threaded
+    process puts the second core to work).
 
-    Forked from the transport, it holds the same data set and settings; only a round's
-    shared parameters, client ids and private vectors travel to it, and its groups'
-    results (compact updates, already clipped) travel back.
+    Forked from the transport, it holds the same data set and settings; only a group's
+    shared parameters, client ids and private vectors travel to it, and the group's
+    result (compact updates, already clipped) travels back.
     """
 
     def __init__(self, transport: VectorisedTransport) -> None:
@@ -311,21 +330,24 @@ class _Lane:
         self.process.start()
         child.close()
         self._stop = weakref.finalize(self, _stop_lane, self.conn, self.process)
+        self.jobs = 0  # groups handed to it so far
 
-    def send(self, **job: object) -> None:
+    def send(self, **message: object) -> None:
+        self.jobs += message["kind"] == "group"
         try:
-            self.conn.send_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+            self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as error:
             raise self._died() from error
 
-    def receive(self) -> list[tuple[list[int], BatchedResult]]:
+    def receive(self) -> tuple[list[int], BatchedResult]:
         try:
             status, payload = pickle.loads(self.conn.recv_bytes())
         except (EOFError, OSError) as error:
             raise self._died() from error
         if status != "ok":
             raise FedrecError(f"an in-process engine lane failed: {payload}")
-        return [(chunk, _from_wire(result)) for chunk, result in payload]
+        group, result = payload
+        return group, _from_wire(result)
 
     def _died(self) -> FedrecError:
         self.process.join(timeout=5)
@@ -360,19 +382,28 @@ def _from_wire(wire: dict[str, Any]) -> BatchedResult:
 
 
 def _serve_lane(conn: Connection, parent_ends: list[Connection], transport: VectorisedTransport) -> None:
+    """The worker's loop: a "round" message brings the model, each "group" message a group
+    to train, answered before the next is sent."""
     for end in parent_ends:
         end.close()
     torch.set_num_threads(1)
+    shared: Arrays = {}
+    round_ = 0
     while True:
         try:
-            job = pickle.loads(conn.recv_bytes())
+            message = pickle.loads(conn.recv_bytes())
         except EOFError:  # the engine's process is gone
             return
-        if job is None:
+        if message is None:
             return
+        if message["kind"] == "round":
+            shared, round_ = message["shared"], message["round_"]
+            continue
+        group = message["group"]
         try:
-            job.update(user_gmf=torch.from_numpy(job["user_gmf"]), user_mlp=torch.from_numpy(job["user_mlp"]))
-            payload: tuple[str, object] = ("ok", [(chunk, _to_wire(r)) for chunk, r in transport._train_lane(**job)])
+            user_gmf, user_mlp = torch.from_numpy(message["user_gmf"]), torch.from_numpy(message["user_mlp"])
+            result = transport._train_group(shared, round_, group, user_gmf, user_mlp)
+            payload: tuple[str, object] = ("ok", (group, _to_wire(result)))
         except Exception as error:  # noqa: BLE001 - any failure is reported to the engine, which raises it
             payload = ("error", f"{type(error).__name__}: {error}")
         conn.send_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))

@@ -46,64 +46,67 @@ def test_vectorised_engine_equals_device_by_device(tiny_config: RunConfig, tmp_p
 def _lane_config(tiny_config: RunConfig) -> RunConfig:
     return dataclasses.replace(
         tiny_config,
-        data=dataclasses.replace(tiny_config.data, max_users=40),
-        federation=dataclasses.replace(tiny_config.federation, num_rounds=3, clients_per_round=20, eval_every=0),
+        data=dataclasses.replace(tiny_config.data, max_users=60),
+        federation=dataclasses.replace(tiny_config.federation, num_rounds=3, clients_per_round=40, eval_every=0),
         privacy=dataclasses.replace(tiny_config.privacy, clipping_norm=0.05),
     )
 
 
+def test_groups_split_the_round_by_history_length(tiny_config: RunConfig) -> None:
+    transport = VectorisedTransport(_lane_config(tiny_config), lanes=1)
+    clients = list(range(40))
+    groups = transport._groups(clients)
+    assert sorted(c for g in groups for c in g) == clients
+    assert len(groups) >= 2 and max(len(g) for g in groups) <= 16
+    for group in groups:  # similar lengths within a group; no group waits on a 4x longer history
+        lengths = transport.history[group]
+        assert lengths.max() <= 4 * lengths.min()
+    assert transport._groups(list(reversed(clients))) == groups  # by the clients, not their order
+
+
 def test_lanes_in_worker_processes_give_the_same_run(tiny_config: RunConfig, tmp_path) -> None:
-    """A round's clients trained in two processes (one forked) = all of them in this one,
-    to float rounding (which clients share a batch moves where SIMD remainders fall)."""
+    """A round's groups trained in two processes (one forked) = all of them in this one, exactly."""
     config = _lane_config(tiny_config)
     one = VectorisedTransport(config, lanes=1)
-    two = VectorisedTransport(config, lanes=2)
-    two.min_lane_clients = 1
-    try:
-        lanes = two._lanes_for(list(range(20)))
-        assert len(lanes) == 2 and sorted(lanes[0] + lanes[1]) == list(range(20))
+    with VectorisedTransport(config, lanes=2) as two:
         ref_shared, ref_history, ref_test = _run(config, one, tmp_path / "one")
         shared, history, test = _run(config, two, tmp_path / "two")
         assert len(two._lane_workers) == 1 and two._lane_workers[0].process.is_alive()
-    finally:
-        two.close()
+        assert two._lane_workers[0].jobs >= 3  # the worker trained groups in every round
+    assert not two._lane_workers  # stopped on leaving the block
     assert [r["sampled"] for r in history.rounds] == [r["sampled"] for r in ref_history.rounds]
-    assert min(r["sampled"] for r in history.rounds) >= 2  # every round really used both lanes
     for name, value in ref_shared.items():
-        np.testing.assert_allclose(shared[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
-    np.testing.assert_allclose(two.user_gmf.numpy(), one.user_gmf.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(shared[name], value, err_msg=name)
+    np.testing.assert_array_equal(two.user_gmf.numpy(), one.user_gmf.numpy())
     assert two.started.tolist() == one.started.tolist()
-    for name, value in ref_test.items():
-        assert test[name] == pytest.approx(value, abs=1e-6), name
+    assert test == ref_test
     assert history.privacy["epsilon"] == ref_history.privacy["epsilon"]
 
 
 def test_a_lane_that_dies_is_an_error_not_a_hang(tiny_config: RunConfig, tmp_path) -> None:
     config = _lane_config(tiny_config)
     transport = VectorisedTransport(config, lanes=2)
-    transport.min_lane_clients = 1
     shared = init_shared(config.model.build(simulated_population(config).split.n_items), seed=0)
-    transport.train(list(range(10)), shared, 1)
+    transport.train(list(range(40)), shared, 1)
     worker = transport._lane_workers[0]
     os.kill(worker.process.pid, signal.SIGKILL)
     worker.process.join()
     with pytest.raises(FedrecError, match="died"):
-        transport.train(list(range(10)), shared, 2)
+        transport.train(list(range(40)), shared, 2)
     transport.close()
 
 
 def test_a_failing_lane_reports_its_error(tiny_config: RunConfig, tmp_path) -> None:
     config = _lane_config(tiny_config)
     transport = VectorisedTransport(config, lanes=2)
-    transport.min_lane_clients = 1
     shared = init_shared(config.model.build(simulated_population(config).split.n_items), seed=0)
     broken = {**shared, "mlp.0.weight": shared["mlp.0.weight"][:, :3]}  # wrong shape: training fails in both lanes
     try:
         with pytest.raises((FedrecError, RuntimeError)):
-            transport.train(list(range(10)), broken, 1)
+            transport.train(list(range(40)), broken, 1)
         # the worker survived its error and still serves rounds
         assert transport._lane_workers[0].process.is_alive()
-        assert len(transport.train(list(range(10)), shared, 2)) == 10
+        assert len(transport.train(list(range(40)), shared, 2)) == 40
     finally:
         transport.close()
     assert not transport._lane_workers
