@@ -165,9 +165,9 @@ class VectorisedTransport:
         item slots as its widest client: mixing a 700-item user with 20-item users would
         make every step cost as much as the big one. Runs of similar lengths are cut into
         consecutive parts of at most ``chunk`` clients: small enough for the lanes to share
-        the round, large enough to keep kernels big. The
-        groups depend on the sampled clients only, never on the lanes, so that a client's
-        result does not depend on where it trained.
+        the round, large enough to keep kernels big. The groups depend on the sampled
+        clients only, never on the lanes, so that a client's result does not depend on
+        where it trained.
         """
         chunk = min(TRAIN_CHUNK, max(MIN_CHUNK, -(-len(clients) // GROUPS_PER_ROUND)))
         runs: list[list[int]] = []
@@ -208,6 +208,8 @@ class VectorisedTransport:
                     done.put(worker.receive())
             except FedrecError as error:
                 done.put(error)
+            except BaseException as error:  # noqa: BLE001 - never lose a group silently: the engine raises it
+                done.put(FedrecError(f"feeding an in-process engine lane failed: {type(error).__name__}: {error}"))
 
         def store(group: list[int], result: BatchedResult) -> None:
             with lock:
@@ -242,8 +244,11 @@ class VectorisedTransport:
         drain()
         if failures:
             raise failures[0]
+        replies = [r for batch in batches for r in batch]
+        if len(replies) != len(clients):  # a safety net: every sampled client answers exactly once
+            raise FedrecError(f"the in-process engine trained {len(replies)} of the round's {len(clients)} clients")
         position = {c: i for i, c in enumerate(clients)}
-        return sorted((r for batch in batches for r in batch), key=lambda r: position[r.client])
+        return sorted(replies, key=lambda r: position[r.client])
 
     def _train_group(
         self, shared: Arrays, round_: int, group: list[int], user_gmf: torch.Tensor, user_mlp: torch.Tensor

@@ -124,3 +124,21 @@ def test_lanes_setting_is_used(monkeypatch) -> None:
     assert default_lanes() == 3
     monkeypatch.delenv(LANES_ENV)
     assert default_lanes() >= 1
+
+
+def test_a_feeder_failure_is_an_error_and_no_group_is_lost(tiny_config: RunConfig, monkeypatch) -> None:
+    config = _lane_config(tiny_config)
+    shared = init_shared(config.model.build(simulated_population(config).split.n_items), seed=0)
+    with VectorisedTransport(config, lanes=2) as transport:
+        transport._workers(1)
+        worker = transport._lane_workers[0]
+        original = worker.send
+
+        def fail_on_groups(**message: object) -> None:
+            if message["kind"] == "group":
+                raise ValueError("cannot send")
+            original(**message)
+
+        monkeypatch.setattr(worker, "send", fail_on_groups)
+        with pytest.raises(FedrecError, match="feeding an in-process engine lane failed: ValueError"):
+            transport.train(list(range(40)), shared, 1)
