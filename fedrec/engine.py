@@ -28,6 +28,7 @@ import os
 import pickle
 import platform
 import queue
+import sys
 import threading
 import weakref
 from collections import deque
@@ -65,15 +66,19 @@ LANES_ENV = "FEDREC_LANES"  # how many processes train a round's clients (defaul
 
 
 def default_lanes() -> int:
-    """``$FEDREC_LANES``, else one lane per core this process may use; 1 where processes
-    cannot be forked (the lanes' workers inherit the data set instead of reloading it)."""
+    """``$FEDREC_LANES``, else one lane per core this process may use on Linux and one
+    elsewhere; always 1 where processes cannot be forked (the lanes' workers inherit the
+    data set instead of reloading it; macOS allows fork, but its system frameworks are
+    not safe to use after one, so lanes there are opt-in)."""
     value = os.environ.get(LANES_ENV, "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
             raise FedrecError(f"{LANES_ENV} must be a whole number >= 1, got {value!r}")
         lanes = int(value)
+    elif sys.platform.startswith("linux"):
+        lanes = len(os.sched_getaffinity(0))
     else:
-        lanes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        lanes = 1
     return lanes if "fork" in multiprocessing.get_all_start_methods() else 1
 
 
