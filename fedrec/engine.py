@@ -125,6 +125,7 @@ class VectorisedTransport:
         if self.lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {self.lanes}")
         self._lane_workers: list[_Lane] = []
+        keep_freed_memory()  # before any lane is forked: the workers inherit it
         self.split = split if split is not None else simulated_population(config).split
         self.model = config.model.build(self.split.n_items)
         self.train_config = config.train.build()
@@ -434,9 +435,9 @@ def make_transport(config: RunConfig) -> Transport:
     if config.privacy.local_dp:
         torch.set_num_threads(1)  # many tiny per-device models: threads cost more than they gain
         return InProcessTransport(config, simulated_population(config).split.n_users)
-    keep_freed_memory()
-    # Big batched kernels: every core, unless OMP_NUM_THREADS says otherwise (on a machine
-    # shared with other busy processes, OpenMP's spin-waits can make extra threads cost more).
+    # Evaluation scores every item for many users at once: every core, unless OMP_NUM_THREADS
+    # says otherwise (on a machine shared with other busy processes, OpenMP's spin-waits can
+    # make extra threads cost more). Training sets one thread per lane for itself.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     return VectorisedTransport(config)
 
