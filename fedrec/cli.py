@@ -251,6 +251,7 @@ def audit(
     table.add_column("value")
     table.add_row("status", f"[bold {colour}]{report.status}[/]")
     table.add_row("rounds recorded", str(report.rounds))
+    table.add_row("other releases recorded", str(report.releases))
     table.add_row("accountant (headline)", report.accountant or "-")
     table.add_row("epsilon recomputed (PRV)", f"{report.epsilon_prv:.4f}")
     table.add_row("epsilon recomputed (RDP)", f"{report.epsilon_rdp:.4f}")

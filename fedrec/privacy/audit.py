@@ -24,6 +24,7 @@ from fedrec.privacy.ledger import (
     HEADER_FIELDS,
     LEDGER,
     PUBLIC_KEY,
+    RELEASE_FIELDS,
     ROUND_FIELDS,
     canonical,
     fingerprint,
@@ -44,6 +45,7 @@ class AuditReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     rounds: int = 0
+    releases: int = 0  # other releases (e.g. a DP popularity prior), composed with the rounds
     delta: float = math.nan
     budget: float = math.nan
     accountant: str = ""
@@ -86,6 +88,21 @@ def _check_round(entry: dict[str, Any], header: dict[str, Any]) -> tuple[float, 
     if entry["delta"] != header["delta"] or entry["accountant"] != header["accountant"]:
         raise LedgerError(f"round {entry.get('round')}: delta or accountant differs from the header")
     return z, q
+
+
+def _check_release(entry: dict[str, Any], header: dict[str, Any]) -> list[tuple[float, float]]:
+    missing = [k for k in RELEASE_FIELDS if k not in entry]
+    if missing:
+        raise LedgerError(f"release entry lacks {', '.join(missing)}")
+    z, q, c = _number(entry, "noise_multiplier"), _number(entry, "sample_rate"), _number(entry, "clipping_norm")
+    steps = entry["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise LedgerError(f"release {entry.get('release')}: steps must be a positive integer, got {steps!r}")
+    if not (0 < q <= 1 and z >= 0 and c > 0):
+        raise LedgerError(f"release {entry.get('release')}: parameters out of range (q={q}, z={z}, C={c})")
+    if entry["delta"] != header["delta"] or entry["accountant"] != header["accountant"]:
+        raise LedgerError(f"release {entry.get('release')}: delta or accountant differs from the header")
+    return [(z, q)] * steps
 
 
 def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
@@ -139,15 +156,21 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
             report.resumes += 1
             if entry.get("recorded_rounds") != seen:
                 report.fail(TAMPERED, f"a resume entry counts {entry.get('recorded_rounds')!r} earlier rounds, the ledger has {seen}")
+    releases = [e for e in entries[1:] if e.get("kind") == "release"]
+    for expected, entry in enumerate(rounds, start=1):
+        if entry.get("round") != expected:
+            report.fail(TAMPERED, f"round {entry.get('round')} found where round {expected} was expected")
+    for expected, entry in enumerate(releases, start=1):
+        if entry.get("release") != expected:
+            report.fail(TAMPERED, f"release {entry.get('release')} found where release {expected} was expected")
+    spends = [e for e in entries[1:] if e.get("kind") in ("round", "release")]  # every mechanism step, in order
     try:
-        for expected, entry in enumerate(rounds, start=1):
-            if entry.get("round") != expected:
-                report.fail(TAMPERED, f"round {entry.get('round')} found where round {expected} was expected")
-            steps.append(_check_round(entry, header))
+        for entry in spends:
+            steps += [_check_round(entry, header)] if entry["kind"] == "round" else _check_release(entry, header)
     except LedgerError as err:
         report.fail(MALFORMED, str(err))
         return report
-    report.rounds = len(rounds)
+    report.rounds, report.releases = len(rounds), len(releases)
     # 3. epsilon, recomputed independently with both accountants -- only from entries
     # whose signatures verify: forged parameters (z = 1e-300, 1e300, ...) can make an
     # accountant overflow, exhaust memory or run for hours, and the verdict is already in.
@@ -162,11 +185,11 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
             report.fail(MALFORMED, f"the accountant cannot evaluate these mechanism parameters ({err})")
             return report
         headline = report.epsilon_prv if report.accountant == "prv" else report.epsilon_rdp
-        if rounds:
+        if spends:
             try:
-                report.recorded_epsilon = _number(rounds[-1], "epsilon")
+                report.recorded_epsilon = _number(spends[-1], "epsilon")
             except LedgerError as err:
-                report.fail(MALFORMED, f"round {len(rounds)}: {err}")
+                report.fail(MALFORMED, f"{spends[-1]['kind']} entry {len(spends)}: {err}")
                 return report
             if report.recorded_epsilon < headline * (1 - TOLERANCE):
                 report.fail(TAMPERED, f"recorded epsilon {report.recorded_epsilon:.6g} is below the recomputed {headline:.6g}")
@@ -177,8 +200,8 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
         close = closes[-1]
         report.closed = entries[-1] is close
         report.stopped_by_budget = bool(close.get("stopped_by_budget", False))
-        if not report.closed or close.get("rounds") != len(rounds):
-            report.fail(TAMPERED, "the close entry is not last or counts a different number of rounds")
+        if not report.closed or close.get("rounds") != len(rounds) or close.get("releases", 0) != len(releases):
+            report.fail(TAMPERED, "the close entry is not last or counts a different number of rounds or releases")
     else:
         report.warnings.append("no close entry: the run crashed or is still running (every recorded round counts)")
     results_path = run_dir / RESULTS

@@ -1,6 +1,6 @@
 """The privacy ledger: append-only, hash-chained, signed JSON lines.
 
-One entry per round, written and fsync'ed by the server *before* the round's
+One entry per round (and one per other release, e.g. a DP popularity prior), written and fsync'ed by the server *before* the round's
 aggregate is applied to the model, so that a crash can leave a round spent but
 unused, never used but unrecorded. Each entry names the mechanism's parameters,
 carries the SHA-256 of the previous line and an Ed25519 signature of its own
@@ -36,6 +36,13 @@ HEADER_FIELDS = ("kind", "run_id", "accountant", "delta", "budget", "population"
 ROUND_FIELDS = (
     "kind", "round", "mechanism", "sample_rate", "noise_multiplier", "clipping_norm", "clients", "delta",
     "epsilon", "accountant", "config_hash",
+)
+# Any other aggregate the server releases (a DP popularity prior, sufficient statistics,
+# evaluation metrics): a Gaussian sum of per-user contributions clipped to C, applied
+# ``steps`` times with sampling rate q. The accountant composes it with the rounds.
+RELEASE_FIELDS = (
+    "kind", "release", "mechanism", "purpose", "sample_rate", "noise_multiplier", "clipping_norm", "steps",
+    "clients", "delta", "epsilon", "accountant", "config_hash",
 )
 
 

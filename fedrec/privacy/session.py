@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedrec.errors import LedgerError
+from fedrec.errors import LedgerError, PrivacyError
 from fedrec.privacy.accountant import compress, epsilon
 from fedrec.privacy.ledger import MECHANISM, LedgerWriter, fingerprint
 
@@ -43,7 +44,10 @@ class PrivacySession:
         self.sample_rate, self.noise_multiplier, self.clipping_norm = sample_rate, noise_multiplier, clipping_norm
         self.config_hash = config_hash
         self.writer = LedgerWriter(run_dir, key)
+        # every application of a mechanism, rounds and releases in ledger order: (z, q) per step
         self.steps: list[tuple[float, float]] = []
+        self.rounds = 0  # training rounds recorded
+        self.releases = 0  # other releases recorded (each may be several steps)
         self.closed = False  # the run's end is recorded: no more rounds
         self.stopped_by_budget = False
         if self.writer.entries:
@@ -80,8 +84,13 @@ class PrivacySession:
         if closes:  # the crash came after the last round, before the results were written
             self.closed, self.stopped_by_budget = True, bool(closes[-1].get("stopped_by_budget"))
         for entry in self.writer.entries:
+            if entry.get("kind") == "release":
+                self.releases += 1
+                self.steps += [(float(entry["noise_multiplier"]), float(entry["sample_rate"]))] * int(entry["steps"])
+                continue
             if entry.get("kind") != "round":
                 continue
+            self.rounds += 1
             if (entry["noise_multiplier"], entry["sample_rate"]) != (self.noise_multiplier, self.sample_rate):
                 raise LedgerError(
                     f"cannot resume: ledger round {entry['round']} used z={entry['noise_multiplier']}, "
@@ -94,19 +103,21 @@ class PrivacySession:
         it were spent but their aggregates were never used; they still count."""
         logger.info(
             "resume from round %d: %d ledger round(s) recorded, epsilon spent so far %.4f",
-            checkpoint_round, len(self.steps), self.spent,
+            checkpoint_round, self.rounds, self.spent,
         )
         return self.writer.append(
-            {"kind": "resume", "checkpoint_round": checkpoint_round, "recorded_rounds": len(self.steps), "epsilon": self.spent}
+            {"kind": "resume", "checkpoint_round": checkpoint_round, "recorded_rounds": self.rounds, "epsilon": self.spent}
         )
 
     @property
     def ledger_rounds(self) -> int:
-        """Rounds recorded in the ledger (each one application of the mechanism)."""
-        return len(self.steps)
+        """Training rounds recorded in the ledger (each one application of the mechanism)."""
+        return self.rounds
 
-    def epsilon_after(self, extra_rounds: int = 0) -> float:
-        steps = self.steps + [(self.noise_multiplier, self.sample_rate)] * extra_rounds
+    def epsilon_after(self, extra_rounds: int = 0, extra: Sequence[tuple[float, float]] = ()) -> float:
+        """Epsilon after what is recorded plus ``extra_rounds`` training rounds and the
+        ``extra`` (z, q) steps of a planned release."""
+        steps = self.steps + [(self.noise_multiplier, self.sample_rate)] * extra_rounds + list(extra)
         return epsilon(compress(steps), delta=self.delta, accountant=self.accountant)
 
     def epsilon_with(self, accountant: str) -> float:
@@ -125,6 +136,50 @@ class PrivacySession:
             return False
         return True
 
+    def allows_release(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> bool:
+        """Would a release of ``steps`` Gaussian-sum steps (z, q) still fit the budget?"""
+        _check_release(noise_multiplier, sample_rate, steps)
+        after = self.epsilon_after(0, [(noise_multiplier, sample_rate)] * steps)
+        if after > self.budget:
+            logger.info("privacy budget: the release would reach epsilon %.4f > budget %.4f; not released", after, self.budget)
+            return False
+        return True
+
+    def record_release(
+        self, *, mechanism: str, purpose: str, noise_multiplier: float, sample_rate: float, clipping_norm: float,
+        clients: int, steps: int = 1,
+    ) -> dict[str, Any]:
+        """Write (and fsync) a release other than a training round, before it is used.
+
+        A release is ``steps`` applications of a Gaussian sum of per-user contributions,
+        each clipped to L2 norm ``clipping_norm``, with noise std ``noise_multiplier *
+        clipping_norm`` and Poisson sampling rate ``sample_rate`` (1: every user).
+        ``mechanism`` names it (e.g. ``gaussian-sum/item-counts``), ``purpose`` says what
+        the released value is for. Its steps compose with the rounds in every epsilon.
+        Raises :class:`PrivacyError` if it would exceed the budget: check
+        :meth:`allows_release` first to stop cleanly.
+        """
+        _check_release(noise_multiplier, sample_rate, steps)
+        if not clipping_norm > 0:
+            raise PrivacyError(f"a release needs a clipping norm > 0, got {clipping_norm}")
+        after = self.epsilon_after(0, [(noise_multiplier, sample_rate)] * steps)
+        if after > self.budget:
+            raise PrivacyError(f"releasing {purpose} would reach epsilon {after:.4g} > budget {self.budget:.4g}")
+        self.steps += [(float(noise_multiplier), float(sample_rate))] * steps
+        self.releases += 1
+        logger.info(
+            "release %s (%s): clip %.3g, noise z=%.4g, q=%.4g, %d step(s), %d clients, epsilon spent %.4f of %.4g",
+            mechanism, purpose, clipping_norm, noise_multiplier, sample_rate, steps, clients, after, self.budget,
+        )
+        return self.writer.append(
+            {
+                "kind": "release", "release": self.releases, "mechanism": mechanism, "purpose": purpose,
+                "sample_rate": float(sample_rate), "noise_multiplier": float(noise_multiplier),
+                "clipping_norm": float(clipping_norm), "steps": int(steps), "clients": int(clients),
+                "delta": self.delta, "epsilon": after, "accountant": self.accountant, "config_hash": self.config_hash,
+            }
+        )
+
     def record_round(self, round_: int, *, clients: int, local_dp: dict[str, float] | None = None) -> dict[str, Any]:
         """Write (and fsync) the round's entry; call before the aggregate is applied.
 
@@ -136,6 +191,7 @@ class PrivacySession:
         reported; it is the devices' claim, not recomputed by the server.
         """
         self.steps.append((self.noise_multiplier, self.sample_rate))
+        self.rounds += 1
         spent = self.spent
         logger.info(
             "round %d: clip %.3g, noise z=%.4g, %d clients, epsilon spent %.4f of %.4g (delta %.1e)",
@@ -143,7 +199,7 @@ class PrivacySession:
         )
         return self.writer.append(
             {
-                "kind": "round", "round": len(self.steps), "model_round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
+                "kind": "round", "round": self.rounds, "model_round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
                 "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm, "clients": clients,
                 "delta": self.delta, "epsilon": spent, "accountant": self.accountant, "config_hash": self.config_hash,
                 **({"local_dp": local_dp} if local_dp is not None else {}),
@@ -153,9 +209,21 @@ class PrivacySession:
     def close(self, *, stopped_by_budget: bool) -> dict[str, Any]:
         self.closed, self.stopped_by_budget = True, stopped_by_budget
         return self.writer.append(
-            {"kind": "close", "rounds": len(self.steps), "epsilon": self.spent, "stopped_by_budget": stopped_by_budget}
+            {
+                "kind": "close", "rounds": self.rounds, "releases": self.releases, "epsilon": self.spent,
+                "stopped_by_budget": stopped_by_budget,
+            }
         )
 
     @property
     def head(self) -> str:
         return self.writer.head
+
+
+def _check_release(noise_multiplier: float, sample_rate: float, steps: int) -> None:
+    # z = 0 is no DP mechanism (epsilon would be infinite): a value released exactly is not
+    # recorded as a release; the run says it is not private instead
+    if not (0 < sample_rate <= 1 and noise_multiplier > 0 and steps >= 1):
+        raise PrivacyError(
+            f"a release needs 0 < q <= 1, z > 0 and steps >= 1 (got q={sample_rate}, z={noise_multiplier}, steps={steps})"
+        )
