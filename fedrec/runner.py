@@ -25,7 +25,7 @@ from fedrec.federated import ServerOptimizer, mean_updates
 from fedrec.metrics import METRIC_NAMES
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
 from fedrec.privacy.accountant import calibrate_noise
-from fedrec.privacy.dp_fedavg import DPFedAvg
+from fedrec.privacy.dp_fedavg import DPFedAvg, Part
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import noise_generator
 from fedrec.privacy.session import PrivacySession
@@ -246,7 +246,9 @@ def run_federated(
         if dp is not None and session is not None and noise_rng is not None:
             # A DP round always runs the mechanism (noise even with no replies) and is
             # on disk before its aggregate touches the model.
-            delta = dp.aggregate(updates, like=shared, rng=noise_rng)
+            # a secure-aggregation reply is already the sum of its contributors' clipped updates
+            parts = (Part(r.update, r.contributors) for r in good if r.update is not None)
+            delta, _ = dp.aggregate_parts(parts, like=shared, rng=noise_rng)
             local = {"max_epsilon": round_local_epsilon, "delta": config.privacy.local_delta} if config.privacy.local_dp else None
             session.record_round(round_, clients=contributors, local_dp=local)
             shared, buffer = optimizer.step(shared, delta, buffer)
