@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +31,7 @@ app.command("recommend")(recommend)
 console = Console()
 
 # Engines are looked up by name so that the library never imports Flower itself.
-ENGINES = {"flower": "server.simulation:run", "inprocess": "fedrec.engine:run"}
+ENGINE_GROUP = "fedrec.engines"  # entry points (pyproject.toml): engine name -> run function
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of run settings (see simulations/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value (repeatable).")]
@@ -95,10 +95,11 @@ def _table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
 
 
 def _engine(name: str) -> Callable[..., Path]:
-    if name not in ENGINES:
-        raise FedrecError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    module, _, func = ENGINES[name].partition(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    engines = {ep.name: ep for ep in entry_points(group=ENGINE_GROUP)}
+    if name not in engines:
+        known = ", ".join(sorted(engines)) or "none (reinstall fedrec: pip install -e .)"
+        raise FedrecError(f"unknown engine {name!r}; choose one of {known}")
+    return engines[name].load()  # type: ignore[no-any-return]
 
 
 @app.command()
@@ -396,7 +397,7 @@ def serve_fallback(
     with _errors():
         from fedrec.data.sources import load_interactions
         from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
-        from server.fallback_service import create_app, serve
+        from fedrec.fallback.service import create_app, serve
 
         if tuned is not None:
             chosen = json.loads(tuned.read_text())["tuned"].get(text)

@@ -21,14 +21,12 @@ from fedrec.client import Device
 from fedrec.compression import decode_update, payload_bytes
 from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
-from fedrec.federated import ServerOptimizer, mean_updates
+from fedrec.federated import ServerOptimizer
 from fedrec.metrics import METRIC_NAMES
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
-from fedrec.privacy.accountant import calibrate_noise
-from fedrec.privacy.dp_fedavg import DPFedAvg, Part
-from fedrec.privacy.ledger import load_or_create_key
-from fedrec.privacy.noise import noise_generator
-from fedrec.privacy.session import PrivacySession
+from fedrec.privacy.aggregator import make_aggregator
+from fedrec.privacy.dp_fedavg import Part
+from fedrec.privacy.sampling import PoissonSampler
 from fedrec.training import PrivateState
 
 logger = logging.getLogger(__name__)
@@ -72,27 +70,6 @@ class RunHistory:
     resumes: int = 0  # times the run was continued from a checkpoint after a crash
 
 
-DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
-
-
-def open_privacy(
-    config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False
-) -> tuple[DPFedAvg, PrivacySession]:
-    """Decide z (given, or calibrated to the budget) and open (or, resuming, reopen) the ledger."""
-    p = config.privacy
-    z = p.noise_multiplier or calibrate_noise(
-        target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate,
-        rounds=config.federation.num_rounds, accountant=p.accountant,
-    )
-    key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
-    session = PrivacySession(
-        run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
-        population=sampler.population, sample_rate=sampler.rate, noise_multiplier=z,
-        clipping_norm=p.clipping_norm, config_hash=config.digest(), resume=resume,
-    )
-    return DPFedAvg(noise_multiplier=z, clipping_norm=p.clipping_norm, expected_clients=sampler.expected_clients), session
-
-
 PRIVATE_TENSORS = frozenset({"user_gmf", "user_mlp"})  # a device's own vectors: never uploaded
 UPDATE_DTYPE = np.dtype(np.float32)  # what every device uploads (fedrec.models.shared_arrays)
 
@@ -122,27 +99,6 @@ def check_update(update: object, spec: dict[str, tuple[int, ...]]) -> str:
         if not np.all(np.isfinite(value)):
             return f"{name} is not finite float data"
     return ""
-
-
-class PoissonSampler:
-    """Each client takes part in a round independently with probability ``rate``.
-
-    The sampling rate, and so the expected clients per round, is decided here only.
-    """
-
-    def __init__(self, *, expected_clients: float, population: int) -> None:
-        if population <= 0:
-            raise ValueError("no clients to sample from")
-        self.population = population
-        self.rate = min(1.0, expected_clients / population)
-
-    @property
-    def expected_clients(self) -> float:
-        return self.rate * self.population
-
-    def sample(self, clients: Sequence[int], rng: np.random.Generator) -> list[int]:
-        mask = rng.random(len(clients)) < self.rate
-        return [c for c, take in zip(clients, mask) if take]
 
 
 def mean_client_metrics(replies: list[dict[str, float]]) -> dict[str, float]:
@@ -177,28 +133,21 @@ def run_federated(
     optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
     buffer: Arrays | None = None
     history = RunHistory(sample_rate=sampler.rate, expected_clients=sampler.expected_clients)
-    dp: DPFedAvg | None = None
-    session: PrivacySession | None = None
-    noise_rng: np.random.Generator | None = None
     checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None and checkpoint.config_hash != config.digest():
         raise FedrecError(f"the checkpoint in {run_dir} belongs to a different configuration; resume with the run's own")
-    if config.privacy.enabled:
-        dp, session = open_privacy(config, run_dir=run_dir, sampler=sampler, resume=resume)
-        noise_rng = noise_generator(seed=config.seed, secure=config.privacy.secure_noise)
+    aggregator = make_aggregator(config, run_dir=run_dir, sampler=sampler, resume=resume)
     first = 1
     if checkpoint is not None:
         shared, buffer, first = checkpoint.shared, checkpoint.buffer, checkpoint.round + 1
         rng.bit_generator.state = checkpoint.sampler_rng
-        if noise_rng is not None and checkpoint.noise_rng is not None:
-            noise_rng.bit_generator.state = checkpoint.noise_rng
+        aggregator.restore_rng(checkpoint.noise_rng)
         history = RunHistory(**checkpoint.history)
         if isinstance(transport, StatefulTransport) and checkpoint.clients:
             transport.restore_client_state(checkpoint.clients)
     if resume:
         history.resumes += 1
-        if session is not None and not session.closed:
-            session.mark_resume(checkpoint_round=first - 1)
+        aggregator.mark_resume(checkpoint_round=first - 1)
         logger.info("resuming at round %d of %d", first, fed.num_rounds)
     eval_clients = clients
     if 0 < fed.eval_users < len(clients):
@@ -206,59 +155,28 @@ def run_federated(
         eval_clients = [clients[i] for i in chosen]
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
     for round_ in range(first, fed.num_rounds + 1):
-        if session is not None and session.closed:  # resumed after the run's end was recorded
-            history.stopped_by_budget = session.stopped_by_budget
+        if aggregator.finished:  # resumed after the run's end was recorded
+            history.stopped_by_budget = aggregator.stopped_by_budget
             break
-        if session is not None and not session.allows_next_round():
+        if not aggregator.allows_next_round():
             history.stopped_by_budget = True
             break
         started = time.perf_counter()
         sampled = sampler.sample(clients, rng)
         replies = transport.train(sampled, shared, round_) if sampled else []
-        good: list[TrainReply] = []
-        failed = invalid = 0
-        upload_sizes: list[int] = []
-        for reply in replies:
-            if reply.error or reply.update is None:
-                failed += 1
-                logger.warning("round %d: a client failed (%s)", round_, reply.error or "no update")
-                continue
-            if reply.contributors == 1:
-                upload_sizes.append(payload_bytes(reply.update))
-            if reply.encoded:
-                decoded, problem = decode_update(reply.update, spec, bits=fed.upload_bits)
-                if decoded is None:
-                    invalid += 1
-                    logger.warning("round %d: rejected a malformed encoded update: %s", round_, problem)
-                    continue
-                reply = replace(reply, update=decoded, encoded=False)
-            problem = check_update(reply.update, spec)
-            if problem:
-                invalid += 1
-                logger.warning("round %d: rejected an invalid update: %s", round_, problem)
-                continue
-            good.append(reply)
+        good, failed, invalid, upload_sizes = _accept_replies(replies, spec=spec, upload_bits=fed.upload_bits, round_=round_)
         history.rejected += failed + invalid
-        updates = [r.update for r in good if r.update is not None]
-        contributors = sum(r.contributors for r in good)
         round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
         history.local_epsilon = max(history.local_epsilon, round_local_epsilon)
-        if dp is not None and session is not None and noise_rng is not None:
-            # A DP round always runs the mechanism (noise even with no replies) and is
-            # on disk before its aggregate touches the model.
-            # a secure-aggregation reply is already the sum of its contributors' clipped updates
-            parts = (Part(r.update, r.contributors) for r in good if r.update is not None)
-            delta, _ = dp.aggregate_parts(parts, like=shared, rng=noise_rng)
-            local = {"max_epsilon": round_local_epsilon, "delta": config.privacy.local_delta} if config.privacy.local_dp else None
-            session.record_round(round_, clients=contributors, local_dp=local)
-            shared, buffer = optimizer.step(shared, delta, buffer)
-        elif updates:
-            delta = mean_updates(updates, shared, denominator=contributors)
+        # a secure-aggregation reply is already the sum of its contributors' clipped updates
+        parts = [Part(r.update, r.contributors) for r in good if r.update is not None]
+        delta = aggregator.aggregate(parts, like=shared, round_=round_, local_epsilon=round_local_epsilon)
+        if delta is not None:
             shared, buffer = optimizer.step(shared, delta, buffer)
         info = {
             "round": float(round_),
             "sampled": float(len(sampled)),
-            "aggregated": float(contributors),
+            "aggregated": float(sum(p.contributors for p in parts)),
             "rejected": float(failed + invalid),  # replies left out of the aggregate ...
             "invalid": float(invalid),  # ... of which updates that failed check_update
             "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
@@ -266,8 +184,7 @@ def run_federated(
             "upload_bytes": float(np.mean(upload_sizes)) if upload_sizes else float("nan"),
             "seconds": time.perf_counter() - started,
         }
-        if session is not None:
-            info["epsilon"] = session.spent
+        info.update(aggregator.round_info())
         history.rounds.append(info)
         history.rounds_run = round_
         # The new model exists only here until the checkpoint is on disk: nothing derived
@@ -276,8 +193,7 @@ def run_federated(
             run_dir,
             Checkpoint(
                 round=round_, shared=shared, buffer=buffer, sampler_rng=dict(rng.bit_generator.state),
-                noise_rng=None if noise_rng is None or config.privacy.secure_noise else dict(noise_rng.bit_generator.state),
-                history=asdict(history), ledger_rounds=session.ledger_rounds if session is not None else 0,
+                noise_rng=aggregator.rng_state(), history=asdict(history), ledger_rounds=aggregator.ledger_rounds,
                 config_hash=config.digest(),
                 clients=transport.client_state() if isinstance(transport, StatefulTransport) else {},
             ),
@@ -288,20 +204,7 @@ def run_federated(
         if on_round is not None:
             on_round(round_, info)
     final_round = history.rounds_run
-    if session is not None and dp is not None:
-        if not session.closed:
-            session.close(stopped_by_budget=history.stopped_by_budget)
-        history.privacy = {
-            "epsilon": session.spent, "epsilon_rdp": session.epsilon_with("rdp"), "delta": config.privacy.delta,
-            "accountant": config.privacy.accountant, "noise_multiplier": dp.noise_multiplier,
-            "clipping_norm": dp.clipping_norm, "budget": config.privacy.epsilon,
-            "stopped_by_budget": history.stopped_by_budget, "ledger_head": session.head,
-        }
-    else:
-        history.privacy = {
-            "epsilon": float("inf"), "delta": None, "accountant": None, "noise_multiplier": 0.0,
-            "clipping_norm": None, "budget": None, "stopped_by_budget": False,
-        }
+    history.privacy = aggregator.close(stopped_by_budget=history.stopped_by_budget)
     if config.privacy.local_dp:
         history.privacy["local_dp_epsilon_max"] = history.local_epsilon
         history.privacy["local_dp_delta"] = config.privacy.local_delta
@@ -309,6 +212,39 @@ def run_federated(
     history.evals.append({"round": float(final_round), **final_val})
     test = mean_client_metrics(transport.evaluate(eval_clients, shared, "test", final_round))
     return shared, history, test
+
+
+def _accept_replies(
+    replies: list[TrainReply], *, spec: dict[str, tuple[int, ...]], upload_bits: int, round_: int
+) -> tuple[list[TrainReply], int, int, list[int]]:
+    """(replies to aggregate, failed, invalid, bytes each single device uploaded).
+
+    A failed client or an invalid update is counted and left out, never a crash.
+    """
+    good: list[TrainReply] = []
+    failed = invalid = 0
+    upload_sizes: list[int] = []
+    for reply in replies:
+        if reply.error or reply.update is None:
+            failed += 1
+            logger.warning("round %d: a client failed (%s)", round_, reply.error or "no update")
+            continue
+        if reply.contributors == 1:
+            upload_sizes.append(payload_bytes(reply.update))
+        if reply.encoded:
+            decoded, problem = decode_update(reply.update, spec, bits=upload_bits)
+            if decoded is None:
+                invalid += 1
+                logger.warning("round %d: rejected a malformed encoded update: %s", round_, problem)
+                continue
+            reply = replace(reply, update=decoded, encoded=False)
+        problem = check_update(reply.update, spec)
+        if problem:
+            invalid += 1
+            logger.warning("round %d: rejected an invalid update: %s", round_, problem)
+            continue
+        good.append(reply)
+    return good, failed, invalid, upload_sizes
 
 
 class InProcessTransport:

@@ -1,4 +1,4 @@
-"""House rule 1: the library never imports Flower."""
+"""House rule 1: the library never imports Flower, nor the app layer; no import cycles."""
 
 from __future__ import annotations
 
@@ -22,3 +22,72 @@ def test_importing_every_library_module_does_not_load_flower() -> None:
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('flwr' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_app_layer_import_in_library_source() -> None:
+    """fedrec/ depends on neither server/ nor clients/ (engines are found by entry point)."""
+    pattern = re.compile(r"^\s*(import|from)\s+(server|clients)\b", re.MULTILINE)
+    offenders = [str(p) for p in LIB.rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(LIB.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path, known: set[str]) -> set[str]:
+    """fedrec modules imported at module level (imports inside functions are lazy, by design)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    package = _module_name(path) if path.stem == "__init__" else _module_name(path).rpartition(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if not isinstance(node, ast.FunctionDef | ast.ClassDef) else []:
+            if isinstance(sub, ast.Import):
+                names = [a.name for a in sub.names]
+            elif isinstance(sub, ast.ImportFrom):
+                base = sub.module or ""
+                if sub.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - sub.level + 1] + ([base] if base else []))
+                names = [base] + [f"{base}.{a.name}" for a in sub.names]
+            else:
+                continue
+            found |= {n for n in names if n in known}
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every back edge found by a depth-first search, as the cycle it closes."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                path = trail + [node]
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    return cycles
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycles_in_the_library() -> None:
+    modules = {_module_name(p): p for p in LIB.rglob("*.py") if p.stem != "__main__"}
+    graph = {name: _top_level_imports(path, set(modules)) - {name} for name, path in modules.items()}
+    assert sum(map(len, graph.values())) > len(graph)  # the parser sees the library's imports
+    assert _cycles(graph) == []

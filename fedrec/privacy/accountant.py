@@ -4,7 +4,7 @@ The state of the accounting is a history of ``(noise_multiplier, sample_rate,
 steps)``, as in Opacus; epsilon is a pure function of it, so anyone can recompute it
 from the ledger. PRV (Gopi et al. 2021) is the headline; RDP (Mironov 2017;
 Mironov et al. 2019 for the subsampled Gaussian) is reported beside it. Both assume
-Poisson sampling, which is exactly what :class:`fedrec.runner.PoissonSampler` does.
+Poisson sampling, which is exactly what :class:`fedrec.privacy.sampling.PoissonSampler` does.
 """
 
 from __future__ import annotations
