@@ -56,7 +56,8 @@ def _quiet_runtime(record: logging.LogRecord) -> bool:
 
 def _setup_logging(verbose: bool) -> None:
     # Per-device work is many small models: torch's intra-op threads only add contention
-    # (on an oversubscribed machine OpenMP spin-waits made steps ~100x slower). The
+    # (on an oversubscribed machine OpenMP threads spin-wait for busy cores and every step
+    # slows down by a large factor; see benchmarks/README.md). The
     # vectorised engine, whose kernels are big, raises it again for itself.
     import torch
 

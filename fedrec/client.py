@@ -58,7 +58,7 @@ class Device:
         }
         p = config.privacy
         if p.local_dp:
-            # Opacus costs ~2.5 s and ~120 MB to import: only devices that use it pay.
+            # Importing Opacus takes seconds and much memory (benchmarks/README.md): only devices that use it pay.
             from fedrec.privacy.local_dp import LocalDPConfig, local_update_dp
 
             local = LocalDPConfig(noise_multiplier=p.local_noise_multiplier, max_grad_norm=p.local_clipping_norm, delta=p.local_delta)

@@ -24,7 +24,7 @@ before summing, so one user's contribution to the sum is still bounded by ``C``.
 
 Per-row scales for the embedding tables were not used: a row of 32 codes would carry
 8 bytes of scale, 25 % on top, which breaks the 1/4 goal, and per-tensor ranges keep
-the quality loss well inside the goal (README, "Upload quantization").
+the quality loss well inside the goal (docs/deployment.md, "Upload quantization").
 """
 
 from __future__ import annotations

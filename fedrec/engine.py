@@ -85,7 +85,8 @@ def default_lanes() -> int:
 # glibc's malloc settings (mallopt(3)) for the engine's process and its lanes: every
 # training step allocates and frees the same few-MB activation and gradient buffers, and
 # by default glibc returns them to the kernel (mmap/munmap above a threshold, heap trims)
-# and takes page faults to get them back: ~7,000 per ML-100K round, ~15 % of it in a VM.
+# and takes page faults to get them back every round, which is slow, in a VM especially
+# (benchmarks/README.md).
 _MALLOPT = {-3: 16 << 20, -1: 512 << 20, -2: 64 << 20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
 
 

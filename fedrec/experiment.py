@@ -62,7 +62,7 @@ def run_and_report(
     if not resume:
         write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
     # The data set, split and model built so far live as long as the run: keep Python's
-    # cyclic GC from rescanning them in every full collection (~0.2 s each at ML-100K);
+    # cyclic GC from rescanning them in every full collection (a noticeable pause each);
     # unfrozen afterwards, so that a process running many runs can still collect them.
     gc.freeze()
     try:

@@ -2,7 +2,7 @@
 
     python -m server.demo --devices 10 --rounds 5 --out runs/deploy-demo
 
-Steps (each is what the README's runbook does by hand): split the data set into one
+Steps (each is what the runbook in docs/deployment.md does by hand): split the data set into one
 folder per device; make a CA, the SuperLink's certificate and one key pair per
 device; start the SuperLink with TLS and ``--enable-supernode-auth``; register the
 device keys; start the SuperNodes, each with its own data file and key; submit the

@@ -50,7 +50,8 @@ class ContentRecommender:
     def __init__(self, catalog: Catalog, blend: BlendConfig = BlendConfig()) -> None:
         self.catalog = catalog
         self.blend = blend
-        # TF-IDF item vectors are ~99% zeros: a sparse product scores the catalogue ~20x faster
+        # TF-IDF item vectors are almost all zeros: a sparse product scores the catalogue much
+        # faster than a dense one (benchmarks/README.md)
         vectors = catalog.vectors
         self._matrix: Any = csr_matrix(vectors) if np.count_nonzero(vectors) < SPARSE_BELOW * vectors.size else vectors
 

@@ -30,8 +30,8 @@ def shared_spec(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 @lru_cache(maxsize=64)
 def _shared_spec(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    # Building even a meta-device tower costs ~20 ms (torch's init functions run through
-    # a dispatch mode); the engine asks for the spec several times per round.
+    # Building even a meta-device tower is not free (torch's init functions run through
+    # a dispatch mode), and the engine asks for the spec several times per round.
     with torch.device("meta"):
         tower = SharedTower(config, generator=None)
     return tuple((name, tuple(p.shape)) for name, p in tower.named_parameters())

@@ -74,9 +74,9 @@ def device_epsilon(history: History, *, delta: float) -> float:
     """RDP epsilon over integer orders only: what a device reports about its own DP-SGD.
 
     Any set of orders gives a valid upper bound (Mironov 2017, Prop. 3); Opacus'
-    default set adds fractional orders that cost ~0.5 s per call at small sampling
-    rates, too slow to run on every device every round. The bound is at most a few
-    percent looser.
+    default set adds fractional orders that make a call slow at small sampling rates,
+    too slow to run on every device every round. The bound is slightly looser
+    (benchmarks/README.md).
     """
     history, trivial = _needs_accountant(history)
     if trivial is not None:

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 ITEM_TABLES = ("item_gmf.weight", "item_mlp.weight")  # the released per-item rows the attack reads
 EMPIRICAL_AUDIT = "empirical_audit.json"
-SHARED_DIRECTIONS = 2  # fixed on a 10-round pilot run without DP (AUC 0.64 with 0, 0.85 with 2)
+SHARED_DIRECTIONS = 2  # picked from {0, 2, 5} on a 10-round pilot run without DP (benchmarks/README.md)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ class FusedNoiseDPOptimizer(DPOptimizerFastGradientClipping):
     """Opacus' ghost-clipping DP optimizer with cheaper bookkeeping, same mechanism.
 
     ``accumulate`` keeps the step's gradient tensor instead of a ``copy.deepcopy``
-    (~0.1 ms per tensor), and ``add_noise`` draws the N(0, (zC)^2) noise of all
+    of it, and ``add_noise`` draws the N(0, (zC)^2) noise of all
     parameters with one call and splits it, instead of one call per parameter.
     """
 
