@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FENCE = re.compile(r"```.*?```", re.S)
+FENCE = re.compile(r"```.*?```", re.DOTALL)
 
 
 def slug(heading: str) -> str:
