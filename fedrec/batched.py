@@ -28,6 +28,7 @@ from torch.optim.adam import adam
 
 from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, shared_spec
+from fedrec.models.neumf import stacked_logits
 from fedrec.training import TrainConfig, epoch_examples
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the per-device path uses
@@ -126,26 +127,9 @@ class StackedNeuMF:
 
     def logits(self, p: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]) -> torch.Tensor:
         """``p``: the active clients' dense tensors (a, ...); ``rows``: each item
-        embedding's rows for the mini-batch, (a, B, d) -> logits (a, B).
-
-        :meth:`SharedTower.forward` with the concatenations split into sums: the first MLP
-        layer's user half is computed once per client, not once per example, and the
-        output layer takes the GMF and MLP parts separately (fewer, smaller kernels).
-        """
-        g = self.model.gmf_dim
-        gmf = p["user_gmf"].unsqueeze(1) * rows["item_gmf.weight"]  # (a, B, g)
-        out_w = p["output.weight"]  # (a, 1, g + last)
-        logits = torch.baddbmm(p["output.bias"].unsqueeze(1), gmf, out_w[:, :, :g].transpose(1, 2))  # (a, B, 1)
-        if self.model.kind == "neumf":
-            m = self.model.mlp_dim
-            first, *rest = self.linear_names
-            w1 = p[f"{first}.weight"]  # (a, h1, 2m): user columns first, as torch.cat([user, item])
-            user = torch.baddbmm(p[f"{first}.bias"].unsqueeze(1), p["user_mlp"].unsqueeze(1), w1[:, :, :m].transpose(1, 2))
-            h = torch.relu(torch.baddbmm(user, rows["item_mlp.weight"], w1[:, :, m:].transpose(1, 2)))
-            for name in rest:
-                h = torch.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2)))
-            logits = torch.baddbmm(logits, h, out_w[:, :, g:].transpose(1, 2))
-        return logits.squeeze(-1)
+        embedding's rows for the mini-batch, (a, B, d) -> logits (a, B). The model's own
+        stacked forward (:func:`fedrec.models.neumf.stacked_logits`)."""
+        return stacked_logits(self.model, p, rows, linear_names=self.linear_names)
 
     def updates(self, shared: Arrays) -> dict[str, torch.Tensor]:
         """New - downloaded parameters, compact like the parameters themselves."""

@@ -101,6 +101,36 @@ class SharedTower(nn.Module):
         return scores
 
 
+def stacked_logits(
+    config: ModelConfig, p: dict[str, torch.Tensor], rows: dict[str, torch.Tensor], *, linear_names: list[str]
+) -> torch.Tensor:
+    """:meth:`SharedTower.forward` for ``a`` clients' own copies of the model at once.
+
+    ``p``: each client's dense tensors stacked, (a, *shape), named as in
+    :class:`SharedTower` plus ``user_gmf`` / ``user_mlp``; ``rows``: each item embedding's
+    rows for the clients' mini-batches, (a, B, d); ``linear_names``: the MLP's linear
+    layers in order. Returns logits (a, B).
+
+    The concatenations are split into sums: the first MLP layer's user half is computed
+    once per client, not once per example, and the output layer takes the GMF and MLP
+    parts separately (fewer, smaller kernels). Change it together with ``forward``.
+    """
+    g = config.gmf_dim
+    gmf = p["user_gmf"].unsqueeze(1) * rows["item_gmf.weight"]  # (a, B, g)
+    out_w = p["output.weight"]  # (a, 1, g + last)
+    logits = torch.baddbmm(p["output.bias"].unsqueeze(1), gmf, out_w[:, :, :g].transpose(1, 2))  # (a, B, 1)
+    if config.kind == "neumf":
+        m = config.mlp_dim
+        first, *rest = linear_names
+        w1 = p[f"{first}.weight"]  # (a, h1, 2m): user columns first, as torch.cat([user, item])
+        user = torch.baddbmm(p[f"{first}.bias"].unsqueeze(1), p["user_mlp"].unsqueeze(1), w1[:, :, :m].transpose(1, 2))
+        h = torch.relu(torch.baddbmm(user, rows["item_mlp.weight"], w1[:, :, m:].transpose(1, 2)))
+        for name in rest:
+            h = torch.relu(torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2)))
+        logits = torch.baddbmm(logits, h, out_w[:, :, g:].transpose(1, 2))
+    return logits.squeeze(-1)
+
+
 class UserEmbeddings(nn.Module):
     """Private user vectors; one row on a device, one per user centrally."""
 
