@@ -142,6 +142,10 @@ def simulate(
 
             def on_round(round_: int, info: dict[str, float]) -> None:
                 status = f"loss {info['train_loss']:.3f}, {int(info['aggregated'])} clients"
+                if "signal_to_noise" in info:  # user-level DP: what the noise leaves of the signal
+                    status += f", clipped {info['clipped_share']:.0%}, signal/noise {info['signal_to_noise']:.2f}"
+                if "epsilon" in info:
+                    status += f", ε {info['epsilon']:.2f}"
                 if "ndcg@10" in info:
                     status += f", val ndcg@10 {info['ndcg@10']:.3f}"
                 progress.update(task, completed=round_, status=status)

@@ -23,7 +23,7 @@ from fedrec.config import RunConfig
 from fedrec.federated import sum_updates
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import calibrate_noise
-from fedrec.privacy.dp_fedavg import DPFedAvg, Part
+from fedrec.privacy.dp_fedavg import ClippedSum, DPFedAvg, Part
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import noise_generator
 from fedrec.privacy.sampling import PoissonSampler
@@ -130,6 +130,7 @@ class DPAggregator:
         self.noise_rng = noise_generator(seed=config.seed, secure=p.secure_noise)
         self.local_delta = p.local_delta if p.local_dp else None
         self.settings = p
+        self._last: dict[str, float] = {}  # the last round's diagnostics
 
     @property
     def finished(self) -> bool:
@@ -151,14 +152,19 @@ class DPAggregator:
         return self.session.allows_next_round()
 
     def round_info(self) -> dict[str, float]:
-        return {"epsilon": self.session.spent}
+        return {"epsilon": self.session.spent, **self._last}
 
     def aggregate(self, parts: Iterable[Part], *, like: Arrays, round_: int, local_epsilon: float) -> Arrays | None:
         # A DP round always runs the mechanism (noise even with no replies) and is on
         # disk before its aggregate reaches the model.
-        delta, contributors = self.mechanism.aggregate_parts(parts, like=like, rng=self.noise_rng)
+        delta, summed = self.mechanism.aggregate_parts(parts, like=like, rng=self.noise_rng)
         local = {"max_epsilon": local_epsilon, "delta": self.local_delta} if self.local_delta is not None else None
-        self.session.record_round(round_, clients=contributors, local_dp=local)
+        self.session.record_round(round_, clients=summed.contributors, local_dp=local)
+        self._last = round_diagnostics(summed, snr=self.mechanism.signal_to_noise(summed))
+        logger.info(
+            "round %d: %d of %d single updates clipped, median norm %.3g, signal/noise %.3g",
+            round_, summed.clipped, len(summed.norms), self._last["update_norm_median"], self._last["signal_to_noise"],
+        )
         return delta
 
     def close(self, *, stopped_by_budget: bool) -> dict[str, Any]:
@@ -179,6 +185,20 @@ class DPAggregator:
     def restore_rng(self, state: dict[str, Any] | None) -> None:
         if state is not None:
             self.noise_rng.bit_generator.state = state
+
+
+def round_diagnostics(summed: ClippedSum, *, snr: float) -> dict[str, float]:
+    """What practitioners ask for when DP hurts: the share of updates that were clipped,
+    the update-norm distribution, and the aggregate's signal-to-noise ratio."""
+    norms = np.asarray(summed.norms, dtype=np.float64)
+    nan = float("nan")
+    return {
+        "clipped_share": summed.clipped / len(norms) if len(norms) else nan,
+        "update_norm_p10": float(np.quantile(norms, 0.1)) if len(norms) else nan,
+        "update_norm_median": float(np.median(norms)) if len(norms) else nan,
+        "update_norm_p90": float(np.quantile(norms, 0.9)) if len(norms) else nan,
+        "signal_to_noise": snr,
+    }
 
 
 def make_aggregator(config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False) -> Aggregator:

@@ -34,24 +34,37 @@ class Part:
     contributors: int = 1
 
 
-def clipped_sum(parts: Iterable[Part], *, max_norm: float, like: Arrays) -> tuple[Arrays, int]:
-    """(float64 sum, contributors): each single update clipped to ``max_norm``, each
-    pre-summed part of k updates bounded by ``k * max_norm`` (not re-clipped to C).
+@dataclass(frozen=True)
+class ClippedSum:
+    total: Arrays  # float64 sum of the bounded parts
+    contributors: int  # clients the sum covers
+    norms: tuple[float, ...]  # L2 norm of each single update before clipping (not of pre-summed parts)
+    clipped: int  # single updates whose norm exceeded C
+
+
+def clipped_sum(parts: Iterable[Part], *, max_norm: float, like: Arrays) -> ClippedSum:
+    """Each single update clipped to ``max_norm``, each pre-summed part of k updates
+    bounded by ``k * max_norm`` (not re-clipped to C), summed in float64.
 
     The parts are clipped one at a time as the sum consumes them: never a second copy of
     every update.
     """
-    counted = [0]
+    contributors = 0
+    norms: list[float] = []
 
     def bounded() -> Iterable[Arrays]:
+        nonlocal contributors
         for part in parts:
             if part.contributors < 1:
                 raise ValueError(f"a part needs >= 1 contributor, got {part.contributors}")
-            counted[0] += part.contributors
-            yield clip_update(part.update, max_norm=max_norm * part.contributors)[0]
+            contributors += part.contributors
+            clipped, norm = clip_update(part.update, max_norm=max_norm * part.contributors)
+            if part.contributors == 1:
+                norms.append(norm)
+            yield clipped
 
     total = sum_updates(bounded(), like)
-    return total, counted[0]
+    return ClippedSum(total=total, contributors=contributors, norms=tuple(norms), clipped=sum(n > max_norm for n in norms))
 
 
 @dataclass(frozen=True)
@@ -70,11 +83,20 @@ class DPFedAvg:
         noisy = add_gaussian_noise(total, std=self.noise_std, rng=rng)
         return {name: (value / self.expected_clients).astype(np.float32) for name, value in noisy.items()}
 
-    def aggregate_parts(self, parts: Iterable[Part], *, like: Arrays, rng: np.random.Generator) -> tuple[Arrays, int]:
-        """The round's DP estimate from what the server received; returns it with the
-        number of clients it covers."""
-        total, contributors = clipped_sum(parts, max_norm=self.clipping_norm, like=like)
-        return self.noisy_mean(total, rng=rng), contributors
+    def aggregate_parts(self, parts: Iterable[Part], *, like: Arrays, rng: np.random.Generator) -> tuple[Arrays, ClippedSum]:
+        """The round's DP estimate from what the server received, with the clipped sum
+        it was made from (for the round's diagnostics: clipped share, norms, SNR)."""
+        summed = clipped_sum(parts, max_norm=self.clipping_norm, like=like)
+        return self.noisy_mean(summed.total, rng=rng), summed
+
+    def signal_to_noise(self, summed: ClippedSum) -> float:
+        """||sum of clipped updates|| / expected ||noise|| (z C sqrt(d)): below 1 the
+        round's aggregate is mostly noise (inf without noise)."""
+        if self.noise_std == 0:
+            return float("inf")
+        size = sum(int(np.size(v)) for v in summed.total.values())
+        signal = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in summed.total.values())))
+        return signal / (self.noise_std * np.sqrt(size))
 
     def aggregate(self, updates: Iterable[Arrays], *, like: Arrays, rng: np.random.Generator) -> Arrays:
         """(sum of individually clipped updates + noise) / expected clients."""

@@ -80,14 +80,16 @@ def test_a_presummed_part_is_bounded_by_k_times_c_not_clipped_to_c() -> None:
     updates = [clip_update({"w": rng.normal(size=50).astype(np.float32)}, max_norm=1.0)[0] for _ in range(5)]
     assert all(global_norm(u) == pytest.approx(1.0, rel=1e-5) for u in updates)
     total = {"w": sum_updates(updates, like)["w"].astype(np.float32)}
-    one_by_one, n1 = clipped_sum((Part(u) for u in updates), max_norm=1.0, like=like)
-    presummed, n2 = clipped_sum([Part(total, contributors=5)], max_norm=1.0, like=like)
-    assert n1 == n2 == 5
-    np.testing.assert_allclose(presummed["w"], one_by_one["w"], rtol=1e-6, atol=1e-6)
+    one_by_one = clipped_sum((Part(u) for u in updates), max_norm=1.0, like=like)
+    presummed = clipped_sum([Part(total, contributors=5)], max_norm=1.0, like=like)
+    assert one_by_one.contributors == presummed.contributors == 5
+    np.testing.assert_allclose(presummed.total["w"], one_by_one.total["w"], rtol=1e-6, atol=1e-6)
+    # single updates' norms are reported (all at C here); a pre-summed part has none of its own
+    assert len(one_by_one.norms) == 5 and presummed.norms == ()
     # a "sum" larger than k C (a broken or hostile aggregator) is cut to k C
-    huge, _ = clipped_sum([Part({"w": total["w"] * 100}, contributors=5)], max_norm=1.0, like=like)
-    assert global_norm(huge) == pytest.approx(5.0, rel=1e-5)
+    huge = clipped_sum([Part({"w": total["w"] * 100}, contributors=5)], max_norm=1.0, like=like)
+    assert global_norm(huge.total) == pytest.approx(5.0, rel=1e-5)
     dp = DPFedAvg(noise_multiplier=0.0, clipping_norm=1.0, expected_clients=5.0)
-    mean, covered = dp.aggregate_parts([Part(total, contributors=5)], like=like, rng=np.random.default_rng(1))
-    assert covered == 5
+    mean, summed = dp.aggregate_parts([Part(total, contributors=5)], like=like, rng=np.random.default_rng(1))
+    assert summed.contributors == 5
     np.testing.assert_allclose(mean["w"], dp.aggregate(updates, like=like, rng=np.random.default_rng(1))["w"], atol=1e-6)
