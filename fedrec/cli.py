@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedrec.config import RunConfig, load_config_file, parse_overrides, parse_run_config
+from fedrec.config import ModelFamily, RunConfig, load_config_file, parse_overrides, parse_run_config
 from fedrec.deploy.commands import deploy_app, recommend
 from fedrec.errors import FedrecError
 from fedrec.metrics import METRIC_NAMES
@@ -137,11 +137,15 @@ def simulate(
         if ray_address and engine != "flower":
             raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
         rounds = run_config.federation.num_rounds
+        if run_config.model.family is ModelFamily.DP_EASE:
+            rounds = 2  # two releases (item counts, co-occurrence), no training rounds
         with _progress() as progress:
             task = progress.add_task(f"federated ({engine})", total=rounds, status="resuming" if resume else "starting")
 
             def on_round(round_: int, info: dict[str, float]) -> None:
-                status = f"loss {info['train_loss']:.3f}, {int(info['aggregated'])} clients"
+                status = f"{int(info['aggregated'])} clients"
+                if "train_loss" in info:  # DP-EASE releases have no training loss
+                    status = f"loss {info['train_loss']:.3f}, " + status
                 if "signal_to_noise" in info:  # user-level DP: what the noise leaves of the signal
                     status += f", clipped {info['clipped_share']:.0%}, signal/noise {info['signal_to_noise']:.2f}"
                 if "epsilon" in info:

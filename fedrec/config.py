@@ -14,6 +14,7 @@ import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,24 @@ class DataSettings:
     synthetic_interactions: float = field(default=20.0, metadata=_key("synthetic-interactions", check=_positive))
 
 
+class ModelFamily(StrEnum):
+    """What a run trains: a neural model by DP-FedAvg rounds, or DP-EASE (two DP
+    releases of item statistics, then EASE in closed form; :mod:`fedrec.dpease`)."""
+
+    NEUMF = "neumf"
+    GMF = "gmf"
+    DP_EASE = "dp-ease"
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    model: str = field(default="neumf", metadata=_key("model", check=_one_of("neumf", "gmf")))
+    model: str = field(default="neumf", metadata=_key("model", check=_one_of(*ModelFamily)))
     gmf_dim: int = field(default=32, metadata=_key("gmf-dim", check=_positive))
     mlp_layers: str = field(default="64,32,16,8", metadata=_key("mlp-layers"))
+
+    @property
+    def family(self) -> ModelFamily:
+        return ModelFamily(self.model)
 
     def build(self, n_items: int) -> ModelConfig:
         return ModelConfig(n_items=n_items, kind=self.model, gmf_dim=self.gmf_dim, mlp_layers=_layers(self.mlp_layers))
@@ -104,6 +118,25 @@ def _probability(v: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class EaseSettings:
+    """DP-EASE (``model = "dp-ease"``, :mod:`fedrec.dpease`); the defaults were chosen
+    once on ML-100K's validation users and are rules in the noise's own units, so
+    they carry over to other populations and budgets (docs/dp-ease.md)."""
+
+    # phase 1's part of the budget (the rest goes to the co-occurrence release)
+    count_share: float = field(default=0.3, metadata=_key("ease-count-share", check=_probability))
+    # K = the items whose noisy count is above this many noise standard deviations ...
+    item_threshold: float = field(default=2.0, metadata=_key("ease-item-threshold", check=_non_negative))
+    # ... and at most this many (the Gram is K x K; each device uploads K (K + 1) / 2 values)
+    max_items: int = field(default=1500, metadata=_key("ease-max-items", check=_positive))
+    # EASE's lambda = noise * noise_std * sqrt(K) + base * mean diagonal of the Gram
+    lambda_noise: float = field(default=4.0, metadata=_key("ease-lambda-noise", check=_non_negative))
+    lambda_base: float = field(default=5.0, metadata=_key("ease-lambda-base", check=_positive))
+    eigen_floor: float = field(default=0.5, metadata=_key("ease-eigen-floor", check=_non_negative))
+    prior_weight: float = field(default=0.02, metadata=_key("ease-prior-weight", check=_non_negative))
+
+
+@dataclass(frozen=True)
 class PrivacySettings:
     """User-level DP-FedAvg, on by default.
 
@@ -139,6 +172,7 @@ class RunConfig:
     train: TrainSettings = TrainSettings()
     federation: FederationSettings = FederationSettings()
     privacy: PrivacySettings = PrivacySettings()
+    ease: EaseSettings = EaseSettings()
 
     def to_flat(self) -> dict[str, Scalar]:
         """The flat kebab-case mapping this config was parsed from (round-trips)."""

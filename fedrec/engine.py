@@ -45,7 +45,7 @@ import torch
 from fedrec.batched import BatchedResult, local_update_batched
 from fedrec.client import simulated_population
 from fedrec.compression import encode_update, upload_rng
-from fedrec.config import RunConfig
+from fedrec.config import ModelFamily, RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.errors import FedrecError
 from fedrec.evaluation import metrics_from_scores
@@ -450,6 +450,13 @@ def run(
     *,
     resume: bool = False,
 ) -> Path:
+    if config.model.family is ModelFamily.DP_EASE:
+        if resume:
+            raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
+        from fedrec.dpease.report import run_ease_and_report
+
+        run_ease_and_report(config, out_dir, engine="inprocess", on_phase=on_round)
+        return out_dir / RESULTS
     transport = make_transport(config)
     try:
         run_and_report(config, transport, out_dir=out_dir, engine="inprocess", on_round=on_round, resume=resume)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -113,3 +113,46 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     if spent > target_epsilon:
         raise PrivacyError(f"calibration overshot: z={z} gives epsilon {spent} > {target_epsilon}")
     return z
+
+
+def calibrate_releases(
+    *, target_epsilon: float, delta: float, shares: Sequence[float], sample_rate: float = 1.0, accountant: str,
+    prior: History = (), tolerance: float = 1e-3,
+) -> tuple[float, ...]:
+    """Noise multipliers for a run of several Gaussian releases (one step each) whose
+    composition, after the ``prior`` history, spends at most ``target_epsilon``.
+
+    Release ``k`` gets ``z_k = s / sqrt(shares[k])``: for unsampled Gaussian mechanisms
+    the composition is a Gaussian mechanism with ``1 / z^2 = sum 1 / z_k^2`` (Dong, Roth
+    and Su 2022, "Gaussian Differential Privacy", Cor. 3.3), so ``shares`` is each
+    release's part of the budget in that currency. The common scale ``s`` is found by
+    bisection on the accountant's own epsilon of the whole history (PRV or RDP, whatever
+    the sampling rate), so the answer never relies on that approximation: the returned
+    multipliers are checked to stay within the target.
+    """
+    if not target_epsilon > 0:
+        raise PrivacyError(f"target epsilon must be > 0, got {target_epsilon}")
+    if not shares or any(not s > 0 for s in shares):
+        raise PrivacyError(f"release shares must be positive, got {list(shares)}")
+
+    def history(scale: float) -> History:
+        return tuple(prior) + tuple((scale / math.sqrt(s), float(sample_rate), 1) for s in shares)
+
+    def spent(scale: float) -> float:
+        return epsilon(history(scale), delta=delta, accountant=accountant)
+
+    if spent(1e4) > target_epsilon:
+        raise PrivacyError(f"epsilon {target_epsilon} cannot be reached: the earlier releases already spend it; raise the budget")
+    low, high = 1e-3, 1.0
+    while spent(high) > target_epsilon:  # grow until the budget holds
+        low, high = high, high * 2
+    # invariant: spent(high) <= target < spent(low) (or low is tiny)
+    while (high - low) > tolerance * high:
+        middle = (low + high) / 2
+        if spent(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    if spent(high) > target_epsilon:  # never: bisection keeps ``high`` within budget
+        raise PrivacyError(f"calibration overshot: scale {high} gives epsilon {spent(high)} > {target_epsilon}")
+    return tuple(z for z, _, _ in history(high)[len(prior):])

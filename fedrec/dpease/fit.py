@@ -1,0 +1,107 @@
+"""Server side of DP-EASE: from the two noisy sums to the released model.
+
+Everything here is post-processing of DP releases (Dwork and Roth 2014, Prop. 2.1):
+choosing the top items from the noisy counts, making the noisy Gram well conditioned,
+solving EASE and the popularity prior cost no privacy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.dpease.statistics import unpack_symmetric
+from fedrec.models.ease import ease_weights
+
+TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # the released arrays (model.npz)
+
+
+@dataclass(frozen=True)
+class EaseRelease:
+    """The public DP-EASE model every device downloads."""
+
+    top_items: np.ndarray  # (K,) item indices, most frequent first
+    weights: np.ndarray  # (K, K) EASE weights B over top_items
+    prior: np.ndarray  # (n_items,) popularity prior added to every score
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {TOP_ITEMS: self.top_items, WEIGHTS: self.weights.astype(np.float32), PRIOR: self.prior.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EaseRelease:
+        return cls(top_items=np.asarray(arrays[TOP_ITEMS], dtype=np.int64), weights=arrays[WEIGHTS], prior=arrays[PRIOR])
+
+    def score(self, history: np.ndarray) -> np.ndarray:
+        """Scores over every item for (U, n_items) 0/1 histories: ``x_K B`` on the top
+        items plus the prior everywhere, so the tail is ranked by the prior."""
+        history = np.atleast_2d(history)
+        out = np.broadcast_to(self.prior.astype(np.float64), history.shape).copy()  # (U, n_items)
+        if self.top_items.shape[0]:
+            out[:, self.top_items] += history[:, self.top_items] @ self.weights  # (U, K) @ (K, K)
+        return out
+
+    def score_items(self, train_items: np.ndarray) -> np.ndarray:
+        """One device's scores (n_items,) from its own training items."""
+        x = np.zeros((1, self.prior.shape[0]), dtype=np.float64)
+        x[0, np.asarray(train_items, dtype=np.int64)] = 1.0
+        return self.score(x)[0]
+
+
+def select_top_items(counts: np.ndarray, *, noise_std: float, threshold: float, max_items: int) -> np.ndarray:
+    """The items whose noisy count is at least ``threshold`` noise standard deviations
+    (any positive count without noise), most frequent first, at most ``max_items``.
+
+    The rule adapts K to the population and the budget: a larger population or a larger
+    epsilon puts more items clearly above the noise. Ties keep the lower index (stable).
+    """
+    order = np.argsort(-counts, kind="stable")
+    bar = threshold * noise_std if noise_std > 0 else 0.0
+    above = int(np.sum(counts[order] > bar))
+    return order[: min(above, max_items)].astype(np.int64)
+
+
+def popularity_prior(counts: np.ndarray, *, noise_std: float, weight: float) -> np.ndarray:
+    """``weight * asinh(count / s)``: log-like for counts well above ``s`` (``asinh(c/s) ~
+    log(2c/s)``), linear around zero, so noisy (even negative) counts keep their order
+    with no ties. ``s`` is the noise std, or the smallest positive count without noise."""
+    positive = counts[counts > 0]
+    scale = noise_std if noise_std > 0 else (float(positive.min()) if positive.shape[0] else 1.0)
+    return weight * np.arcsinh(counts / scale)
+
+
+def conditioned_gram(gram: np.ndarray, *, noise_std: float, eigen_floor: float) -> np.ndarray:
+    """Raise every eigenvalue of the symmetric noisy Gram to at least
+    ``eigen_floor * noise_std * sqrt(K)``: the noise matrix's spectrum spans about
+    ``+- 2 noise_std sqrt(K)`` (Wigner's semicircle), so small and negative eigenvalues
+    are mostly noise, and a true Gram is positive semi-definite."""
+    if noise_std == 0 or eigen_floor == 0 or gram.shape[0] == 0:
+        return gram
+    values, vectors = np.linalg.eigh(gram)  # (K,), (K, K)
+    values = np.maximum(values, eigen_floor * noise_std * math.sqrt(gram.shape[0]))
+    return (vectors * values) @ vectors.T
+
+
+def ease_lambda(gram: np.ndarray, *, noise_std: float, noise_scale: float, base_scale: float) -> float:
+    """``noise_scale * noise_std * sqrt(K) + base_scale * trace(G) / K``: the second term
+    is EASE's usual ridge in units of the mean diagonal (the data's own scale), the first
+    grows with the noise's spectral norm, so the weights shrink towards zero (and the
+    scores towards the prior) as the noise grows."""
+    k = gram.shape[0]
+    mean_diagonal = max(float(np.trace(gram)) / k, 1e-12)
+    return noise_scale * noise_std * math.sqrt(k) + base_scale * mean_diagonal
+
+
+def fit_release(
+    *, counts: np.ndarray, top_items: np.ndarray, gram_packed: np.ndarray | None, count_noise_std: float,
+    gram_noise_std: float, noise_scale: float, base_scale: float, eigen_floor: float, prior_weight: float,
+) -> EaseRelease:
+    """The released model from the noisy counts and (unless phase 2 was not run) the
+    noisy packed Gram over ``top_items``."""
+    prior = popularity_prior(counts, noise_std=count_noise_std, weight=prior_weight)
+    if gram_packed is None or top_items.shape[0] == 0:
+        return EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior)
+    gram = conditioned_gram(unpack_symmetric(gram_packed, int(top_items.shape[0])), noise_std=gram_noise_std, eigen_floor=eigen_floor)
+    lam = ease_lambda(gram, noise_std=gram_noise_std, noise_scale=noise_scale, base_scale=base_scale)
+    return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior)

@@ -1,0 +1,238 @@
+"""One DP-EASE run, written against a small transport contract (like the DP-FedAvg loop
+in :mod:`fedrec.runner`): every device is asked (q = 1), each reply is clipped to C
+again by the server, the sum is noised, recorded in the ledger, and only then used.
+
+Phase 1 releases item counts; the noisy counts choose the top items (post-processing).
+Phase 2 releases the co-occurrence over them. The run stops before a release that would
+exceed the budget: without phase 2 it releases the popularity prior alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fedrec.config import RunConfig
+from fedrec.data.split import ClientData, LeaveOneOutSplit
+from fedrec.dpease.fit import EaseRelease, fit_release, select_top_items
+from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size
+from fedrec.errors import FedrecError
+from fedrec.evaluation import metrics_from_scores
+from fedrec.federated import sum_updates
+from fedrec.metrics import METRIC_NAMES, mean_metrics
+from fedrec.models import Arrays
+from fedrec.privacy.accountant import calibrate_releases
+from fedrec.privacy.clipping import clip_update
+from fedrec.privacy.ledger import load_or_create_key
+from fedrec.privacy.noise import add_gaussian_noise, noise_generator
+from fedrec.privacy.session import PrivacySession
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("counts", "gram")
+MECHANISMS = {"counts": "gaussian-sum/item-counts", "gram": "gaussian-sum/item-cooccurrence-upper"}
+PURPOSES = {
+    "counts": "DP-EASE phase 1: item counts (top items and popularity prior)",
+    "gram": "DP-EASE phase 2: co-occurrence over the top items (EASE weights)",
+}
+TOP_ITEMS_REQUEST = "top_items"
+DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
+
+
+class StatisticsTransport(Protocol):
+    """How the server reaches the devices for DP-EASE."""
+
+    n_items: int  # the catalogue size (public)
+
+    def clients(self) -> list[int]: ...
+
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterable[Arrays | None]:
+        """Each client's phase statistic (None where a client failed), read once."""
+        ...
+
+    def evaluate(self, clients: Sequence[int], release: Arrays, which: str) -> list[dict[str, float]]: ...
+
+
+def device_statistic(data: ClientData, *, phase: str, request: Arrays, clipping_norm: float) -> Arrays:
+    """What one device uploads in ``phase``, from its own training items only."""
+    if phase == "counts":
+        return count_statistic(data.train_items, n_items=data.n_items, clipping_norm=clipping_norm)
+    if phase == "gram":
+        return gram_statistic(data.train_items, top_items=request[TOP_ITEMS_REQUEST], clipping_norm=clipping_norm)
+    raise FedrecError(f"unknown DP-EASE phase {phase!r}; use one of {', '.join(PHASES)}")
+
+
+def device_evaluate(data: ClientData, *, release: Arrays, which: str) -> dict[str, float]:
+    """One device's metrics with the released model, scored on the device."""
+    scores = EaseRelease.from_arrays(release).score_items(data.train_items)[None, :]
+    return mean_metrics(metrics_from_scores(scores, [data], which))
+
+
+class InProcessStatistics:
+    """Calls each simulated device's functions directly (statistics are yielded one at a
+    time, so the server never holds every device's upload at once)."""
+
+    def __init__(self, split: LeaveOneOutSplit, *, clipping_norm: float) -> None:
+        self.split, self.clipping_norm, self.n_items = split, clipping_norm, split.n_items
+
+    def clients(self) -> list[int]:
+        return list(range(self.split.n_users))
+
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterable[Arrays | None]:
+        for c in clients:
+            yield device_statistic(self.split.client(c), phase=phase, request=request, clipping_norm=self.clipping_norm)
+
+    def evaluate(self, clients: Sequence[int], release: Arrays, which: str) -> list[dict[str, float]]:
+        # the same per-device arithmetic, a chunk of devices at a time
+        model = EaseRelease.from_arrays(release)
+        out: list[dict[str, float]] = []
+        for start in range(0, len(clients), 256):
+            chunk = [self.split.client(c) for c in clients[start : start + 256]]
+            history = np.zeros((len(chunk), self.split.n_items), dtype=np.float64)
+            for row, data in enumerate(chunk):
+                history[row, data.train_items] = 1.0
+            per_user = metrics_from_scores(model.score(history), chunk, which)
+            out += [{name: float(values[k]) for name, values in per_user.items()} for k in range(len(chunk))]
+        return out
+
+
+@dataclass
+class EaseHistory:
+    phases: list[dict[str, float]] = field(default_factory=list)
+    rejected: int = 0
+    stopped_by_budget: bool = False
+    noise_multipliers: tuple[float, ...] = ()
+    top_items: int = 0
+    privacy: dict[str, object] = field(default_factory=dict)
+
+
+def phase_noise(config: RunConfig) -> tuple[float, float]:
+    """(z_counts, z_gram): given, or calibrated so the two releases spend the budget."""
+    p, e = config.privacy, config.ease
+    if not p.enabled:
+        return 0.0, 0.0
+    if p.noise_multiplier > 0:
+        return p.noise_multiplier, p.noise_multiplier
+    z1, z2 = calibrate_releases(
+        target_epsilon=p.epsilon, delta=p.delta, shares=(e.count_share, 1 - e.count_share), accountant=p.accountant,
+    )
+    return z1, z2
+
+
+def _noisy_sum(
+    replies: Iterable[Arrays | None], *, name: str, size: int, clipping_norm: float, std: float,
+    rng: np.random.Generator | None, history: EaseHistory,
+) -> tuple[np.ndarray, int]:
+    """Sum of the replies, each clipped to C again (an honest device already did), plus
+    N(0, std^2); malformed replies are rejected and counted, never aggregated."""
+    like = {name: np.zeros(size, dtype=np.float64)}
+    good = 0
+
+    def valid() -> Iterable[Arrays]:
+        nonlocal good
+        for reply in replies:
+            value = None if reply is None else reply.get(name)
+            if not isinstance(value, np.ndarray) or value.shape != (size,) or not np.all(np.isfinite(value)):
+                history.rejected += 1
+                continue
+            good += 1
+            yield clip_update({name: value}, max_norm=clipping_norm)[0]
+
+    total = sum_updates(valid(), like)
+    if rng is not None:
+        total = add_gaussian_noise(total, std=std, rng=rng)
+    return total[name], good
+
+
+def run_dp_ease(
+    config: RunConfig, transport: StatisticsTransport, *, run_dir: Path,
+    on_phase: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[EaseRelease, EaseHistory, dict[str, float], dict[str, float]]:
+    """Both releases, the fit, and the devices' validation and test metrics.
+
+    Returns (release, history, validation metrics, test metrics).
+    """
+    p, e = config.privacy, config.ease
+    clients = transport.clients()
+    z_counts, z_gram = phase_noise(config)
+    history = EaseHistory(noise_multipliers=(z_counts, z_gram))
+    session: PrivacySession | None = None
+    rng: np.random.Generator | None = None
+    if p.enabled:
+        key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
+        session = PrivacySession(
+            run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
+            population=len(clients), sample_rate=1.0, noise_multiplier=z_gram, clipping_norm=p.clipping_norm,
+            config_hash=config.digest(),
+        )
+        rng = noise_generator(seed=config.seed, secure=p.secure_noise)
+    n_items = transport.n_items
+    counts: np.ndarray | None = None
+    gram: np.ndarray | None = None
+    top = np.empty(0, dtype=np.int64)
+    for number, (phase, z) in enumerate(zip(PHASES, (z_counts, z_gram)), start=1):
+        if session is not None and not session.allows_release(noise_multiplier=z, sample_rate=1.0):
+            history.stopped_by_budget = True
+            break
+        started = time.perf_counter()
+        request: Arrays = {} if phase == "counts" else {TOP_ITEMS_REQUEST: top}
+        size = n_items if phase == "counts" else packed_size(int(top.shape[0]))
+        total, good = _noisy_sum(
+            transport.statistics(clients, phase, request), name=COUNTS if phase == "counts" else GRAM, size=size,
+            clipping_norm=p.clipping_norm, std=z * p.clipping_norm, rng=rng, history=history,
+        )
+        if session is not None:  # on disk before the release is used
+            session.record_release(
+                mechanism=MECHANISMS[phase], purpose=PURPOSES[phase], noise_multiplier=z, sample_rate=1.0,
+                clipping_norm=p.clipping_norm, clients=good,
+            )
+        if phase == "counts":
+            counts = total
+            top = select_top_items(total, noise_std=z * p.clipping_norm, threshold=e.item_threshold, max_items=e.max_items)
+        else:
+            gram = total
+        info = {"round": float(number), "aggregated": float(good), "values": float(size), "seconds": time.perf_counter() - started}
+        if session is not None:
+            info["epsilon"] = session.spent
+        history.phases.append(info)
+        if on_phase is not None:
+            on_phase(number, info)
+    if counts is None:
+        raise FedrecError(
+            f"the budget epsilon {p.epsilon} does not allow even the item counts at z={z_counts}: raise epsilon or lower noise-multiplier"
+        )
+    release = fit_release(
+        counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * p.clipping_norm,
+        gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
+        eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
+    )
+    history.top_items = int(release.top_items.shape[0])
+    if session is not None:
+        session.close(stopped_by_budget=history.stopped_by_budget)
+        history.privacy = {
+            "epsilon": session.spent, "epsilon_rdp": session.epsilon_with("rdp"), "delta": p.delta,
+            "accountant": p.accountant, "noise_multiplier": z_gram, "noise_multipliers": [z_counts, z_gram],
+            "clipping_norm": p.clipping_norm, "budget": p.epsilon, "stopped_by_budget": history.stopped_by_budget,
+            "ledger_head": session.head,
+        }
+    else:
+        history.privacy = {
+            "epsilon": float("inf"), "delta": None, "accountant": None, "noise_multiplier": 0.0,
+            "noise_multipliers": [0.0, 0.0], "clipping_norm": None, "budget": None, "stopped_by_budget": False,
+        }
+    arrays = release.to_arrays()
+    val = _mean(transport.evaluate(clients, arrays, "val"))
+    test = _mean(transport.evaluate(clients, arrays, "test"))
+    return release, history, val, test
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {name: float("nan") for name in METRIC_NAMES}
+    return {name: float(np.mean([r[name] for r in rows])) for name in METRIC_NAMES}

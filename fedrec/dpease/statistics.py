@@ -1,0 +1,73 @@
+"""What a device contributes to DP-EASE: two vectors of L2 norm exactly C (or zero).
+
+Phase 1, item counts: the user's 0/1 item vector ``x`` scaled to ``C x / ||x||``.
+Phase 2, co-occurrence: the upper triangle (diagonal included) of ``x_K x_K^T`` over the
+released top items ``K``, packed row by row, scaled to norm C. The full symmetric matrix
+would repeat every off-diagonal value, which doubles its squared norm: at the same C
+each value would carry ~1/sqrt(2) of the signal against the same noise.
+
+Scaling each user's vector to norm C (per-user normalisation, each user weighs the same)
+is the largest weight per value that the clipping bound allows; a user with no items in
+``K`` contributes zeros. Either way the L2 norm is at most C, which is the sensitivity of
+the sum to adding or removing one user (McMahan et al. 2018, Sec. 3; Dwork and Roth
+2014, Thm. A.1 for the Gaussian mechanism).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrec.privacy.clipping import clip_update
+
+COUNTS = "item_counts"  # name of the phase-1 array
+GRAM = "gram_upper"  # name of the phase-2 array
+
+
+def packed_size(k: int) -> int:
+    """Entries in the packed upper triangle (diagonal included) of a k x k matrix."""
+    return k * (k + 1) // 2
+
+
+def packed_index(rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """Position of (row, col), row <= col, in the row-by-row packed upper triangle."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    return rows * k - rows * (rows - 1) // 2 + (cols - rows)
+
+
+def unpack_symmetric(packed: np.ndarray, k: int) -> np.ndarray:
+    """The symmetric (k, k) matrix whose upper triangle is ``packed`` (a new array)."""
+    if packed.shape != (packed_size(k),):
+        raise ValueError(f"packed upper triangle of {k} items needs {packed_size(k)} values, got {packed.shape}")
+    rows, cols = np.triu_indices(k)  # row-major order, the packing order
+    out = np.zeros((k, k), dtype=np.float64)
+    out[rows, cols] = packed
+    out[cols, rows] = packed
+    return out
+
+
+def _normalised(values: np.ndarray, *, name: str, clipping_norm: float) -> dict[str, np.ndarray]:
+    norm = float(np.sqrt(np.sum(np.square(values, dtype=np.float64))))
+    scaled = values * (clipping_norm / norm) if norm > 0 else values
+    # clip_update guards the float32 rounding: the upload's norm never exceeds C
+    return clip_update({name: scaled.astype(np.float32)}, max_norm=clipping_norm)[0]
+
+
+def count_statistic(train_items: np.ndarray, *, n_items: int, clipping_norm: float) -> dict[str, np.ndarray]:
+    """Phase 1: ``C x / ||x||`` over all ``n_items`` (dense: the upload does not reveal
+    which items the user has; zeros for a user with none)."""
+    x = np.zeros(n_items, dtype=np.float64)
+    x[np.unique(np.asarray(train_items, dtype=np.int64))] = 1.0
+    return _normalised(x, name=COUNTS, clipping_norm=clipping_norm)
+
+
+def gram_statistic(train_items: np.ndarray, *, top_items: np.ndarray, clipping_norm: float) -> dict[str, np.ndarray]:
+    """Phase 2: the packed upper triangle of ``x_K x_K^T`` over ``top_items`` (the released
+    item list, in its order), scaled to norm C; dense, zeros if the user has none of them."""
+    k = int(top_items.shape[0])
+    position = {int(item): p for p, item in enumerate(top_items)}
+    mine = np.array(sorted({position[int(i)] for i in train_items if int(i) in position}), dtype=np.int64)
+    out = np.zeros(packed_size(k), dtype=np.float64)
+    if mine.shape[0]:
+        rows, cols = np.triu_indices(mine.shape[0])
+        out[packed_index(mine[rows], mine[cols], k)] = 1.0
+    return _normalised(out, name=GRAM, clipping_norm=clipping_norm)
