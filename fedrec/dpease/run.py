@@ -204,6 +204,8 @@ def run_dp_ease(
         if on_phase is not None:
             on_phase(number, info)
     if counts is None:
+        if session is not None:
+            session.close(stopped_by_budget=True)
         raise FedrecError(
             f"the budget epsilon {p.epsilon} does not allow even the item counts at z={z_counts}: raise epsilon or lower noise-multiplier"
         )

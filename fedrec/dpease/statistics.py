@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrec.privacy.clipping import clip_update
 
 COUNTS = "item_counts"  # name of the phase-1 array
 GRAM = "gram_upper"  # name of the phase-2 array
@@ -45,19 +44,21 @@ def unpack_symmetric(packed: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _normalised(values: np.ndarray, *, name: str, clipping_norm: float) -> dict[str, np.ndarray]:
-    norm = float(np.sqrt(np.sum(np.square(values, dtype=np.float64))))
-    scaled = values * (clipping_norm / norm) if norm > 0 else values
-    # clip_update guards the float32 rounding: the upload's norm never exceeds C
-    return clip_update({name: scaled.astype(np.float32)}, max_norm=clipping_norm)[0]
+def _normalised(indices: np.ndarray, *, size: int, name: str, clipping_norm: float) -> dict[str, np.ndarray]:
+    """A float32 vector of ``size`` zeros with ``clipping_norm / sqrt(len(indices))`` at
+    ``indices``: L2 norm C, shrunk by one part in a million so that float32 rounding of
+    the value can never push the norm above C."""
+    out = np.zeros(size, dtype=np.float32)
+    if indices.shape[0]:
+        out[indices] = np.float32(clipping_norm / np.sqrt(indices.shape[0]) * (1 - 1e-6))
+    return {name: out}
 
 
 def count_statistic(train_items: np.ndarray, *, n_items: int, clipping_norm: float) -> dict[str, np.ndarray]:
     """Phase 1: ``C x / ||x||`` over all ``n_items`` (dense: the upload does not reveal
     which items the user has; zeros for a user with none)."""
-    x = np.zeros(n_items, dtype=np.float64)
-    x[np.unique(np.asarray(train_items, dtype=np.int64))] = 1.0
-    return _normalised(x, name=COUNTS, clipping_norm=clipping_norm)
+    mine = np.unique(np.asarray(train_items, dtype=np.int64))
+    return _normalised(mine, size=n_items, name=COUNTS, clipping_norm=clipping_norm)
 
 
 def gram_statistic(train_items: np.ndarray, *, top_items: np.ndarray, clipping_norm: float) -> dict[str, np.ndarray]:
@@ -66,8 +67,5 @@ def gram_statistic(train_items: np.ndarray, *, top_items: np.ndarray, clipping_n
     k = int(top_items.shape[0])
     position = {int(item): p for p, item in enumerate(top_items)}
     mine = np.array(sorted({position[int(i)] for i in train_items if int(i) in position}), dtype=np.int64)
-    out = np.zeros(packed_size(k), dtype=np.float64)
-    if mine.shape[0]:
-        rows, cols = np.triu_indices(mine.shape[0])
-        out[packed_index(mine[rows], mine[cols], k)] = 1.0
-    return _normalised(out, name=GRAM, clipping_norm=clipping_norm)
+    rows, cols = np.triu_indices(mine.shape[0])
+    return _normalised(packed_index(mine[rows], mine[cols], k), size=packed_size(k), name=GRAM, clipping_norm=clipping_norm)

@@ -7,9 +7,11 @@ import math
 
 import pytest
 from opacus.accountants.analysis import rdp as rdp_analysis
+from opacus.accountants import PRVAccountant
 from opacus.accountants.rdp import RDPAccountant
 
-from fedrec.privacy.accountant import calibrate_noise, compress, epsilon
+from fedrec.errors import PrivacyError
+from fedrec.privacy.accountant import calibrate_noise, calibrate_releases, compress, epsilon
 
 
 @pytest.mark.parametrize(
@@ -47,3 +49,26 @@ def test_calibration_never_overshoots(accountant, target, q, rounds) -> None:
     spent = epsilon(((z, q, rounds),), delta=1e-5, accountant=accountant)
     assert spent <= target
     assert spent > 0.95 * target  # and it is not wastefully noisy
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize(("target", "shares"), [(8.0, (0.3, 0.7)), (1.0, (0.5, 0.5)), (4.0, (0.2, 0.3, 0.5))])
+def test_release_calibration_fits_the_budget_by_opacus_directly(accountant, target, shares) -> None:
+    zs = calibrate_releases(target_epsilon=target, delta=1e-5, shares=shares, accountant=accountant)
+    # the split follows the shares: z_k^-2 proportional to share_k
+    ratios = [(1 / z**2) / s for z, s in zip(zs, shares)]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)
+    direct = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    direct.history = [(z, 1.0, 1) for z in zs]
+    spent = direct.get_epsilon(delta=1e-5, **({"eps_error": 0.01} if accountant == "prv" else {}))
+    assert 0.97 * target < spent <= target
+
+
+def test_release_calibration_counts_what_was_spent_before() -> None:
+    prior = ((1.0, 0.1, 50),)
+    zs = calibrate_releases(target_epsilon=8.0, delta=1e-5, shares=(0.5, 0.5), accountant="prv", prior=prior)
+    fresh = calibrate_releases(target_epsilon=8.0, delta=1e-5, shares=(0.5, 0.5), accountant="prv")
+    assert zs[0] > fresh[0]  # less budget left: more noise
+    assert epsilon(prior + tuple((z, 1.0, 1) for z in zs), delta=1e-5, accountant="prv") <= 8.0
+    with pytest.raises(PrivacyError, match="raise the budget"):
+        calibrate_releases(target_epsilon=0.5, delta=1e-5, shares=(1.0,), accountant="prv", prior=prior)

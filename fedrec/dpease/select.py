@@ -1,0 +1,71 @@
+"""Choosing DP-EASE settings on validation users only.
+
+Each candidate's release is simulated (:func:`fedrec.dpease.central.simulate_release`)
+and scored on the validation item of every user; test items are never read. The
+criterion is the geometric mean of sampled and full-ranking NDCG@10, so that neither
+protocol is won at the other's expense (Krichene and Rendle 2020).
+
+Looking at validation users is itself a release about the population (Papernot and
+Steinke 2022): the number of candidates tried is reported beside every choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.data.split import LeaveOneOutSplit
+from fedrec.dpease.central import simulate_release
+from fedrec.evaluation import evaluate_scorer
+
+
+@dataclass(frozen=True)
+class Choice:
+    overrides: dict[str, Any]  # the chosen candidate
+    validation: dict[str, float]  # its validation metrics
+    tried: list[dict[str, Any]]  # every candidate with its validation metrics and criterion
+
+
+def criterion(metrics: Mapping[str, float]) -> float:
+    return math.sqrt(max(metrics["ndcg@10"], 0.0) * max(metrics["full_ndcg@10"], 0.0))
+
+
+def without_test_items(split: LeaveOneOutSplit) -> LeaveOneOutSplit:
+    """The split as selection sees it: each user's test item and test negatives are
+    replaced by things selection may know (the user's first training item, the
+    validation negatives). Validation's full ranking excludes "the other held-out item"
+    (:func:`fedrec.evaluation.metrics_from_scores`); here that is a training item, which
+    is excluded anyway, so the test item is ranked as any unseen item would be."""
+    first_train = split.train_items[split.train_indptr[:-1]]
+    return replace(split, test_item=first_train.copy(), test_negatives=split.val_negatives.copy())
+
+
+def validation_metrics(config: RunConfig, split: LeaveOneOutSplit) -> dict[str, float]:
+    split = without_test_items(split)
+    release = simulate_release(config, split)
+    users, items = split.train_pairs()
+    history = sp.csr_matrix((np.ones(users.shape[0]), (users, items)), shape=(split.n_users, split.n_items))
+    history.data[:] = 1.0
+    return evaluate_scorer(lambda u: release.score(history[u].toarray()), split, which="val")
+
+
+def choose(base: Mapping[str, Any], split: LeaveOneOutSplit, candidates: Sequence[Mapping[str, Any]]) -> Choice:
+    """The candidate (flat overrides of ``base``) with the best validation criterion;
+    the first one wins ties."""
+    tried: list[dict[str, Any]] = []
+    for overrides in candidates:
+        metrics = validation_metrics(parse_run_config({**base, **overrides}), split)
+        tried.append({**overrides, **{f"val_{k}": v for k, v in metrics.items()}, "criterion": criterion(metrics)})
+    best = max(range(len(tried)), key=lambda k: (tried[k]["criterion"], -k))
+    chosen = dict(candidates[best])
+    return Choice(
+        overrides=chosen,
+        validation={k[4:]: v for k, v in tried[best].items() if k.startswith("val_")},
+        tried=tried,
+    )

@@ -1,0 +1,111 @@
+"""A DP-EASE run end to end: ledger and audit, no-noise equivalence with central EASE,
+the budget stop, and the simulated release matching the per-device run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from opacus.accountants import PRVAccountant
+
+from fedrec.client import simulated_population
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.dpease.central import simulate_release
+from fedrec.dpease.fit import EaseRelease, ease_lambda, select_top_items
+from fedrec.dpease.report import run_ease_and_report
+from fedrec.dpease.run import InProcessStatistics, run_dp_ease
+from fedrec.errors import FedrecError
+from fedrec.models.ease import ease_weights
+from fedrec.privacy.audit import OK, audit_run
+from fedrec.privacy.ledger import LEDGER, read_entries
+from fedrec.results import MODEL, read_arrays
+
+
+def _config(tmp_path: Path, **extra: Any) -> RunConfig:
+    return parse_run_config(
+        {
+            "model": "dp-ease", "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 200,
+            "synthetic-interactions": 12, "num-eval-negatives": 20, "seed": 1, "ledger-key": str(tmp_path / "keys" / "ledger.pem"), **extra,
+        }
+    )
+
+
+def _transport(config: RunConfig) -> InProcessStatistics:
+    return InProcessStatistics(simulated_population(config).split, clipping_norm=config.privacy.clipping_norm)
+
+
+def test_both_releases_are_in_the_ledger_and_the_audit_recomputes_epsilon(tmp_path: Path) -> None:
+    config = _config(tmp_path, epsilon=4.0)
+    out = tmp_path / "run"
+    results = run_ease_and_report(config, out, engine="inprocess")
+    report = audit_run(out)
+    assert report.code == OK, report.problems
+    assert (report.rounds, report.releases, report.closed) == (0, 2, True)
+    z1, z2 = results["noise_multipliers"]
+    direct = PRVAccountant()
+    direct.history = [(z1, 1.0, 1), (z2, 1.0, 1)]
+    expected = direct.get_epsilon(delta=1e-5, eps_error=0.01)
+    assert report.epsilon_prv == pytest.approx(expected, rel=1e-9)
+    assert results["epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert 0.95 * 4.0 < report.epsilon_prv <= 4.0
+    releases = [e for e in read_entries(out / LEDGER).entries if e.get("kind") == "release"]
+    assert [e["mechanism"] for e in releases] == ["gaussian-sum/item-counts", "gaussian-sum/item-cooccurrence-upper"]
+    assert all(e["sample_rate"] == 1.0 and e["clients"] == results["clients"] for e in releases)
+    assert set(json.loads((out / "results.json").read_text())) >= {"hr@10", "full_ndcg@10", "validation", "top_items"}
+
+
+def test_without_noise_the_federated_release_is_central_ease_on_the_same_items(tmp_path: Path) -> None:
+    config = _config(tmp_path, dp="off")
+    transport = _transport(config)
+    release, history, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / "run")
+    assert math.isinf(history.privacy["epsilon"])  # type: ignore[arg-type]
+    # central reference: per-user normalised 0/1 histories, computed directly
+    split = transport.split
+    x = np.zeros((split.n_users, split.n_items))
+    for u in range(split.n_users):
+        x[u, split.train_of(u)] = 1.0
+    n = x.sum(axis=1)
+    counts = (x / np.sqrt(np.maximum(n, 1))[:, None]).sum(axis=0)
+    top = select_top_items(counts, noise_std=0.0, threshold=0.0, max_items=config.ease.max_items)
+    np.testing.assert_array_equal(release.top_items, top)
+    xk = x[:, top]
+    m = xk.sum(axis=1)
+    weight = np.where(m > 0, 1 / np.sqrt(np.maximum(m * (m + 1) / 2, 1)), 0.0)
+    gram = (xk * weight[:, None]).T @ xk
+    lam = ease_lambda(gram, noise_std=0.0, noise_scale=config.ease.lambda_noise, base_scale=config.ease.lambda_base)
+    np.testing.assert_allclose(release.weights, ease_weights(gram, lam), atol=1e-5)
+
+
+def test_the_simulated_release_is_the_per_device_release(tmp_path: Path) -> None:
+    config = _config(tmp_path, epsilon=8.0)
+    out = tmp_path / "run"
+    run_ease_and_report(config, out, engine="inprocess")
+    released = EaseRelease.from_arrays(read_arrays(out / MODEL))
+    simulated = simulate_release(config, simulated_population(config).split)
+    np.testing.assert_array_equal(released.top_items, simulated.top_items)
+    np.testing.assert_allclose(released.weights, simulated.weights, atol=1e-5)
+    np.testing.assert_allclose(released.prior, simulated.prior, atol=1e-5)
+
+
+def test_a_budget_too_small_for_the_second_release_stops_before_it(tmp_path: Path) -> None:
+    # z = 1.2 fixed: one release spends 3.56 at delta 1e-5 (PRV), two 5.31 > 4.5
+    config = _config(tmp_path, epsilon=4.5, **{"noise-multiplier": 1.2})
+    out = tmp_path / "run"
+    results = run_ease_and_report(config, out, engine="inprocess")
+    report = audit_run(out)
+    assert report.code == OK, report.problems
+    assert (report.releases, report.stopped_by_budget) == (1, True)
+    assert results["stopped_by_budget"] and results["top_items"] == 0  # the popularity prior alone
+    assert report.epsilon_prv <= 4.5
+
+
+def test_a_budget_too_small_for_any_release_records_none(tmp_path: Path) -> None:
+    config = _config(tmp_path, epsilon=3.0, **{"noise-multiplier": 1.2})  # one release alone: 3.56
+    with pytest.raises(FedrecError, match="raise epsilon"):
+        run_dp_ease(config, _transport(config), run_dir=tmp_path / "run")
+    entries = read_entries(tmp_path / "run" / LEDGER).entries
+    assert [e["kind"] for e in entries if e["kind"] in ("release", "round")] == []
