@@ -130,10 +130,10 @@ class EaseSettings:
     # ... and at most this many (the Gram is K x K; each device uploads K (K + 1) / 2 values)
     max_items: int = field(default=1500, metadata=_key("ease-max-items", check=_positive))
     # EASE's lambda = noise * noise_std * sqrt(K) + base * mean diagonal of the Gram
-    lambda_noise: float = field(default=4.0, metadata=_key("ease-lambda-noise", check=_non_negative))
+    lambda_noise: float = field(default=2.0, metadata=_key("ease-lambda-noise", check=_non_negative))
     lambda_base: float = field(default=5.0, metadata=_key("ease-lambda-base", check=_positive))
     eigen_floor: float = field(default=0.5, metadata=_key("ease-eigen-floor", check=_non_negative))
-    prior_weight: float = field(default=0.02, metadata=_key("ease-prior-weight", check=_non_negative))
+    prior_weight: float = field(default=0.001, metadata=_key("ease-prior-weight", check=_non_negative))
 
 
 @dataclass(frozen=True)

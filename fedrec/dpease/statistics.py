@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 COUNTS = "item_counts"  # name of the phase-1 array
 GRAM = "gram_upper"  # name of the phase-2 array
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants import PRVAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.rdp import RDPAccountant
 
 from fedrec.errors import PrivacyError
