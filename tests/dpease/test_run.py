@@ -109,3 +109,23 @@ def test_a_budget_too_small_for_any_release_records_none(tmp_path: Path) -> None
         run_dp_ease(config, _transport(config), run_dir=tmp_path / "run")
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     assert [e["kind"] for e in entries if e["kind"] in ("release", "round")] == []
+
+
+def test_fedrec_simulate_runs_dp_ease_and_fedrec_audit_verifies_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    out = tmp_path / "cli-run"
+    settings = {
+        "model": "dp-ease", "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 200,
+        "synthetic-interactions": 12, "num-eval-negatives": 20, "seed": 1, "epsilon": 4.0,
+        "ledger-key": str(tmp_path / "keys" / "ledger.pem"),
+    }
+    args = ["simulate", "--out", str(out)] + [part for k, v in settings.items() for part in ("--set", f"{k}={v}")]
+    runner = CliRunner()
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "federated dp-ease" in result.output
+    assert runner.invoke(app, ["audit", str(out)]).exit_code == 0
+    assert json.loads((out / "results.json").read_text())["epsilon"] <= 4.0
