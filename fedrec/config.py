@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fedrec.data.spec import ID_TYPES, PRESETS, DataSpec, parse_scale, spec_problems
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
 from fedrec.models import ModelConfig
@@ -44,15 +45,58 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 
 @dataclass(frozen=True)
 class DataSettings:
-    dataset: str = field(default="ml-100k", metadata=_key("dataset"))
+    """The data section: which interactions file and how to read it (docs/data.md).
+
+    Empty strings mean "recognise it from the file". The file-layout keys map one to
+    one onto :class:`fedrec.data.spec.DataSpec`.
+    """
+
+    dataset: str = field(default="ml-100k", metadata=_key("dataset"))  # ml-100k, synthetic, or a file path
     data_dir: str = field(default="", metadata=_key("data-dir"))
+    # a rating >= this is a positive (any numeric scale, half stars included)
     rating_threshold: float = field(default=0.0, metadata=_key("rating-threshold"))
+    data_preset: str = field(default="auto", metadata=_key("data-preset", check=_one_of(*PRESETS)))
+    delimiter: str = field(default="", metadata=_key("delimiter"))
+    user_col: str = field(default="", metadata=_key("user-col"))
+    item_col: str = field(default="", metadata=_key("item-col"))
+    rating_col: str = field(default="", metadata=_key("rating-col"))
+    time_col: str = field(default="", metadata=_key("time-col"))
+    id_type: str = field(default="auto", metadata=_key("id-type", check=_one_of(*ID_TYPES)))
+    rating_scale: str = field(default="", metadata=_key("rating-scale"))
+    encoding: str = field(default="utf-8", metadata=_key("encoding"))
+    item_file: str = field(default="", metadata=_key("item-file"))
+    item_id_col: str = field(default="", metadata=_key("item-id-col"))
+    title_col: str = field(default="", metadata=_key("title-col"))
+    genres_col: str = field(default="", metadata=_key("genres-col"))
+    text_col: str = field(default="", metadata=_key("text-col"))
+    year_col: str = field(default="", metadata=_key("year-col"))
+    genre_sep: str = field(default="|", metadata=_key("genre-sep"))
     num_eval_negatives: int = field(default=99, metadata=_key("num-eval-negatives", check=_positive))
     max_users: int = field(default=0, metadata=_key("max-users", check=_non_negative))  # 0 = all
     # dataset = "synthetic": a generated data set of this shape (fedrec.data.synthetic)
     synthetic_users: int = field(default=10_000, metadata=_key("synthetic-users", check=_positive))
     synthetic_items: int = field(default=2_000, metadata=_key("synthetic-items", check=_positive))
     synthetic_interactions: float = field(default=20.0, metadata=_key("synthetic-interactions", check=_positive))
+
+    def spec(self) -> DataSpec:
+        """How to read the file: the layout keys as the loader takes them."""
+        return DataSpec(
+            preset=self.data_preset, delimiter=self.delimiter, user_col=self.user_col, item_col=self.item_col,
+            rating_col=self.rating_col, time_col=self.time_col, id_type=self.id_type, rating_scale=self.rating_scale,
+            encoding=self.encoding, item_file=self.item_file, item_id_col=self.item_id_col, title_col=self.title_col,
+            genres_col=self.genres_col, text_col=self.text_col, year_col=self.year_col, genre_sep=self.genre_sep,
+        )
+
+    def problems(self) -> list[str]:
+        """Cross-key checks of the data section (each single key is checked on parsing)."""
+        problems = [p for p in spec_problems(self.spec()) if not p.startswith(("data-preset", "id-type"))]
+        scale = None if any(p.startswith("rating-scale") for p in problems) else parse_scale(self.rating_scale)
+        if scale and not scale[0] <= self.rating_threshold <= scale[1]:
+            problems.append(
+                f"rating-threshold: {self.rating_threshold:g} is outside rating-scale {self.rating_scale} "
+                "(no rating or every rating would count as positive)"
+            )
+        return problems
 
 
 class ModelFamily(StrEnum):
@@ -273,6 +317,7 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
     except ValueError:
         problems.append(f"mlp-layers: {config.model.mlp_layers!r} is not a comma-separated list of integers")
     d = config.data
+    problems += d.problems()
     if d.dataset == SYNTHETIC:
         problems += SyntheticSpec(
             n_users=d.synthetic_users, n_items=d.synthetic_items, mean_interactions=d.synthetic_interactions

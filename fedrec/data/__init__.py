@@ -1,12 +1,13 @@
-"""Interaction data: loading, validation, splitting, per-user partitions, sampling."""
+"""Interaction data: any interactions file, validation, splitting, per-user partitions, sampling."""
 
 from fedrec.data.interactions import Interactions, ItemMetadata, UserMetadata
-from fedrec.data.loaders import CsvColumns, load_csv, load_movielens_100k
+from fedrec.data.loaders import load_csv, load_movielens_100k
+from fedrec.data.spec import DataSpec
 from fedrec.data.split import ClientData, LeaveOneOutSplit, leave_one_out, sample_negatives
 
 __all__ = [
     "ClientData",
-    "CsvColumns",
+    "DataSpec",
     "Interactions",
     "ItemMetadata",
     "LeaveOneOutSplit",

@@ -18,6 +18,7 @@ class ItemMetadata:
     genre_names: tuple[str, ...]
     genres: np.ndarray  # (n_items, n_genres) float32
     year: np.ndarray  # (n_items,) float32, NaN if unknown
+    texts: tuple[str, ...] | None = None  # free-text content (descriptions), where the item file has it
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Interactions:
     """Implicit-feedback interactions with contiguous indices.
 
     Every array has one entry per interaction. ``user_ids``/``item_ids`` map a
-    contiguous index back to the id in the source file.
+    contiguous index back to the id in the source file: sorted, int64 where every id
+    is a plain integer, else text (see :mod:`fedrec.data.ids`).
     """
 
     name: str

@@ -1,4 +1,4 @@
-"""Loaders: MovieLens 100K in its native format and any interactions CSV/TSV.
+"""Loaders: MovieLens 100K in its native format and any interactions CSV/TSV/Parquet.
 
 Every problem in an input file is reported as a :class:`DataError` that names the
 file and the line, never as a bare traceback. MovieLens is special only in its
@@ -7,17 +7,19 @@ parser; everything downstream sees :class:`Interactions`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fedrec.data.interactions import Interactions, ItemMetadata, UserMetadata
+from fedrec.data.items import read_item_file
+from fedrec.data.reader import read_fast
+from fedrec.data.reference import read_lines, read_reference
+from fedrec.data.spec import NONE, DataSpec, Layout, resolve_layout, spec_problems
 from fedrec.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -25,27 +27,6 @@ logger = logging.getLogger(__name__)
 ML100K = "ml-100k"
 ML100K_FILES = ("u.data", "u.item", "u.user", "u.genre")
 _YEAR = re.compile(r"(\d{4})")
-
-
-@dataclass(frozen=True)
-class CsvColumns:
-    """Column names of an interactions file; rating and timestamp are optional."""
-
-    user: str = "user"
-    item: str = "item"
-    rating: str | None = "rating"
-    timestamp: str | None = "timestamp"
-
-
-def _read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    try:
-        with path.open("r", encoding=encoding, newline="") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line.rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror})") from None
 
 
 def _int_field(value: str, *, what: str, where: str) -> int:
@@ -111,111 +92,59 @@ def _build(
     return data, {int(v): k for k, v in enumerate(item_ids)}
 
 
-def load_csv(
-    path: str | Path,
-    *,
-    columns: CsvColumns = CsvColumns(),
-    delimiter: str | None = None,
-    rating_range: tuple[float, float] | None = None,
-    item_metadata: str | Path | None = None,
-    encoding: str = "utf-8",
-    name: str | None = None,
-) -> Interactions:
-    """Load interactions from a CSV/TSV file with a header row.
+def sibling_item_file(path: Path, layout: Layout, spec: DataSpec) -> Path | None:
+    """MovieLens' ``movies.csv`` beside its ``ratings.csv`` (preset movielens-csv, or auto on its header)."""
+    movielens = spec.preset == "movielens-csv" or (
+        spec.preset == "auto" and layout.user == "userId" and layout.item == "movieId"
+    )
+    candidate = path.parent / "movies.csv"
+    return candidate if movielens and candidate.is_file() and candidate != path else None
 
-    Parameters
-    ----------
-    path
-        The interactions file. The delimiter is guessed from the extension
-        (``.tsv`` is tab, otherwise comma) unless given.
-    columns
-        Header names of the user, item, rating and timestamp columns; rating and
-        timestamp may be ``None`` (every row is then a positive with weight 1 and
-        row order stands in for time).
-    rating_range
-        Inclusive (low, high) bounds; a rating outside them is an error.
-    item_metadata
-        Optional CSV with columns ``item,title,genres,year`` (genres ``|``-separated).
+
+def load_csv(
+    path: str | Path, spec: DataSpec = DataSpec(), *, name: str | None = None, fast: bool = True
+) -> Interactions:
+    """Load interactions from a CSV/TSV (header or not) or Parquet file described by ``spec``.
+
+    Columns not named in ``spec`` are recognised from the header; the choice is in
+    ``result.extra["note"]``. The fast reader handles valid files; a file it declines
+    is read line by line, which names the first bad line (``fast=False`` reads it so
+    from the start: the reference the tests and ``benchmarks/load_speed.py`` compare with).
     """
     path = Path(path)
+    problems = spec_problems(spec)
+    if problems:
+        raise DataError("; ".join(problems))
     if not path.is_file():
-        raise DataError(f"{path}: interactions file not found")
-    sep = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    lines = _read_lines(path, encoding)
-    try:
-        _, header_line = next(lines)
-    except StopIteration:
-        raise DataError(f"{path}: the file is empty (expected a header row)") from None
-    header = next(csv.reader([header_line], delimiter=sep))
-    wanted = [c for c in (columns.user, columns.item, columns.rating, columns.timestamp) if c]
-    missing = [c for c in wanted if c not in header]
-    if missing:
-        raise DataError(
-            f"{path}:1: missing column(s) {', '.join(missing)}; the header has {', '.join(header)} "
-            "(set the column names with --user-col/--item-col/--rating-col/--time-col)"
-        )
-    pos = {c: header.index(c) for c in wanted}
-    rows: list[tuple[int, int, float, int]] = []
-    linenos: list[int] = []
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        fields = next(csv.reader([line], delimiter=sep))
-        if len(fields) < len(header):
-            raise DataError(f"{where}: expected {len(header)} fields, found {len(fields)} (truncated line?)")
-        if not fields[pos[columns.user]].strip():
-            raise DataError(f"{where}: empty user id")
-        user = _int_field(fields[pos[columns.user]], what="user id", where=where)
-        item = _int_field(fields[pos[columns.item]], what="item id", where=where)
-        rating = 1.0
-        if columns.rating:
-            rating = _float_field(fields[pos[columns.rating]], what="rating", where=where)
-            if rating_range and not rating_range[0] <= rating <= rating_range[1]:
-                raise DataError(f"{where}: rating {rating:g} outside {rating_range[0]:g}..{rating_range[1]:g}")
-        stamp = len(rows)
-        if columns.timestamp:
-            stamp = _int_field(fields[pos[columns.timestamp]], what="timestamp", where=where)
-        rows.append((user, item, rating, stamp))
-        linenos.append(lineno)
-    data, item_index = _build(name or path.stem, path, rows, linenos)
-    if item_metadata is not None:
-        data = _with_item_csv(data, Path(item_metadata), item_index, encoding)
-    return data
+        raise DataError(f"{path}: interactions file not found (check dataset and data-dir)")
+    layout = resolve_layout(path, spec)
+    label = name or path.stem
+    data = read_fast(layout, spec, name=label) if fast else None
+    if data is None:
+        if layout.parquet:
+            raise DataError(
+                f"{path}: a column has an empty, negative, non-finite or out-of-scale value, or a duplicate "
+                "(user, item) pair; export it as CSV and run `fedrec data check` on it to find the row"
+            )
+        data = read_reference(layout, spec, name=label)
+    notes = [layout.note]
+    item_path = _item_path(spec.item_file, path) if spec.item_file else sibling_item_file(path, layout, spec)
+    if item_path is not None:
+        meta, note = read_item_file(item_path, spec, data.item_ids, item_col=layout.item)
+        data = replace(data, item_meta=meta)
+        notes.append(note + ("" if spec.item_file else " (found beside the ratings; item-file=none skips it)"))
+    return replace(data, extra={**data.extra, "note": "; ".join(notes)})
 
 
-def _with_item_csv(data: Interactions, path: Path, index: dict[int, int], encoding: str) -> Interactions:
-    lines = _read_lines(path, encoding)
-    try:
-        _, header_line = next(lines)
-    except StopIteration:
-        raise DataError(f"{path}: the item file is empty (expected header item,title,genres,year)") from None
-    header = next(csv.reader([header_line]))
-    if "item" not in header:
-        raise DataError(f"{path}:1: missing column item; the header has {', '.join(header)}")
-    titles = [""] * data.n_items
-    genre_lists: list[list[str]] = [[] for _ in range(data.n_items)]
-    year = np.full(data.n_items, np.nan, dtype=np.float32)
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        row = dict(zip(header, next(csv.reader([line]))))
-        item = _int_field(row.get("item", ""), what="item id", where=where)
-        k = index.get(item)
-        if k is None:
-            continue  # metadata for an item nobody interacted with
-        titles[k] = row.get("title", "")
-        genre_lists[k] = [g for g in row.get("genres", "").split("|") if g]
-        if row.get("year", "").strip():
-            year[k] = _float_field(row["year"], what="year", where=where)
-    names = sorted({g for gs in genre_lists for g in gs})
-    genres = np.zeros((data.n_items, len(names)), dtype=np.float32)
-    for k, gs in enumerate(genre_lists):
-        for g in gs:
-            genres[k, names.index(g)] = 1.0
-    meta = ItemMetadata(titles=tuple(titles), genre_names=tuple(names), genres=genres, year=year)
-    return replace(data, item_meta=meta)
+def _item_path(item_file: str, interactions: Path) -> Path | None:
+    if item_file.lower() == NONE:
+        return None
+    path = Path(item_file).expanduser()
+    if not path.is_file() and not path.is_absolute() and (interactions.parent / path).is_file():
+        path = interactions.parent / path  # named relative to the interactions file
+    if not path.is_file():
+        raise DataError(f"item file {item_file!r} not found (item-file; relative to the working folder or the data)")
+    return path
 
 
 def load_movielens_100k(data_dir: str | Path) -> Interactions:
@@ -237,7 +166,7 @@ def load_movielens_100k(data_dir: str | Path) -> Interactions:
             "(The licence forbids redistributing these files, so fedrec never ships them.)"
         )
     genre_names: list[str] = []
-    for lineno, line in _read_lines(root / "u.genre", "latin-1"):
+    for lineno, line in read_lines(root / "u.genre", "latin-1"):
         if line.strip():
             name, _, idx = line.partition("|")
             if not idx.strip().isdigit() or int(idx) != len(genre_names):
@@ -245,7 +174,7 @@ def load_movielens_100k(data_dir: str | Path) -> Interactions:
             genre_names.append(name)
     item_rows: dict[int, tuple[str, float, np.ndarray]] = {}
     item_path = root / "u.item"
-    for lineno, line in _read_lines(item_path, "latin-1"):
+    for lineno, line in read_lines(item_path, "latin-1"):
         where = f"{item_path}:{lineno}"
         fields = line.split("|")
         if len(fields) != 5 + len(genre_names):
@@ -257,7 +186,7 @@ def load_movielens_100k(data_dir: str | Path) -> Interactions:
     rows: list[tuple[int, int, float, int]] = []
     linenos: list[int] = []
     data_path = root / "u.data"
-    for lineno, line in _read_lines(data_path, "latin-1"):
+    for lineno, line in read_lines(data_path, "latin-1"):
         if not line.strip():
             continue
         where = f"{data_path}:{lineno}"
@@ -289,7 +218,7 @@ def load_movielens_100k(data_dir: str | Path) -> Interactions:
 
 def _load_ml_users(path: Path, user_ids: np.ndarray) -> UserMetadata:
     by_id: dict[int, tuple[float, str, str]] = {}
-    for lineno, line in _read_lines(path, "latin-1"):
+    for lineno, line in read_lines(path, "latin-1"):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

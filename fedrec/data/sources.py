@@ -5,7 +5,7 @@ central baselines, the Flower client and the server alike (so all see the same s
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k
+from fedrec.data.spec import NONE, DataSpec
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec, generate
 from fedrec.errors import DataError
@@ -28,16 +29,43 @@ class PreparedData:
     split: LeaveOneOutSplit
 
 
-def load_interactions(dataset: str, data_dir: str = "") -> Interactions:
-    """``dataset`` is ``ml-100k`` or a path to an interactions CSV/TSV file."""
-    if dataset == ML100K:
-        return load_movielens_100k(resolve_data_dir(data_dir or None))
-    path = Path(dataset)
-    if not path.is_absolute() and data_dir:
-        path = Path(data_dir) / path
+def is_ml100k(dataset: str, spec: DataSpec, data_dir: str = "") -> bool:
+    path = _within(dataset, data_dir)
+    return dataset == ML100K or spec.preset == ML100K or path.name == "u.data" or (path / "u.data").is_file()
+
+
+def load_interactions(dataset: str, data_dir: str = "", spec: DataSpec = DataSpec()) -> Interactions:
+    """``dataset`` is ``ml-100k`` or a path (relative to ``data_dir`` if given) to an interactions file.
+
+    ``spec`` describes the file (columns, delimiter, item file, ...); the note on which
+    columns were taken is in ``result.extra["note"]``.
+    """
+    if is_ml100k(dataset, spec, data_dir):
+        if dataset == ML100K:
+            root = resolve_data_dir(data_dir or None)
+        else:
+            root = _within(dataset, data_dir)
+            root = root.parent if root.is_file() else root
+        data = load_movielens_100k(root)
+        return replace(data, extra={**data.extra, "note": f"{ML100K}: u.data, u.item, u.user from {root} (preset ml-100k)"})
+    path = _within(dataset, data_dir)
     if not path.is_file():
-        raise DataError(f"dataset {dataset!r}: not '{ML100K}' and no such interactions file ({path})")
-    return load_csv(path)
+        raise DataError(f"dataset {dataset!r}: not '{ML100K}' and no such interactions file ({path}); check dataset and data-dir")
+    if spec.item_file and spec.item_file.lower() != NONE and data_dir:
+        inside = _within(spec.item_file, data_dir)
+        if inside.is_file():
+            spec = replace(spec, item_file=str(inside))
+    return load_csv(path, spec)
+
+
+def _within(name: str, data_dir: str) -> Path:
+    path = Path(name).expanduser()
+    return Path(data_dir) / path if not path.is_absolute() and data_dir else path
+
+
+def load_dataset(settings: DataSettings) -> Interactions:
+    """The interactions a run's data section describes (before the positive threshold)."""
+    return load_interactions(settings.dataset, settings.data_dir, settings.spec())
 
 
 @functools.lru_cache(maxsize=4)
@@ -54,7 +82,7 @@ def prepare(settings: DataSettings, *, seed: int) -> PreparedData:
         )
         data = generate(spec, rng=np.random.default_rng([seed, 4]))
     else:
-        data = load_interactions(settings.dataset, settings.data_dir)
+        data = load_dataset(settings)
     data = data.positives(settings.rating_threshold)
     if settings.max_users and settings.max_users < data.n_users:
         chosen = np.sort(np.random.default_rng([seed, 1]).choice(data.n_users, size=settings.max_users, replace=False))

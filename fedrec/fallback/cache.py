@@ -27,6 +27,8 @@ def inputs_digest(meta: ItemMetadata, config: FeatureConfig) -> str:
     """SHA-256 over the item content and the feature settings."""
     h = hashlib.sha256()
     h.update(json.dumps({"titles": list(meta.titles), "genre_names": list(meta.genre_names)}).encode())
+    if meta.texts is not None:
+        h.update(json.dumps({"texts": list(meta.texts)}).encode())
     h.update(np.ascontiguousarray(meta.genres, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(meta.year, dtype=np.float32).tobytes())
     h.update(json.dumps({**asdict(config), "encoder": encoder_version(config.text)}, sort_keys=True).encode())

@@ -140,6 +140,13 @@ def text_vectors(titles: Sequence[str], text: str) -> np.ndarray:
     return tfidf_titles(titles)
 
 
+def documents(meta: ItemMetadata) -> list[str]:
+    """The text of each item: its cleaned title, then its free-text content if the item file has one."""
+    if meta.texts is None:
+        return list(meta.titles)
+    return [f"{clean_title(t)} {d}".strip() for t, d in zip(meta.titles, meta.texts)]
+
+
 def build_item_vectors(meta: ItemMetadata, config: FeatureConfig) -> np.ndarray:
     """(n_items, d) unit-norm content vectors: [genres | year | title text], weighted.
 
@@ -148,7 +155,7 @@ def build_item_vectors(meta: ItemMetadata, config: FeatureConfig) -> np.ndarray:
     blocks = [
         config.genre_weight * l2_rows(meta.genres.astype(np.float32)),
         config.year_weight * l2_rows(year_features(meta.year)),
-        config.text_weight * l2_rows(text_vectors(meta.titles, config.text)),
+        config.text_weight * l2_rows(text_vectors(documents(meta), config.text)),
     ]
     return l2_rows(np.concatenate(blocks, axis=1).astype(np.float32))
 

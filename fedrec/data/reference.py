@@ -1,0 +1,116 @@
+"""The slow, obvious reader: one line at a time with the ``csv`` module.
+
+It is the definition of a valid interactions file. The fast reader
+(:mod:`fedrec.data.reader`) must agree with it; when the fast reader meets anything it
+does not accept, the file is read again here, which either names the first bad line
+(``file:line: what is wrong``) or returns the data. Tests compare the two readers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.data import ids
+from fedrec.data.interactions import Interactions
+from fedrec.data.spec import DataSpec, Layout
+from fedrec.errors import DataError
+
+MAX_STAMP = 2**62
+
+
+def read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    try:
+        with path.open("r", encoding=encoding, newline="") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line.rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); set encoding= (e.g. latin-1)"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def float_field(value: str, *, what: str, where: str) -> float:
+    try:
+        out = float(value.strip())
+    except ValueError:
+        raise DataError(f"{where}: {what} {value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise DataError(f"{where}: {what} {value!r} is not finite")
+    return out
+
+
+def stamp_field(value: str, *, where: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise DataError(f"{where}: timestamp {value!r} is not an integer (seconds since 1970; time-col=none drops it)")
+    out = int(text)
+    if out >= MAX_STAMP:
+        raise DataError(f"{where}: timestamp {out} is out of range (0 .. 2^62)")
+    return out
+
+
+def read_reference(layout: Layout, spec: DataSpec, *, name: str) -> Interactions:
+    """Read ``layout.path`` line by line; a :class:`DataError` names the first bad line."""
+    path = layout.path
+    lines = read_lines(path, spec.encoding)
+    if layout.header:
+        next(lines, None)
+    pos = {c: layout.names.index(c) for c in layout.used()}
+    scale = spec.scale()
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[int] = []
+    linenos: list[int] = []
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            fields = next(csv.reader([line], delimiter=layout.delimiter))
+        except csv.Error as err:
+            raise DataError(f"{where}: not a valid delimited line ({err})") from None
+        if len(fields) < len(layout.names):
+            raise DataError(f"{where}: expected {len(layout.names)} fields, found {len(fields)} (truncated line?)")
+        user, item = fields[pos[layout.user]].strip(), fields[pos[layout.item]].strip()
+        if not user:
+            raise DataError(f"{where}: empty user id")
+        if not item:
+            raise DataError(f"{where}: empty item id")
+        rating = 1.0
+        if layout.rating:
+            rating = float_field(fields[pos[layout.rating]], what="rating", where=where)
+            if scale and not scale[0] <= rating <= scale[1]:
+                raise DataError(f"{where}: rating {rating:g} outside {scale[0]:g}..{scale[1]:g} (rating-scale)")
+        stamp = len(users)
+        if layout.timestamp:
+            stamp = stamp_field(fields[pos[layout.timestamp]], where=where)
+        users.append(user)
+        items.append(item)
+        ratings.append(rating)
+        stamps.append(stamp)
+        linenos.append(lineno)
+    if not users:
+        raise DataError(f"{path}: no interactions found (the file has no data rows)")
+    user_ids, user_index = ids.encode(np.asarray(users, dtype=str), id_type=spec.id_type)
+    item_ids, item_index = ids.encode(np.asarray(items, dtype=str), id_type=spec.id_type)
+    seen: dict[tuple[int, int], int] = {}
+    for u, i, line in zip(user_index.tolist(), item_index.tolist(), linenos):
+        first = seen.setdefault((u, i), line)
+        if first != line:
+            raise DataError(
+                f"{path}:{line}: duplicate interaction (user {user_ids[u]}, item {item_ids[i]}) also on line {first}; "
+                "keep one row per user and item"
+            )
+    return Interactions(
+        name=name, users=user_index, items=item_index,
+        ratings=np.asarray(ratings, dtype=np.float32), timestamps=np.asarray(stamps, dtype=np.int64),
+        user_ids=user_ids, item_ids=item_ids,
+    )
