@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.data import CsvColumns, load_csv, load_movielens_100k
+from fedrec.data import DataSpec, load_csv, load_movielens_100k
 from fedrec.errors import DataError
 
 
@@ -32,7 +32,8 @@ def write(tmp_path: Path, text: str, name: str = "x.csv") -> Path:
 def test_csv_with_custom_columns_and_metadata(tmp_path: Path) -> None:
     path = write(tmp_path, "uid,iid,score,ts\n10,7,4,100\n10,8,5,101\n11,7,3,99\n")
     meta = write(tmp_path, "item,title,genres,year\n7,Seven,Crime|Drama,1995\n8,Eight,,\n", "items.csv")
-    data = load_csv(path, columns=CsvColumns(user="uid", item="iid", rating="score", timestamp="ts"), item_metadata=meta)
+    spec = DataSpec(user_col="uid", item_col="iid", rating_col="score", time_col="ts", item_file=str(meta))
+    data = load_csv(path, spec)
     assert (data.n_users, data.n_items, len(data)) == (2, 2, 3)
     assert data.user_ids.tolist() == [10, 11] and data.item_ids.tolist() == [7, 8]
     assert data.item_meta is not None and data.item_meta.genre_names == ("Crime", "Drama")
@@ -41,28 +42,28 @@ def test_csv_with_custom_columns_and_metadata(tmp_path: Path) -> None:
 
 def test_tsv_without_ratings_or_time(tmp_path: Path) -> None:
     path = write(tmp_path, "user\titem\n1\t2\n1\t3\n", "x.tsv")
-    data = load_csv(path, columns=CsvColumns(rating=None, timestamp=None))
+    data = load_csv(path)
     assert data.ratings.tolist() == [1.0, 1.0] and data.timestamps.tolist() == [0, 1]
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("user,item\n1,2\n", r"x.csv:1: missing column\(s\) rating, timestamp"),
-        ("user,item,rating,timestamp\n1,abc,4,5\n", r"x.csv:2: item id 'abc' is not an integer"),
-        ("user,item,rating,timestamp\n1,2,9,5\n", r"x.csv:2: rating 9 outside 1..5"),
+        ("user,item,rating,timestamp\n1,2,4,x\n", r"x.csv:2: timestamp 'x' is not an integer"),
+        ("user,item,rating,timestamp\n1,2,9,5\n", r"x.csv:2: rating 9 outside 1..5 \(rating-scale\)"),
         ("user,item,rating,timestamp\n1,2,4,5\n1,3,4,5\n1,2,3,6\n", r"x.csv:4: duplicate interaction .* line 2"),
         ("user,item,rating,timestamp\n,2,4,5\n", r"x.csv:2: empty user id"),
         ("user,item,rating,timestamp\n1,2,4\n", r"x.csv:2: expected 4 fields, found 3"),
         ("user,item,rating,timestamp\n1,2,nan,5\n", r"x.csv:2: rating 'nan' is not finite"),
         ("user,item,rating,timestamp\n", r"no interactions found"),
-        ("", r"the file is empty"),
+        ("", r"x.csv:1: the first line is empty"),
+        ("when,what\n1,2\n", r"x.csv:1: no user or item column recognised .* user-col=COLUMN and item-col=COLUMN"),
     ],
 )
 def test_malformed_csv_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(DataError, match=message):
-        load_csv(path, rating_range=(1, 5))
+        load_csv(path, DataSpec(rating_scale="1..5"))
 
 
 def test_wrong_encoding_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,7 +10,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.data import CsvColumns, load_csv
+from fedrec.data import DataSpec, load_csv
+from fedrec.data.reader import read_fast
+from fedrec.data.reference import read_reference
+from fedrec.data.spec import resolve_layout
 from fedrec.errors import DataError
 
 HEADER = b"user,item,rating,timestamp\n"
@@ -25,15 +28,20 @@ CELLS = st.one_of(
 ROWS = st.lists(st.lists(CELLS, min_size=0, max_size=6).map(lambda cells: b",".join(cells)), max_size=8)
 
 
-def load_bytes(data: bytes, **kwargs: object) -> object:
+def load_bytes(data: bytes, spec: DataSpec = DataSpec()) -> object:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.csv"
         path.write_bytes(data)
         try:
-            return load_csv(path, **kwargs)  # type: ignore[arg-type]
+            return load_csv(path, spec)
         except DataError as err:
             assert str(err) and "\n" not in str(err)  # one line that names the problem
             return err
+
+
+def same(a, b) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in
+               ("users", "items", "ratings", "timestamps", "user_ids", "item_ids"))
 
 
 @settings(max_examples=150, deadline=None)
@@ -44,9 +52,26 @@ def test_arbitrary_bytes_load_or_raise_data_error(data: bytes) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(rows=ROWS, rating_range=st.sampled_from([None, (1.0, 5.0)]))
-def test_rows_of_near_valid_cells_load_or_raise_data_error(rows: list[bytes], rating_range) -> None:
-    load_bytes(HEADER + b"\n".join(rows) + b"\n", rating_range=rating_range)
+@given(rows=ROWS, scale=st.sampled_from(["", "1..5"]), id_type=st.sampled_from(["auto", "string"]))
+def test_rows_of_near_valid_cells_load_or_raise_data_error(rows: list[bytes], scale: str, id_type: str) -> None:
+    load_bytes(HEADER + b"\n".join(rows) + b"\n", DataSpec(rating_scale=scale, id_type=id_type))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=ROWS, id_type=st.sampled_from(["auto", "string"]))
+def test_fast_reader_accepts_only_what_the_reference_accepts(rows: list[bytes], id_type: str) -> None:
+    """Whatever the fast reader accepts, the line-by-line reference reads to the same arrays."""
+    spec = DataSpec(id_type=id_type)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.csv"
+        path.write_bytes(HEADER + b"\n".join(rows) + b"\n")
+        try:
+            layout = resolve_layout(path, spec)
+        except DataError:
+            return
+        fast = read_fast(layout, spec, name="x")
+        if fast is not None:
+            assert same(fast, read_reference(layout, spec, name="x"))
 
 
 INTERACTIONS = st.lists(
@@ -64,7 +89,9 @@ def test_valid_files_round_trip(rows, tsv: bool, with_time: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ("x.tsv" if tsv else "x.csv")
         path.write_text("\n".join(lines) + "\n")
-        data = load_csv(path, columns=CsvColumns(timestamp="timestamp" if with_time else None))
+        data = load_csv(path)
+        slow = load_csv(path, fast=False)
+    assert same(data, slow)
     assert len(data) == len(rows)
     got = sorted(
         zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist(), data.ratings.tolist(),

@@ -22,7 +22,7 @@ from fedrec.results import write_atomic
 MAX_INT_ID = 2**62
 USER_IDS = "user_ids.csv"
 ITEM_IDS = "item_ids.csv"
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def is_int_id(text: str) -> bool:

@@ -1,16 +1,17 @@
-"""The fast reader: pandas' C parser for CSV/TSV, pyarrow for Parquet, numpy checks.
+"""The fast reader: pyarrow's multi-threaded CSV and Parquet readers, numpy checks.
 
-Chosen on ``benchmarks/load_speed.py``. It reads only the four columns it needs,
-straight into typed arrays, and checks them vectorised. It accepts a file only when
-every check passes; on anything else it returns ``None`` and the caller reads the file
-again with the line-by-line reference (:mod:`fedrec.data.reference`), which names the
-bad line. So a valid file is fast and a bad one still gets ``file:line: what``.
+Chosen on ``benchmarks/load_speed.py``: pandas' C parser is about as fast, but it
+reads ``1.0`` or ``1e3`` into an int64 column, where pyarrow's typed parsing is as
+strict as the reference. It reads only the columns it needs, straight into typed
+arrays, and checks them vectorised. It accepts a file only when every check passes;
+on anything else it returns ``None`` and the caller reads the file again with the
+line-by-line reference (:mod:`fedrec.data.reference`), which names the bad line. So a
+valid file is fast and a bad one still gets ``file:line: what is wrong``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,88 +20,86 @@ from fedrec.data import ids
 from fedrec.data.interactions import Interactions
 from fedrec.data.reference import MAX_STAMP
 from fedrec.data.spec import DataSpec, Layout
-from fedrec.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# What pandas and pyarrow raise on a file they cannot parse (ParserError, EmptyDataError
-# and UnicodeDecodeError are ValueErrors; pyarrow's ArrowInvalid is one too).
-_PARSE_ERRORS = (ValueError, TypeError, OverflowError, IndexError, KeyError)
+# What pyarrow raises on a file it cannot parse (ArrowInvalid is a ValueError).
+_PARSE_ERRORS = (ValueError, TypeError, OverflowError, IndexError, KeyError, NotImplementedError)
 
 
 def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str, np.ndarray]:
-    id_dtype: Any = str if text_ids else np.int64
-    dtypes: dict[str, Any] = {layout.user: id_dtype, layout.item: id_dtype}
-    if layout.rating:
-        dtypes[layout.rating] = np.float64
-    if layout.timestamp:
-        dtypes[layout.timestamp] = np.int64
-    if layout.parquet:
-        return _read_parquet(layout, dtypes)
-    frame = pd.read_csv(
-        layout.path, sep=layout.delimiter, header=0 if layout.header else None,
-        names=None if layout.header else list(layout.names), usecols=list(dtypes), dtype=dtypes,
-        encoding=spec.encoding, engine="c", skip_blank_lines=True, keep_default_na=False, na_values=[""],
-        on_bad_lines="error", low_memory=False,
-    )
-    return {name: frame.pop(name).to_numpy() for name in dtypes}
-
-
-def _read_parquet(layout: Layout, dtypes: dict[str, Any]) -> dict[str, np.ndarray]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
 
-    table = pq.read_table(layout.path, columns=list(dtypes))
+    id_type = pa.string() if text_ids else pa.int64()
+    types = {layout.user: id_type, layout.item: id_type}
+    if layout.rating:
+        types[layout.rating] = pa.float64()
+    if layout.timestamp:
+        types[layout.timestamp] = pa.int64()
+    if layout.parquet:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(layout.path, columns=list(types)).cast(pa.schema(list(types.items())))
+    else:
+        table = pa_csv.read_csv(
+            layout.path,
+            read_options=pa_csv.ReadOptions(
+                encoding=spec.encoding, column_names=None if layout.header else list(layout.names),
+                block_size=1 << 24,
+            ),
+            parse_options=pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=list(types), column_types=types, null_values=[""], strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
     out: dict[str, np.ndarray] = {}
-    for name, dtype in dtypes.items():
+    for name, kind in types.items():
         column = table.column(name)
-        if dtype is str:
-            column = column.cast(pa.string())
-        elif column.null_count:
+        table = table.drop_columns([name])  # each column is freed once copied out
+        if column.null_count:
             raise ValueError(f"column {name} has empty values")
-        out[name] = column.to_numpy(zero_copy_only=False)
-        if dtype is not str:
-            out[name] = out[name].astype(dtype, casting="safe" if out[name].dtype.kind in "iu" else "unsafe")
+        if kind == pa.string():
+            column = pc.utf8_trim_whitespace(column)
+            if column.length() and pc.min(pc.utf8_length(column)).as_py() == 0:
+                raise ValueError(f"column {name} has empty values")
+            out[name] = column.to_numpy(zero_copy_only=False)
+        else:
+            out[name] = column.to_numpy()
+        del column
     return out
 
 
-def _ids_ok(raw: np.ndarray) -> tuple[np.ndarray | None, bool]:
-    """Checked id column (stripped text, or int64 in range) or None if a value is bad."""
-    if raw.dtype.kind in "iu":
-        if raw.shape[0] and (raw.min() < 0 or raw.max() >= ids.MAX_INT_ID):
-            return None, False
-        return raw, True
-    text = pd.Series(raw, dtype=object)
-    if text.isna().any():
-        return None, False
-    stripped = text.str.strip()
-    if (stripped.str.len() == 0).any():
-        return None, False
-    return stripped.to_numpy(dtype=object), True
+def _ids_ok(raw: np.ndarray) -> bool:
+    """Integer ids must lie in 0 .. 2^62 (text ids are checked while reading)."""
+    return raw.dtype.kind not in "iu" or not raw.shape[0] or bool(raw.min() >= 0 and raw.max() < ids.MAX_INT_ID)
+
+
+def _columns(layout: Layout, spec: DataSpec) -> dict[str, np.ndarray] | None:
+    text_ids = spec.id_type == "string"
+    try:
+        return _read_columns(layout, spec, text_ids=text_ids)
+    except _PARSE_ERRORS as err:
+        if text_ids:
+            logger.info("fast reader declined %s (%s)", layout.path.name, type(err).__name__)
+            return None
+    try:  # integer parsing failed: text ids (SKUs, UUIDs), or a bad line
+        return _read_columns(layout, spec, text_ids=True)
+    except _PARSE_ERRORS as err:
+        logger.info("fast reader declined %s (%s)", layout.path.name, type(err).__name__)
+        return None
 
 
 def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | None:
     """The file's interactions, or ``None`` if any check fails (then read the reference)."""
-    text_ids = spec.id_type == "string"
-    try:
-        columns = _read_columns(layout, spec, text_ids=text_ids)
-    except _PARSE_ERRORS as err:
-        if text_ids:
-            logger.info("fast reader declined %s (%s)", layout.path, type(err).__name__)
-            return None
-        try:  # integer parsing failed: text ids (SKUs, UUIDs) or a bad line
-            columns = _read_columns(layout, spec, text_ids=True)
-        except _PARSE_ERRORS as err2:
-            logger.info("fast reader declined %s (%s)", layout.path, type(err2).__name__)
-            return None
-    except DataError:
-        raise
-    n = columns[layout.user].shape[0]
-    if n == 0:
+    columns = _columns(layout, spec)
+    if columns is None:
         return None
-    user_raw, ok_u = _ids_ok(columns.pop(layout.user))
-    item_raw, ok_i = _ids_ok(columns.pop(layout.item))
-    if not (ok_u and ok_i) or user_raw is None or item_raw is None:
+    user_raw, item_raw = columns.pop(layout.user), columns.pop(layout.item)
+    n = user_raw.shape[0]
+    if n == 0 or not (_ids_ok(user_raw) and _ids_ok(item_raw)):
         return None
     if layout.rating:
         rating = columns.pop(layout.rating)
@@ -132,5 +131,5 @@ def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | No
 
 
 def _has_duplicates(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
-    key = users * n_items + items  # < n_users * n_items, which fits in int64 for any real data set
+    key = users * n_items + items  # < n_users * n_items, within int64 for any real data set
     return bool(pd.Series(key, copy=False).duplicated().any())

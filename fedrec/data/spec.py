@@ -137,13 +137,15 @@ class Layout:
 
 def _first_line(path: Path, encoding: str) -> str:
     try:
-        with path.open("r", encoding=encoding, newline="", errors="strict") as fh:
-            line = fh.readline(1 << 20)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}:1: not valid {encoding} text ({err.reason}); set encoding= (e.g. latin-1)") from None
+        with path.open("rb") as fh:
+            raw = fh.readline(1 << 20)
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
-    return line.lstrip("\ufeff").rstrip("\r\n")
+    try:
+        line = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:1: not valid {encoding} text ({err.reason}); set encoding= (e.g. latin-1)") from None
+    return re.split(r"\r\n|\r|\n", line.lstrip("\ufeff"), maxsplit=1)[0]
 
 
 def _delimiter(spec: DataSpec, path: Path, line: str) -> str:
@@ -206,7 +208,10 @@ def resolve_layout(path: Path, spec: DataSpec) -> Layout:
         if not line.strip():
             raise DataError(f"{path}:1: the first line is empty (expected a header such as user,item,rating,timestamp)")
         delimiter = _delimiter(spec, path, line)
-        names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter))]
+        try:
+            names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter))]
+        except csv.Error as err:
+            raise DataError(f"{path}:1: not a valid first line ({err})") from None
         header = not all(_is_number(n) for n in names if n)
         if not header:  # headerless: user, item[, rating][, timestamp] by position (as u.data)
             names = [str(k + 1) for k in range(len(names))]
