@@ -11,6 +11,7 @@ from fedrec.baselines import ItemKNN, Popularity
 from fedrec.centralized import train_centralized
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
+from fedrec.data.sources import write_run_ids
 from fedrec.evaluation import evaluate_scorer
 from fedrec.results import CURVES, RESULTS, plot_curves, write_json
 
@@ -52,5 +53,6 @@ def run_baselines(
         out_dir / CURVES, central.curve, x="epoch", title=f"{central_name} on {config.data.dataset}",
         references={f"{name} (test): {m}": models[name][m] for name in ("popularity", "item-knn") for m in ("hr@10", "ndcg@10")},
     )
+    write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
     write_json(out_dir / RESULTS, results)
     return results

@@ -78,6 +78,15 @@ def _load_config(config: Path | None, overrides: list[str] | None, data: Path | 
     return parse_run_config(values)
 
 
+def _data_note(run_config: RunConfig) -> None:
+    """Say which columns of the user's file a command takes (read from its first line only)."""
+    from fedrec.data.sources import describe
+
+    note = describe(run_config.data)
+    if note:
+        console.print(f"[dim]data: {note}[/]")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -133,6 +142,7 @@ def simulate(
             run_config, out = parse_run_config(flat), resume
         else:
             run_config = _load_config(config, set_, data)
+            _data_note(run_config)
         runner = _engine(engine)
         if ray_address and engine != "flower":
             raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
@@ -178,6 +188,7 @@ def centralized(
     _setup_logging(verbose)
     with _errors():
         run_config = _load_config(config, set_, data)
+        _data_note(run_config)
         from fedrec.baselines_run import run_baselines
 
         with _progress() as progress:
@@ -209,6 +220,7 @@ def sweep(
         from fedrec.sweep import run_sweep
 
         base = _load_config(config, set_, data)
+        _data_note(base)
         try:
             eps = [float(e) for e in epsilons.split(",")]
             pops = [int(u) for u in users.split(",")]
@@ -298,6 +310,7 @@ def audit_empirical(
         from fedrec.privacy.canaries import AuditSettings, run_empirical_audit
 
         run_config = _load_config(config, set_, data)
+        _data_note(run_config)
         with _progress() as progress:
             task = progress.add_task("training with canaries", total=run_config.federation.num_rounds, status="")
 
@@ -342,7 +355,7 @@ def coldstart_eval(
     """
     _setup_logging(verbose)
     with _errors():
-        from fedrec.data.sources import load_interactions
+        from fedrec.data.sources import load_dataset
         from fedrec.fallback.coldstart_run import CSV_NAME, PLOT_NAME, ColdStartConfig, run_coldstart_eval
 
         values: dict[str, Any] = {"num-rounds": 20, "clients-per-round": 50, "eval-every": 0, "dp": "off", "seed": seed}
@@ -361,8 +374,8 @@ def coldstart_eval(
             reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated,
             first_rounds=first_rounds, seed=seed,
         )
-        d = run_config.data
-        interactions = load_interactions(d.dataset, d.data_dir).positives(d.rating_threshold)
+        _data_note(run_config)
+        interactions = load_dataset(run_config.data).positives(run_config.data.rating_threshold)
         with console.status("cold start") as status:
             results = run_coldstart_eval(
                 interactions, out_dir=out.resolve(), config=settings, federated_config=run_config,
@@ -390,8 +403,12 @@ def coldstart_eval(
 
 @app.command("serve-fallback")
 def serve_fallback(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     data: DataOpt = None,
-    dataset: Annotated[str, typer.Option(help="ml-100k or an interactions file with item metadata.")] = "ml-100k",
+    dataset: Annotated[
+        str | None, typer.Option(help="ml-100k or an interactions file (its item file: --set item-file=PATH).")
+    ] = None,
     text: Annotated[str, typer.Option(help="Title encoder: tfidf (light) or minilm.")] = "tfidf",
     run_dir: Annotated[Path, typer.Option(help="Folder for the item-vector cache.")] = Path("runs/fallback"),
     tuned: Annotated[Path | None, typer.Option(help="results.json of coldstart-eval: use its tuned blend.")] = None,
@@ -401,10 +418,14 @@ def serve_fallback(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Serve the cold-start fallback over HTTP: POST /recommend, GET /health."""
+    """Serve the cold-start fallback over HTTP: POST /recommend, GET /health.
+
+    The catalogue comes from the data section (--config/--set, as for simulate): the
+    item file gives titles, genres and text; ids are the data set's own.
+    """
     _setup_logging(verbose)
     with _errors():
-        from fedrec.data.sources import load_interactions
+        from fedrec.data.sources import load_dataset
         from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
         from fedrec.fallback.service import create_app, serve
 
@@ -414,8 +435,10 @@ def serve_fallback(
                 raise FedrecError(f"{tuned} has no tuned blend for text encoder {text!r}; run coldstart-eval with --text {text}")
             popularity_weight, smoothing = float(chosen["popularity_weight"]), float(chosen["smoothing"])
         blend = BlendConfig(popularity_weight=popularity_weight, smoothing=smoothing)
-        directory = str(resolve_data_dir(data)) if dataset == "ml-100k" or data else ""
-        catalog = build_catalog(load_interactions(dataset, directory), features=FeatureConfig(text=text), run_dir=run_dir.resolve())
+        run_config = _load_config(config, [*(set_ or []), *([f"dataset={dataset}"] if dataset else [])], data)
+        _data_note(run_config)
+        loaded = load_dataset(run_config.data).positives(run_config.data.rating_threshold)
+        catalog = build_catalog(loaded, features=FeatureConfig(text=text), run_dir=run_dir.resolve())
         console.print(f"serving {catalog.n_items} items on http://{host}:{port} (POST /recommend, GET /health)")
         serve(create_app(catalog, ContentRecommender(catalog, blend)), host=host, port=port)
 
@@ -436,21 +459,63 @@ def data_fetch(
         console.print(f"MovieLens 100K is in {path}; now export FEDREC_DATA_DIR={target.resolve()}")
 
 
-@data_app.command("check")
+@data_app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def data_check(
-    dataset: Annotated[str, typer.Argument(help="ml-100k or a path to an interactions CSV/TSV.")] = "ml-100k",
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Argument(help="ml-100k or an interactions file (CSV, TSV or Parquet).")] = "ml-100k",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     data: DataOpt = None,
 ) -> None:
-    """Load and validate a data set; print its size."""
-    with _errors():
-        from fedrec.data.sources import load_interactions
+    """Load and validate a data set; say which columns were taken and print its size.
 
+    Every key of the data section is also a flag here: --user-col COLUMN, --item-col,
+    --rating-col, --time-col, --delimiter, --data-preset, --id-type, --rating-scale,
+    --rating-threshold, --encoding, --item-file, --item-id-col, --title-col,
+    --genres-col, --text-col, --year-col, --genre-sep (docs/data.md).
+    """
+    with _errors():
+        from fedrec.data.sources import load_dataset
+
+        flags = _data_flags(list(ctx.args))
+        values = [*(set_ or []), f"dataset={dataset}", *(f"{k}={v}" for k, v in flags.items())]
+        run_config = _load_config(config, values, data)
+        d = run_config.data
         started = time.perf_counter()
-        loaded = load_interactions(dataset, str(resolve_data_dir(data)) if dataset == "ml-100k" or data else "")
+        loaded = load_dataset(d)
+        seconds = time.perf_counter() - started
+        if loaded.extra.get("note"):
+            console.print(f"[dim]{loaded.extra['note']}[/]")
+        positives = loaded.positives(d.rating_threshold)
         console.print(
             f"{loaded.name}: {len(loaded)} interactions, {loaded.n_users} users, {loaded.n_items} items "
-            f"(checked in {time.perf_counter() - started:.2f} s)"
+            f"(checked in {seconds:.2f} s); {len(positives)} positives with rating >= {d.rating_threshold:g}"
         )
+        if loaded.item_meta is not None:
+            titled = sum(1 for t in loaded.item_meta.titles if t)
+            console.print(f"item content: {titled} titles, {len(loaded.item_meta.genre_names)} genres")
+
+
+def _data_flags(args: list[str]) -> dict[str, str]:
+    """``--user-col userId`` / ``--user-col=userId`` for every key of the data section."""
+    from fedrec.config import data_keys
+
+    keys = data_keys()
+    out: dict[str, str] = {}
+    k = 0
+    while k < len(args):
+        arg = args[k]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in keys:
+            raise FedrecError(f"unknown option {arg!r}; the data flags are --{', --'.join(sorted(keys))}")
+        if not eq:
+            if k + 1 >= len(args):
+                raise FedrecError(f"--{name} needs a value")
+            k += 1
+            value = args[k]
+        out[name] = value
+        k += 1
+    return out
 
 
 def main() -> None:

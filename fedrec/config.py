@@ -235,6 +235,11 @@ class RunConfig:
         return hashlib.sha256(json.dumps(self.to_flat(), sort_keys=True).encode()).hexdigest()
 
 
+def data_keys() -> set[str]:
+    """The run-config keys of the data section (each is also a `fedrec data check` flag)."""
+    return {f.metadata["key"] for f in dataclasses.fields(DataSettings)}
+
+
 def _layers(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in str(text).split(",") if part.strip())
 

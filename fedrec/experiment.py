@@ -14,6 +14,7 @@ import numpy as np
 from fedrec.checkpoint import write_run_config
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
+from fedrec.data.sources import write_run_ids
 from fedrec.errors import FedrecError
 from fedrec.models import ModelConfig, shared_spec
 from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
@@ -52,6 +53,7 @@ def run_and_report(
     run in ``out_dir`` from its last checkpoint.
     """
     started = time.perf_counter()
+    simulated = n_items is None
     if n_items is None:
         n_items = simulated_population(config).split.n_items
     model = config.model.build(n_items)
@@ -61,6 +63,8 @@ def run_and_report(
         raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): nothing to resume")
     if not resume:
         write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
+    if simulated:  # the index -> own-id maps, so outputs can name the data set's own users and items
+        write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
     # The data set, split and model built so far live as long as the run: keep Python's
     # cyclic GC from rescanning them in every full collection (a noticeable pause each);
     # unfrozen afterwards, so that a process running many runs can still collect them.

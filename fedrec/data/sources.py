@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedrec.data.interactions import Interactions
-from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k
-from fedrec.data.spec import NONE, DataSpec
+from fedrec.data.ids import write_id_maps
+from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k, sibling_item_file
+from fedrec.data.spec import NONE, DataSpec, resolve_layout
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec, generate
 from fedrec.errors import DataError
@@ -89,3 +90,27 @@ def prepare(settings: DataSettings, *, seed: int) -> PreparedData:
         data = data.subset_users(chosen)
     split = leave_one_out(data, rng=np.random.default_rng([seed, 2]), num_eval_negatives=settings.num_eval_negatives)
     return PreparedData(interactions=data, split=split)
+
+
+def write_run_ids(settings: DataSettings, *, seed: int, out_dir: Path) -> None:
+    """Save the run's index -> own-id maps (``user_ids.csv``, ``item_ids.csv`` with titles) in ``out_dir``."""
+    data = prepare(settings, seed=seed).interactions
+    titles = data.item_meta.titles if data.item_meta is not None else None
+    write_id_maps(out_dir, user_ids=data.user_ids, item_ids=data.item_ids, titles=titles)
+
+
+def describe(settings: DataSettings) -> str:
+    """The one-line note on the columns a run will take, from the file's first line only."""
+    if settings.dataset == SYNTHETIC or is_ml100k(settings.dataset, settings.spec(), settings.data_dir):
+        return ""
+    path = _within(settings.dataset, settings.data_dir)
+    if not path.is_file():
+        return ""
+    note = resolve_layout(path, settings.spec()).note
+    item_file = settings.item_file
+    if item_file.lower() == NONE:
+        return note
+    if not item_file:
+        sibling = sibling_item_file(path, resolve_layout(path, settings.spec()), settings.spec())
+        return note + (f"; items from {sibling.name} beside it" if sibling else "; no item file (item-file=PATH adds titles)")
+    return note + f"; items from {item_file}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.data.ids import as_id_array, is_sorted_unique, lookup
 from fedrec.data.interactions import Interactions
 from fedrec.errors import DataError
 from fedrec.results import write_atomic
@@ -22,7 +23,7 @@ CATALOG = "catalog.json"
 
 @dataclass(frozen=True)
 class Catalog:
-    item_ids: np.ndarray  # (n_items,) int64, sorted: the index of the shared item embeddings
+    item_ids: np.ndarray  # (n_items,) sorted own ids (int64 or text): the index of the shared item embeddings
     titles: tuple[str, ...]
     popularity: np.ndarray  # (n_items,) float64 interaction counts of the fleet's data
 
@@ -32,15 +33,14 @@ class Catalog:
 
     def index_of(self, ids: np.ndarray, *, where: Path) -> np.ndarray:
         """Catalogue index of each item id; a :class:`DataError` for an unknown item."""
-        pos = np.searchsorted(self.item_ids, ids)
-        clipped = np.minimum(pos, self.n_items - 1)
-        unknown = self.item_ids[clipped] != ids
+        index, found = lookup(self.item_ids, ids)
+        unknown = ~found
         if unknown.any():
             raise DataError(
                 f"{where}: {int(unknown.sum())} item id(s) are not in the catalogue; "
                 "the data file and catalog.json must come from the same `fedrec deploy split`"
             )
-        return clipped.astype(np.int64)
+        return index
 
     def save(self, path: Path) -> None:
         payload = {"item_ids": self.item_ids.tolist(), "titles": list(self.titles), "popularity": self.popularity.tolist()}
@@ -52,14 +52,14 @@ def catalog_from(data: Interactions, *, rating_threshold: float) -> Catalog:
     positives = data.positives(rating_threshold)
     titles = data.item_meta.titles if data.item_meta is not None else tuple("" for _ in range(data.n_items))
     popularity = np.bincount(positives.items, minlength=data.n_items).astype(np.float64)
-    return Catalog(item_ids=np.asarray(data.item_ids, dtype=np.int64), titles=tuple(titles), popularity=popularity)
+    return Catalog(item_ids=np.asarray(data.item_ids), titles=tuple(titles), popularity=popularity)
 
 
 def load_catalog(path: Path) -> Catalog:
     """Read and check a ``catalog.json``."""
     try:
         raw = json.loads(path.read_text())
-        item_ids = np.asarray(raw["item_ids"], dtype=np.int64)
+        item_ids = as_id_array(list(raw["item_ids"]))
         titles = tuple(str(t) for t in raw["titles"])
         popularity = np.asarray(raw["popularity"], dtype=np.float64)
     except FileNotFoundError:
@@ -69,6 +69,6 @@ def load_catalog(path: Path) -> Catalog:
     n = item_ids.shape[0]
     if n == 0 or item_ids.ndim != 1 or len(titles) != n or popularity.shape != (n,):
         raise DataError(f"{path}: item_ids, titles and popularity must be non-empty lists of the same length")
-    if np.any(np.diff(item_ids) <= 0):
+    if not is_sorted_unique(item_ids):
         raise DataError(f"{path}: item_ids must be sorted and unique")
     return Catalog(item_ids=item_ids, titles=titles, popularity=popularity)

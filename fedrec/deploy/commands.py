@@ -57,18 +57,35 @@ def keys(
 def split(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for device-NNN/ folders.")],
     devices: Annotated[int, typer.Option("--devices", "-n", help="How many devices (one user each).")] = 10,
-    dataset: Annotated[str, typer.Option(help="ml-100k or an interactions CSV.")] = "ml-100k",
+    dataset: Annotated[str | None, typer.Option(help="ml-100k or an interactions file (default: the config's).")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="Data directory (default: $FEDREC_DATA_DIR).")] = None,
-    rating_threshold: Annotated[float, typer.Option(help="Ratings >= this count as positives.")] = 0.0,
+    rating_threshold: Annotated[
+        float | None, typer.Option(help="Ratings >= this count as positives (default: the config's).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Which users become devices.")] = 0,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file with the data section.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a data key: key=value.")] = None,
 ) -> None:
-    """Split a data set into per-device folders (interactions.csv + catalog.json)."""
-    from fedrec.data.sources import load_interactions
+    """Split a data set into per-device folders (interactions.csv + catalog.json), own ids and titles kept."""
+    from fedrec.config import load_config_file, parse_overrides, parse_run_config
+    from fedrec.data.sources import load_dataset
     from fedrec.deploy.fleet import split_fleet
+    from fedrec.settings import resolve_data_dir
 
     try:
-        loaded = load_interactions(dataset, str(data) if data else "")
-        fleet = split_fleet(loaded, out, devices=devices, rating_threshold=rating_threshold, rng=np.random.default_rng([seed, 5]))
+        values = load_config_file(config) if config else {}
+        values.update(parse_overrides(set_ or []))
+        if dataset is not None:
+            values["dataset"] = dataset
+        if rating_threshold is not None:
+            values["rating-threshold"] = rating_threshold
+        if values.get("dataset", "ml-100k") == "ml-100k" or data:
+            values["data-dir"] = str(resolve_data_dir(data or values.get("data-dir") or None))
+        settings = parse_run_config(values).data
+        loaded = load_dataset(settings)
+        fleet = split_fleet(
+            loaded, out, devices=devices, rating_threshold=settings.rating_threshold, rng=np.random.default_rng([seed, 5])
+        )
     except FedrecError as err:
         raise _fail(err) from None
     console.print(f"wrote {len(fleet)} device folders under {out} (catalogue of {loaded.n_items} items: num-items={loaded.n_items})")

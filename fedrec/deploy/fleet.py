@@ -43,7 +43,7 @@ def _rows_csv(data: Interactions, mask: np.ndarray) -> bytes:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["user", "item", "rating", "timestamp"])
     for u, i, r, t in zip(data.users[mask], data.items[mask], data.ratings[mask], data.timestamps[mask]):
-        writer.writerow([int(data.user_ids[u]), int(data.item_ids[i]), f"{float(r):g}", int(t)])
+        writer.writerow([data.user_ids[u], data.item_ids[i], f"{float(r):g}", int(t)])
     return out.getvalue().encode()
 
 

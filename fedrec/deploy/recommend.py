@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedrec.data.ids import shown
 from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import DeviceFiles, load_state, load_user_interactions, saved_config
 from fedrec.deploy.fleet import DATA_FILE
@@ -24,7 +25,7 @@ from fedrec.models import SharedTower, load_shared
 
 @dataclass(frozen=True)
 class Recommendation:
-    item_id: int  # the catalogue's item id
+    item_id: int | str  # the data set's own item id
     title: str
     score: float
 
@@ -72,5 +73,5 @@ def recommend(device_dir: Path, *, k: int = 10, min_history: int = 3, data_file:
         source = "federated"
         reason = f"shared parameters of round {state.round_}, private vectors trained {state.private.rounds_trained} rounds"
     best = top_k(scores, exclude=seen, k=k)
-    items = tuple(Recommendation(int(catalog.item_ids[i]), catalog.titles[i], float(scores[i])) for i in best)
+    items = tuple(Recommendation(shown(catalog.item_ids[i]), catalog.titles[i], float(scores[i])) for i in best)
     return Recommendations(source=source, items=items, reason=reason)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.data.ids import is_sorted_unique, lookup, shown
 from fedrec.data.interactions import Interactions
 from fedrec.errors import DataError
 from fedrec.fallback.cache import cached_item_vectors
@@ -18,7 +19,7 @@ from fedrec.fallback.popularity import PopularityPrior
 class Catalog:
     """Everything the central recommender knows; no user's history is kept here."""
 
-    item_ids: np.ndarray  # (n_items,) ids as the data set names them
+    item_ids: np.ndarray  # (n_items,) sorted ids as the data set names them (int64 or text)
     titles: tuple[str, ...]
     genre_names: tuple[str, ...]
     genres: np.ndarray  # (n_items, n_genres) 0/1
@@ -29,12 +30,17 @@ class Catalog:
     def n_items(self) -> int:
         return int(self.item_ids.shape[0])
 
-    def index_of(self, item_id: int) -> int | None:
-        pos = int(np.searchsorted(self.item_ids, item_id))
-        return pos if pos < self.n_items and int(self.item_ids[pos]) == item_id else None
+    def index_of(self, item_id: int | str) -> int | None:
+        """Index of the data set's own item id (``7`` and ``"7"`` name the same integer id)."""
+        index, found = lookup(self.item_ids, np.asarray([item_id]))
+        return int(index[0]) if found[0] else None
+
+    def item_id(self, index: int) -> int | str:
+        """The data set's own id of an item index, as JSON shows it."""
+        return shown(self.item_ids[index])
 
     def example_ids(self) -> str:
-        return ", ".join(str(int(i)) for i in self.item_ids[:3]) + f" ... {int(self.item_ids[-1])}"
+        return ", ".join(str(i) for i in self.item_ids[:3]) + f" ... {self.item_ids[-1]}"
 
 
 def build_catalog(
@@ -53,9 +59,9 @@ def build_catalog(
     if meta is None:
         raise DataError(
             f"data set {data.name!r} has no item content (titles, genres); the content fallback needs it: "
-            "load MovieLens, or give load_csv an item_metadata file"
+            "name an item file with item-file=PATH (--set item-file=movies.csv), or use ml-100k"
         )
-    if np.any(np.diff(data.item_ids) <= 0):
+    if not is_sorted_unique(data.item_ids):
         raise DataError("item ids must be sorted and unique to build a catalogue")
     keep = np.ones(len(data), dtype=bool) if train_users is None else np.isin(data.users, train_users)
     prior = PopularityPrior.fit(
@@ -63,7 +69,7 @@ def build_catalog(
         smoothing=smoothing,
     )
     return Catalog(
-        item_ids=np.asarray(data.item_ids, dtype=np.int64),
+        item_ids=np.asarray(data.item_ids),
         titles=meta.titles,
         genre_names=meta.genre_names,
         genres=meta.genres,

@@ -54,7 +54,7 @@ class Profile:
     """A sign-up profile as a client sends it (item ids, genre names)."""
 
     genres: tuple[str, ...] = ()
-    liked_items: tuple[int, ...] = ()
+    liked_items: tuple[int | str, ...] = ()  # the data set's own item ids
     demographics: Demographics = field(default_factory=Demographics)
 
 

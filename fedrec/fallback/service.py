@@ -34,13 +34,13 @@ class DemographicsIn(BaseModel):
 class RecommendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     genres: list[str] = Field(default_factory=list)
-    liked_items: list[int] = Field(default_factory=list)
+    liked_items: list[int | str] = Field(default_factory=list)  # the data set's own item ids
     demographics: DemographicsIn | None = None
     k: int = Field(default=10, ge=1, le=MAX_K)
 
 
 class ItemOut(BaseModel):
-    item_id: int
+    item_id: int | str  # the data set's own id
     title: str
     score: float
     reason: str
@@ -96,7 +96,7 @@ def create_app(catalog: Catalog, recommender: ContentRecommender) -> FastAPI:
         recs = recommender.recommend(query, k=body.k)
         return RecommendOut(
             items=[
-                ItemOut(item_id=int(catalog.item_ids[r.item]), title=catalog.titles[r.item], score=r.score, reason=r.reason)
+                ItemOut(item_id=catalog.item_id(r.item), title=catalog.titles[r.item], score=r.score, reason=r.reason)
                 for r in recs
             ]
         )

@@ -67,8 +67,9 @@ def test_device_trains_persists_private_state_and_only_returns_the_shared_update
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("user,item,rating,timestamp\n1,1,5,100\n1,x,4,101\n", "interactions.csv:3: item id 'x' is not an integer"),
-        ("user,item\n1,1\n", "missing column(s) rating, timestamp"),
+        ("user,item,rating,timestamp\n1,1,5,100\n1,x,4,101\n", "1 item id(s) are not in the catalogue"),
+        ("user,item,rating,timestamp\n1,1,5,100\n1,2,4,x\n", "interactions.csv:3: timestamp 'x' is not an integer"),
+        ("user,thing\n1,1\n", "interactions.csv:1: no item column recognised"),
         ("user,item,rating,timestamp\n1,1,5,100\n2,2,4,101\n1,3,4,102\n", "holds 2 users"),
         ("user,item,rating,timestamp\n1,1,5,100\n1,99999,4,101\n1,3,4,102\n", "not in the catalogue"),
         ("user,item,rating,timestamp\n1,1,5,100\n", "3 interactions"),
