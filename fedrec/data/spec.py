@@ -38,7 +38,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 ITEM_ALIASES: dict[str, tuple[str, ...]] = {
     "title": ("title", "name", "movietitle", "booktitle", "productname", "itemname"),
     "genres": ("genres", "genre", "categories", "category", "tags", "tag"),
-    "text": ("text", "description", "overview", "plot", "summary", "content", "abstract"),
+    "text": ("text", "description", "overview", "plot", "summary", "content", "abstract", "blurb"),
     "year": ("year", "releaseyear", "yearofpublication", "published"),
 }
 

@@ -21,7 +21,7 @@ from fedrec.deploy import settings
 from fedrec.errors import FedrecError
 
 PACKAGES = ("fedrec", "clients", "server")
-DEPENDENCIES = ("torch==2.13.0", "numpy>=1.26", "opacus>=1.5,<1.7", "cryptography>=42")
+DEPENDENCIES = ("torch==2.13.0", "numpy>=1.26", "opacus>=1.5,<1.7", "cryptography>=42", "pyarrow>=15", "pandas>=2.1")
 
 
 def _toml_value(value: Any) -> str:
