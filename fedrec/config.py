@@ -91,10 +91,10 @@ class DataSettings:
         """Cross-key checks of the data section (each single key is checked on parsing)."""
         problems = [p for p in spec_problems(self.spec()) if not p.startswith(("data-preset", "id-type"))]
         scale = None if any(p.startswith("rating-scale") for p in problems) else parse_scale(self.rating_scale)
-        if scale and not scale[0] <= self.rating_threshold <= scale[1]:
+        if scale and self.rating_threshold > scale[1]:
             problems.append(
-                f"rating-threshold: {self.rating_threshold:g} is outside rating-scale {self.rating_scale} "
-                "(no rating or every rating would count as positive)"
+                f"rating-threshold: {self.rating_threshold:g} is above rating-scale {self.rating_scale} "
+                "(no rating would count as positive)"
             )
         return problems
 

@@ -104,7 +104,7 @@ def _rows(
     int_ids = item_ids.dtype.kind in "iu"
     index_of = {str(v): k for k, v in enumerate(item_ids.tolist())}
     for fields in reader:
-        lineno = reader.line_num
+        lineno = reader.line_num + 1  # the header line was read before the reader started
         if not any(f.strip() for f in fields):
             continue
         where = f"{path}:{lineno}"
