@@ -36,6 +36,14 @@ def encode(raw: np.ndarray, *, id_type: str) -> tuple[np.ndarray, np.ndarray]:
     With ``id_type = "auto"`` a text column whose every id is a plain integer becomes
     int64, so ``"7"`` in one file and ``7`` in another name the same item.
     """
+    if raw.dtype.kind in "iu" and raw.shape[0] and 0 <= raw.min() and raw.max() <= 4 * raw.shape[0] + (1 << 20):
+        # ids no larger than a few times their count (the usual case): a dense table, no hash, no sort
+        present = np.zeros(int(raw.max()) + 1, dtype=bool)
+        present[raw] = True
+        uniques = np.flatnonzero(present)
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        del present
+        return uniques.astype(np.int64), rank[raw]
     codes, uniques = pd.factorize(raw, sort=True)
     codes = codes.astype(np.int64, copy=False)
     if raw.dtype.kind in "iu":

@@ -12,9 +12,10 @@ valid file is fast and a bad one still gets ``file:line: what is wrong``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fedrec.data import ids
 from fedrec.data.interactions import Interactions
@@ -27,48 +28,74 @@ logger = logging.getLogger(__name__)
 _PARSE_ERRORS = (ValueError, TypeError, OverflowError, IndexError, KeyError, NotImplementedError)
 
 
-def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str, np.ndarray]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+class _Declined(Exception):
+    """A value the reference must judge (it names the line): no second fast attempt."""
+
+
+def _batches(layout: Layout, spec: DataSpec, types: dict[str, Any]) -> Iterator[Any]:
+    """Record batches of the needed columns, a few MiB each (never the whole file at once)."""
     import pyarrow.csv as pa_csv
 
+    if layout.parquet:
+        import pyarrow.parquet as pq
+
+        yield from pq.ParquetFile(layout.path).iter_batches(batch_size=1 << 20, columns=list(types))
+        return
+    yield from pa_csv.open_csv(
+        layout.path,
+        read_options=pa_csv.ReadOptions(
+            encoding=spec.encoding, column_names=None if layout.header else list(layout.names), block_size=1 << 22,
+        ),
+        parse_options=pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True),
+        convert_options=pa_csv.ConvertOptions(
+            include_columns=list(types), column_types=types, null_values=[""], strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str, np.ndarray]:
+    """The needed columns as numpy arrays: ids int64 (or stripped text), ratings float32, time int64.
+
+    Read batch by batch and copied out at once, so the peak is the arrays plus a batch,
+    not the arrays twice (pyarrow's table and numpy's copy).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     id_type = pa.string() if text_ids else pa.int64()
-    types = {layout.user: id_type, layout.item: id_type}
+    types: dict[str, Any] = {layout.user: id_type, layout.item: id_type}
     if layout.rating:
         types[layout.rating] = pa.float64()
     if layout.timestamp:
         types[layout.timestamp] = pa.int64()
-    if layout.parquet:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(layout.path, columns=list(types)).cast(pa.schema(list(types.items())))
-    else:
-        table = pa_csv.read_csv(
-            layout.path,
-            read_options=pa_csv.ReadOptions(
-                encoding=spec.encoding, column_names=None if layout.header else list(layout.names),
-                block_size=1 << 24,
-            ),
-            parse_options=pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=list(types), column_types=types, null_values=[""], strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    out: dict[str, np.ndarray] = {}
-    for name, kind in types.items():
-        column = table.column(name)
-        table = table.drop_columns([name])  # each column is freed once copied out
-        if column.null_count:
-            raise ValueError(f"column {name} has empty values")
-        if kind == pa.string():
-            column = pc.utf8_trim_whitespace(column)
-            if column.length() and pc.min(pc.utf8_length(column)).as_py() == 0:
+    scale = spec.scale()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in types}
+    for batch in _batches(layout, spec, types):
+        for name, kind in types.items():
+            column = batch.column(name)
+            if column.type != kind:
+                column = column.cast(kind)  # Parquet: int32 ids, or a safe cast that fails on 1.5
+            if column.null_count:
                 raise ValueError(f"column {name} has empty values")
-            out[name] = column.to_numpy(zero_copy_only=False)
-        else:
-            out[name] = column.to_numpy()
-        del column
+            if kind == pa.string():
+                column = pc.utf8_trim_whitespace(column)
+                if len(column) and pc.min(pc.utf8_length(column)).as_py() == 0:
+                    raise ValueError(f"column {name} has empty values")
+                parts[name].append(column.to_numpy(zero_copy_only=False))
+            elif name == layout.rating:
+                values = column.to_numpy()  # float64: checked before float32 rounds it
+                if not np.all(np.isfinite(values)) or (scale and (values.min() < scale[0] or values.max() > scale[1])):
+                    raise _Declined("a rating is not finite or outside rating-scale")
+                parts[name].append(values.astype(np.float32))
+            else:
+                parts[name].append(column.to_numpy())
+        del batch
+    out: dict[str, np.ndarray] = {}
+    for name in types:
+        chunks = parts.pop(name)
+        out[name] = np.concatenate(chunks) if chunks else np.empty(0, dtype=object if text_ids else np.int64)
+        del chunks
     return out
 
 
@@ -81,12 +108,16 @@ def _columns(layout: Layout, spec: DataSpec) -> dict[str, np.ndarray] | None:
     text_ids = spec.id_type == "string"
     try:
         return _read_columns(layout, spec, text_ids=text_ids)
+    except _Declined:
+        return None
     except _PARSE_ERRORS as err:
         if text_ids:
             logger.info("fast reader declined %s (%s)", layout.path.name, type(err).__name__)
             return None
     try:  # integer parsing failed: text ids (SKUs, UUIDs), or a bad line
         return _read_columns(layout, spec, text_ids=True)
+    except _Declined:
+        return None
     except _PARSE_ERRORS as err:
         logger.info("fast reader declined %s (%s)", layout.path.name, type(err).__name__)
         return None
@@ -102,14 +133,7 @@ def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | No
     if n == 0 or not (_ids_ok(user_raw) and _ids_ok(item_raw)):
         return None
     if layout.rating:
-        rating = columns.pop(layout.rating)
-        scale = spec.scale()
-        if not np.all(np.isfinite(rating)):
-            return None
-        if scale and (rating.min() < scale[0] or rating.max() > scale[1]):
-            return None
-        ratings = rating.astype(np.float32)
-        del rating
+        ratings = columns.pop(layout.rating)  # float32; finite and within rating-scale as read
     else:
         ratings = np.ones(n, dtype=np.float32)
     if layout.timestamp:
@@ -132,4 +156,5 @@ def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | No
 
 def _has_duplicates(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
     key = users * n_items + items  # < n_users * n_items, within int64 for any real data set
-    return bool(pd.Series(key, copy=False).duplicated().any())
+    key.sort()  # in place: rows of a user are mostly together, so this is fast and needs no hash table
+    return bool(np.any(key[1:] == key[:-1]))
