@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.config import RunConfig, parse_run_config
-from fedrec.data.sources import load_interactions
+from fedrec.data.sources import load_dataset
 from fedrec.deploy.bundle import app_config, write_app
 from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
@@ -48,7 +48,7 @@ def demo_config(*, rounds: int, devices: int, data_dir: str, out: Path, seed: in
 
 def prepare_fleet(out: Path, *, devices: int, config: RunConfig, seed: int, secure_aggregation: bool = False) -> dict[str, Any]:
     """Data folders, TLS files, device keys and the app folder, all under ``out``."""
-    data = load_interactions(config.data.dataset, config.data.data_dir)
+    data = load_dataset(config.data)
     fleet = split_fleet(data, out / "devices", devices=devices, rating_threshold=config.data.rating_threshold,
                         rng=np.random.default_rng([seed, 5]))
     # Provisioning fixes each device's seed, so that two demo runs differ only in what
