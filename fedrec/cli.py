@@ -462,7 +462,9 @@ def data_fetch(
 @data_app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def data_check(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Argument(help="ml-100k or an interactions file (CSV, TSV or Parquet).")] = "ml-100k",
+    dataset: Annotated[
+        str | None, typer.Argument(help="ml-100k or an interactions file (CSV, TSV or Parquet); default: the config's.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
@@ -478,7 +480,7 @@ def data_check(
         from fedrec.data.sources import load_dataset
 
         flags = _data_flags(list(ctx.args))
-        values = [*(set_ or []), f"dataset={dataset}", *(f"{k}={v}" for k, v in flags.items())]
+        values = [*(set_ or []), *([f"dataset={dataset}"] if dataset else []), *(f"{k}={v}" for k, v in flags.items())]
         run_config = _load_config(config, values, data)
         d = run_config.data
         started = time.perf_counter()
