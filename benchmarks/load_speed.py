@@ -72,7 +72,7 @@ def head(src: Path, dst: Path, rows: int) -> None:
             fout.write(line)
 
 
-def old_loader(rev: str):  # noqa: ANN201 - a module read from git
+def old_loader(rev: str):
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:fedrec/data/loaders.py"],
                             check=True, capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "old_loaders.py"

@@ -28,7 +28,7 @@ CELLS = st.one_of(
 ROWS = st.lists(st.lists(CELLS, min_size=0, max_size=6).map(lambda cells: b",".join(cells)), max_size=8)
 
 
-def load_bytes(data: bytes, spec: DataSpec = DataSpec()) -> object:
+def load_bytes(data: bytes, spec: DataSpec | None = None) -> object:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.csv"
         path.write_bytes(data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def read_item_file(path: Path, spec: DataSpec, item_ids: np.ndarray, *, item_col
 
 
 def _rows(
-    reader: csv.Reader, path: Path, names: list[str], id_col: str, cols: dict[str, str | None], spec: DataSpec,
+    reader: Any, path: Path, names: list[str], id_col: str, cols: dict[str, str | None], spec: DataSpec,
     item_ids: np.ndarray,
 ) -> tuple[list[str], list[list[str]], list[str], np.ndarray]:
     n = item_ids.shape[0]

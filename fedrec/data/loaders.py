@@ -102,7 +102,7 @@ def sibling_item_file(path: Path, layout: Layout, spec: DataSpec) -> Path | None
 
 
 def load_csv(
-    path: str | Path, spec: DataSpec = DataSpec(), *, name: str | None = None, fast: bool = True
+    path: str | Path, spec: DataSpec | None = None, *, name: str | None = None, fast: bool = True
 ) -> Interactions:
     """Load interactions from a CSV/TSV (header or not) or Parquet file described by ``spec``.
 
@@ -112,6 +112,7 @@ def load_csv(
     from the start: the reference the tests and ``benchmarks/load_speed.py`` compare with).
     """
     path = Path(path)
+    spec = spec or DataSpec()
     problems = spec_problems(spec)
     if problems:
         raise DataError("; ".join(problems))

@@ -102,11 +102,11 @@ def read_reference(layout: Layout, spec: DataSpec, *, name: str) -> Interactions
     user_ids, user_index = ids.encode(np.asarray(users, dtype=str), id_type=spec.id_type)
     item_ids, item_index = ids.encode(np.asarray(items, dtype=str), id_type=spec.id_type)
     seen: dict[tuple[int, int], int] = {}
-    for u, i, line in zip(user_index.tolist(), item_index.tolist(), linenos):
-        first = seen.setdefault((u, i), line)
-        if first != line:
+    for u, i, at in zip(user_index.tolist(), item_index.tolist(), linenos):
+        first = seen.setdefault((u, i), at)
+        if first != at:
             raise DataError(
-                f"{path}:{line}: duplicate interaction (user {user_ids[u]}, item {item_ids[i]}) also on line {first}; "
+                f"{path}:{at}: duplicate interaction (user {user_ids[u]}, item {item_ids[i]}) also on line {first}; "
                 "keep one row per user and item"
             )
     return Interactions(

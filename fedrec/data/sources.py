@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedrec.data.interactions import Interactions
 from fedrec.data.ids import write_id_maps
+from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k, sibling_item_file
 from fedrec.data.spec import NONE, DataSpec, resolve_layout
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
@@ -35,12 +35,13 @@ def is_ml100k(dataset: str, spec: DataSpec, data_dir: str = "") -> bool:
     return dataset == ML100K or spec.preset == ML100K or path.name == "u.data" or (path / "u.data").is_file()
 
 
-def load_interactions(dataset: str, data_dir: str = "", spec: DataSpec = DataSpec()) -> Interactions:
+def load_interactions(dataset: str, data_dir: str = "", spec: DataSpec | None = None) -> Interactions:
     """``dataset`` is ``ml-100k`` or a path (relative to ``data_dir`` if given) to an interactions file.
 
     ``spec`` describes the file (columns, delimiter, item file, ...); the note on which
     columns were taken is in ``result.extra["note"]``.
     """
+    spec = spec or DataSpec()
     if is_ml100k(dataset, spec, data_dir):
         if dataset == ML100K:
             root = resolve_data_dir(data_dir or None)
