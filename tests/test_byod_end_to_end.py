@@ -23,7 +23,7 @@ from fedrec.deploy.fleet import DATA_FILE, split_fleet
 from fedrec.deploy.recommend import recommend
 from fedrec.deploy.settings import KEYS, SECURE_AGGREGATION
 from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
-from server.fallback_service import create_app
+from fedrec.fallback.service import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_example", REPO / "tests" / "data" / "make_example.py")

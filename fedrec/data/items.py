@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.data import ids
+from fedrec.data.ids import is_int_id
 from fedrec.data.interactions import ItemMetadata
 from fedrec.data.spec import ALIASES, DELIMITERS, ITEM_ALIASES, NONE, DataSpec, normalise
 from fedrec.errors import DataError
@@ -114,7 +114,7 @@ def _rows(
         raw_id = fields[pos[id_col]].strip()
         if not raw_id:
             raise DataError(f"{where}: empty item id")
-        found = index_of.get(str(int(raw_id)) if int_ids and ids.is_int_id(raw_id) else raw_id)
+        found = index_of.get(str(int(raw_id)) if int_ids and is_int_id(raw_id) else raw_id)
         if found is None:
             continue  # content for an item nobody interacted with
         k = found

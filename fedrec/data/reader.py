@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.data import ids
+from fedrec.data.ids import MAX_INT_ID, encode
 from fedrec.data.interactions import Interactions
 from fedrec.data.reference import MAX_STAMP
 from fedrec.data.spec import DataSpec, Layout
@@ -101,7 +101,7 @@ def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str
 
 def _ids_ok(raw: np.ndarray) -> bool:
     """Integer ids must lie in 0 .. 2^62 (text ids are checked while reading)."""
-    return raw.dtype.kind not in "iu" or not raw.shape[0] or bool(raw.min() >= 0 and raw.max() < ids.MAX_INT_ID)
+    return raw.dtype.kind not in "iu" or not raw.shape[0] or bool(raw.min() >= 0 and raw.max() < MAX_INT_ID)
 
 
 def _columns(layout: Layout, spec: DataSpec) -> dict[str, np.ndarray] | None:
@@ -142,9 +142,9 @@ def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | No
             return None
     else:
         stamps = np.arange(n, dtype=np.int64)
-    user_ids, users = ids.encode(user_raw, id_type=spec.id_type)
+    user_ids, users = encode(user_raw, id_type=spec.id_type)
     del user_raw
-    item_ids, items = ids.encode(item_raw, id_type=spec.id_type)
+    item_ids, items = encode(item_raw, id_type=spec.id_type)
     del item_raw
     if n > 1 and _has_duplicates(users, items, item_ids.shape[0]):
         return None

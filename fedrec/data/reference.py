@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.data import ids
+from fedrec.data.ids import encode
 from fedrec.data.interactions import Interactions
 from fedrec.data.spec import DataSpec, Layout
 from fedrec.errors import DataError
@@ -99,8 +99,8 @@ def read_reference(layout: Layout, spec: DataSpec, *, name: str) -> Interactions
         linenos.append(lineno)
     if not users:
         raise DataError(f"{path}: no interactions found (the file has no data rows)")
-    user_ids, user_index = ids.encode(np.asarray(users, dtype=str), id_type=spec.id_type)
-    item_ids, item_index = ids.encode(np.asarray(items, dtype=str), id_type=spec.id_type)
+    user_ids, user_index = encode(np.asarray(users, dtype=str), id_type=spec.id_type)
+    item_ids, item_index = encode(np.asarray(items, dtype=str), id_type=spec.id_type)
     seen: dict[tuple[int, int], int] = {}
     for u, i, at in zip(user_index.tolist(), item_index.tolist(), linenos):
         first = seen.setdefault((u, i), at)
