@@ -11,6 +11,7 @@ from typing import Any
 from fedrec.checkpoint import write_run_config
 from fedrec.client import simulated_population
 from fedrec.config import RunConfig
+from fedrec.data.sources import write_run_ids
 from fedrec.dpease.run import InProcessStatistics, StatisticsTransport, run_dp_ease
 from fedrec.errors import FedrecError
 from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
@@ -24,9 +25,12 @@ def run_ease_and_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / RESULTS).exists():
         raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): choose a new --out")
+    simulated = transport is None  # a deployment's server holds no data set
     if transport is None:
         transport = InProcessStatistics(simulated_population(config).split, clipping_norm=config.privacy.clipping_norm)
     write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
+    if simulated:
+        write_run_ids(config.data, seed=config.seed, out_dir=out_dir)  # index -> the data set's own ids
     release, history, val, test = run_dp_ease(config, transport, run_dir=out_dir, on_phase=on_phase)
     write_arrays(out_dir / MODEL, release.to_arrays())
     seconds = time.perf_counter() - started
