@@ -255,7 +255,9 @@ def sweep(
 def audit(
     run_dir: Annotated[Path, typer.Argument(help="A run's folder (holds privacy_ledger.jsonl).")],
     public_key: Annotated[Path | None, typer.Option(help="Trusted copy of the server's public key (PEM).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (schema: docs/audit-report.md).")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the report as one self-contained HTML page.")] = None,
+    prv_points: Annotated[int, typer.Option(min=0, help="Rounds (besides the last) at which the JSON/HTML report evaluates PRV.")] = 8,
 ) -> None:
     """Verify a run's privacy ledger and recompute its epsilon.
 
@@ -263,10 +265,24 @@ def audit(
     """
     from fedrec.privacy.audit import audit_run
 
-    report = audit_run(run_dir, public_key=public_key)
-    if as_json:
-        console.print_json(json.dumps(report.to_json()))
-        raise typer.Exit(code=report.code)
+    if as_json or html is not None:
+        from fedrec.privacy.report import build_document, collect
+        from fedrec.privacy.report_html import render_html
+
+        inputs = collect(run_dir, public_key=public_key)
+        doc = build_document(inputs, prv_points=prv_points)
+        if html is not None:
+            try:
+                html.write_text(render_html(doc), encoding="utf-8")
+            except OSError as err:
+                console.print(f"[bold red]error:[/] cannot write {html}: {err.strerror}; choose another --html path")
+                raise typer.Exit(code=2) from None
+        if as_json:
+            typer.echo(json.dumps(doc, indent=2))
+            raise typer.Exit(code=inputs.audit.code)
+        report = inputs.audit
+    else:
+        report = audit_run(run_dir, public_key=public_key)
     colour = "green" if report.code == 0 else "red"
     table = Table(title=f"privacy audit of {run_dir}", show_header=False)
     table.add_column("check")
@@ -288,6 +304,8 @@ def audit(
         console.print(f"[red]problem:[/] {problem}")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+    if html is not None:
+        console.print(f"Wrote {html}")
     raise typer.Exit(code=report.code)
 
 
