@@ -223,7 +223,8 @@ def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict
     headline = audit.epsilon_prv if audit.accountant == "prv" else audit.epsilon_rdp
     doc["epsilon"] = {
         "accountant": audit.accountant or None, "headline": _finite(headline) if verified else None,
-        "prv": _finite(audit.epsilon_prv), "rdp": _finite(audit.epsilon_rdp), "delta": _finite(audit.delta),
+        "prv": _finite(audit.epsilon_prv) if verified else None, "rdp": _finite(audit.epsilon_rdp) if verified else None,
+        "delta": _finite(audit.delta),
         "budget": _finite(audit.budget),
     }
     doc["releases"] = []

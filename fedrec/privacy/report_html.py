@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
 from html import escape
 from typing import Any
@@ -88,6 +89,7 @@ def epsilon_plot_svg(doc: dict[str, Any]) -> str:
     out = io.StringIO()
     fig.savefig(out, format="svg", metadata={"Date": None})  # text as paths (matplotlib's default): no fonts
     svg = out.getvalue()
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)  # RDF creator/date links: not needed
     return svg[svg.index("<svg"):]
 
 
