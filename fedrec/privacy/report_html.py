@@ -85,7 +85,7 @@ def epsilon_plot_svg(doc: dict[str, Any]) -> str:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, top=0.96, bottom=0.27)  # fixed: tight_layout costs a second draw
     out = io.StringIO()
     fig.savefig(out, format="svg", metadata={"Date": None})  # text as paths (matplotlib's default): no fonts
     svg = out.getvalue()
