@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress
 
@@ -29,11 +30,11 @@ from fedrec.privacy.session import PrivacySession
 
 def write_ledger(run_dir: Path, *, rounds: int, accountant: str) -> None:
     key = load_or_create_key(run_dir.parent / "key.pem")
-    settings = dict(
-        key=key, accountant=accountant, delta=1e-5, budget=50.0, population=100_000, sample_rate=0.01,
-        noise_multiplier=1.0, clipping_norm=1.0, config_hash="b" * 64,
-    )
-    session = PrivacySession(run_dir=run_dir, **settings)  # type: ignore[arg-type]
+    settings: dict[str, Any] = {
+        "key": key, "accountant": accountant, "delta": 1e-5, "budget": 50.0, "population": 100_000, "sample_rate": 0.01,
+        "noise_multiplier": 1.0, "clipping_norm": 1.0, "config_hash": "b" * 64,
+    }
+    session = PrivacySession(run_dir=run_dir, **settings)
     crash_at = rounds // 2
     with Progress() as progress:
         task = progress.add_task(f"writing a {rounds}-round ledger", total=rounds)
@@ -41,7 +42,7 @@ def write_ledger(run_dir: Path, *, rounds: int, accountant: str) -> None:
             session.record_round(round_, clients=1000)
             progress.advance(task)
         # a crash after the ledger write of round crash_at; the checkpoint is of the round before
-        session = PrivacySession(run_dir=run_dir, resume=True, **settings)  # type: ignore[arg-type]
+        session = PrivacySession(run_dir=run_dir, resume=True, **settings)
         session.mark_resume(checkpoint_round=crash_at - 1)
         for round_ in range(crash_at, rounds):
             session.record_round(round_, clients=1000)

@@ -32,7 +32,8 @@ def rdp_curve(steps: Sequence[Step], *, delta: float) -> list[float]:
     """Epsilon by RDP after each prefix ``steps[:k]``, k = 1..len(steps)."""
     orders = RDPAccountant.DEFAULT_ALPHAS
     vectors: dict[Step, np.ndarray] = {}
-    groups: list[list[object]] = []  # [z, q, count] runs, as in Opacus' history
+    runs: list[Step] = []  # (z, q) of each run of equal steps, as in Opacus' history ...
+    counts: list[int] = []  # ... and its length
     out: list[float] = []
     no_noise = False
     with warnings.catch_warnings():
@@ -47,14 +48,15 @@ def rdp_curve(steps: Sequence[Step], *, delta: float) -> list[float]:
             if no_noise:
                 out.append(math.inf)
                 continue
-            if groups and groups[-1][0] == z and groups[-1][1] == q:
-                groups[-1][2] = int(groups[-1][2]) + 1  # type: ignore[call-overload]
+            if runs and runs[-1] == (z, q):
+                counts[-1] += 1
             else:
-                groups.append([z, q, 1])
+                runs.append((z, q))
+                counts.append(1)
             if (z, q) not in vectors:
                 vectors[(z, q)] = rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=1, orders=orders)
             # Opacus multiplies the one-step vector by the steps and sums over the history with sum()
-            rdp = sum([vectors[(float(g[0]), float(g[1]))] * g[2] for g in groups])  # type: ignore[misc, operator]
+            rdp = sum([vectors[run] * count for run, count in zip(runs, counts)])
             eps, _ = rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
             out.append(float(eps))
     return out
@@ -71,6 +73,6 @@ def prv_rounds(n: int, *, points: int, always: Sequence[int] = ()) -> list[int]:
     return sorted(chosen)
 
 
-def prv_at(steps: Sequence[Step], rounds: Sequence[int], *, delta: float) -> dict[int, float]:
-    """Epsilon by PRV after ``steps[:k]`` for each k in ``rounds`` (Opacus' accountant)."""
-    return {k: epsilon(compress(steps[:k]), delta=delta, accountant="prv") for k in rounds}
+def prv_at(steps: Sequence[Step], prefixes: Sequence[int], *, delta: float) -> dict[int, float]:
+    """Epsilon by PRV after ``steps[:k]`` for each k in ``prefixes`` (Opacus' accountant)."""
+    return {k: epsilon(compress(steps[:k]), delta=delta, accountant="prv") for k in prefixes}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.errors import LedgerError
+from fedrec.privacy.accountant import compress, epsilon
 from fedrec.privacy.audit import OK, OVER_BUDGET, AuditReport, audit_run
 from fedrec.privacy.audit_curve import prv_at, prv_rounds, rdp_curve
 from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, fingerprint, load_public_key, read_entries
@@ -172,6 +173,45 @@ def _empirical(raw: dict[str, Any] | None, accounted: float | None) -> dict[str,
     return out
 
 
+def _releases(
+    spends: list[dict[str, Any]], after: list[int], curve: list[float | None], *, verified: bool, delta: float
+) -> list[dict[str, Any]]:
+    """Every release other than a training round, with its own epsilon (alone) and the
+    total after it. Alone it costs at most what it adds to the composition."""
+    out = []
+    rounds_before = 0
+    for entry, steps_after in zip(spends, after):
+        if entry.get("kind") == "round":
+            rounds_before += 1
+            continue
+        z, q, steps = _num(entry.get("noise_multiplier")), _num(entry.get("sample_rate")), _int(entry.get("steps"))
+        alone = None
+        if verified and z is not None and q is not None and steps is not None:
+            history = ((z, q, steps),)
+            alone = {"prv": _finite(epsilon(history, delta=delta, accountant="prv")),
+                     "rdp": _finite(epsilon(history, delta=delta, accountant="rdp"))}
+        out.append({
+            "release": _int(entry.get("release")), "purpose": _text(entry.get("purpose")),
+            "mechanism": _text(entry.get("mechanism")), "noise_multiplier": z, "sample_rate": q,
+            "clipping_norm": _num(entry.get("clipping_norm")), "steps": steps, "clients": _num(entry.get("clients")),
+            "after_round": rounds_before, "epsilon_alone": alone,
+            "epsilon_rdp_after": curve[steps_after - 1] if verified else None, "epsilon_recorded": _num(entry.get("epsilon")),
+        })
+    return out
+
+
+def _evaluation(header: dict[str, Any], releases: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the run's evaluation metrics left the devices, as the ledger says."""
+    statement = _text(header.get("evaluation"))
+    metric_releases = [r["release"] for r in releases if (r["purpose"] or "").startswith("evaluation")]
+    if metric_releases:
+        return {"private": True, "statement": statement or "evaluation metrics released through a DP mechanism",
+                "releases": metric_releases}
+    if statement is not None:
+        return {"private": False, "statement": statement, "releases": []}
+    return {"private": None, "statement": "the ledger says nothing about evaluation", "releases": []}
+
+
 def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict[str, Any]:
     """The report as a JSON-ready dict (no NaN; infinity only in the legacy ``budget``)."""
     audit = inputs.audit
@@ -203,18 +243,28 @@ def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict
     doc["unused_rounds"] = len(unused)
     per_rejected, total_rejected = _rejected(inputs.results)
     doc["rejected"] = {"source": "results.json (not signed)", "total": total_rejected} if inputs.results is not None else None
-    # epsilon per round: only for the server's own entries (forged ones can hang an accountant)
-    steps = [(_num(e.get("noise_multiplier")) or 0.0, _num(e.get("sample_rate")) or 0.0) for e in rounds]
-    rdp: list[float | None] = [None] * len(rounds)
+    # epsilon after every spend (rounds and releases, in ledger order, as the audit composes
+    # them) -- only for the server's own entries (forged ones can hang an accountant)
+    spends = [e for e in entries[1:] if e.get("kind") in ("round", "release")]
+    steps: list[tuple[float, float]] = []
+    after: list[int] = []  # steps composed once each spend entry is included
+    for entry in spends:
+        step = (_num(entry.get("noise_multiplier")) or 0.0, _num(entry.get("sample_rate")) or 0.0)
+        repeats = _int(entry.get("steps")) if entry.get("kind") == "release" else 1
+        steps += [step] * max(1, min(repeats or 1, 1_000_000))
+        after.append(len(steps))
+    at_round = [after[i] for i, e in enumerate(spends) if e.get("kind") == "round"]
+    curve: list[float | None] = [None] * len(steps)
     prv: dict[int, float] = {}
-    if verified and rounds:
-        rdp = [_finite(v) for v in rdp_curve(steps, delta=audit.delta)]
-        before_resume = [e["after_ledger_round"] for e in resumes]
-        prv = prv_at(steps, prv_rounds(len(rounds), points=prv_points, always=before_resume), delta=audit.delta)
+    if verified and steps:
+        curve = [_finite(v) for v in rdp_curve(steps, delta=audit.delta)]
+        before_resume = [at_round[e["after_ledger_round"] - 1] for e in resumes if e["after_ledger_round"] >= 1]
+        chosen = [at_round[n - 1] for n in prv_rounds(len(rounds), points=prv_points)]
+        prv = prv_at(steps, sorted({*chosen, *before_resume, len(steps)}), delta=audit.delta)
     doc["per_round"] = [
         {
             "round": n, "model_round": _int(e.get("model_round")), "clients": _num(e.get("clients")),
-            "epsilon_rdp": rdp[n - 1], "epsilon_prv": _finite(prv[n]) if n in prv else None,
+            "epsilon_rdp": curve[at_round[n - 1] - 1], "epsilon_prv": _finite(prv[k]) if (k := at_round[n - 1]) in prv else None,
             "epsilon_recorded": _num(e.get("epsilon")), "unused": n in unused,
             "rejected": per_rejected.get(m) if (m := _int(e.get("model_round"))) is not None and n not in unused else None,
         }
@@ -224,11 +274,16 @@ def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict
     doc["epsilon"] = {
         "accountant": audit.accountant or None, "headline": _finite(headline) if verified else None,
         "prv": _finite(audit.epsilon_prv) if verified else None, "rdp": _finite(audit.epsilon_rdp) if verified else None,
-        "delta": _finite(audit.delta),
-        "budget": _finite(audit.budget),
+        "delta": _finite(audit.delta), "budget": _finite(audit.budget), "rounds_only": None,
     }
-    doc["releases"] = []
-    doc["evaluation"] = None
+    doc["other_releases"] = _releases(spends, after, curve, verified=verified, delta=audit.delta)
+    if doc["other_releases"] and verified:
+        round_steps = [steps[i - 1] for i in at_round]
+        doc["epsilon"]["rounds_only"] = {
+            "prv": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant="prv")),
+            "rdp": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant="rdp")),
+        }
+    doc["evaluation"] = _evaluation(header, doc["other_releases"])
     accounted = doc["epsilon"]["headline"]
     doc["empirical"] = _empirical(inputs.empirical, accounted)
     return doc

@@ -89,7 +89,7 @@ def epsilon_plot_svg(doc: dict[str, Any]) -> str:
     out = io.StringIO()
     fig.savefig(out, format="svg", metadata={"Date": None})  # text as paths (matplotlib's default): no fonts
     svg = out.getvalue()
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)  # RDF creator/date links: not needed
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)  # RDF creator/date links: not needed
     return svg[svg.index("<svg"):]
 
 
@@ -184,6 +184,37 @@ def _rounds(doc: dict[str, Any]) -> str:
     )
 
 
+def _releases(doc: dict[str, Any]) -> str:
+    releases, eps = doc["other_releases"], doc["epsilon"]
+    if not releases:
+        return "<h2>Other releases</h2><p id=\"releases\">None: the training rounds are the only mechanism in the ledger.</p>"
+    rows = []
+    for r in releases:
+        alone = r["epsilon_alone"] or {"prv": None, "rdp": None}
+        rows.append((str(r["release"]), escape(str(r["purpose"] or "-")), escape(str(r["mechanism"] or "-")),
+                     _g(r["noise_multiplier"]), _g(r["clipping_norm"]), _g(r["sample_rate"]), _g(r["steps"]), _g(r["clients"]),
+                     str(r["after_round"]), _f(alone["prv"]), _f(alone["rdp"]), _f(r["epsilon_rdp_after"])))
+    table = _table(["#", "purpose", "mechanism", "noise z", "clip C", "q", "steps", "clients", "after round",
+                    "epsilon alone (PRV)", "epsilon alone (RDP)", "total after (RDP)"], rows, left=3)
+    only = eps["rounds_only"]
+    share = ""
+    if only is not None and eps["prv"] is not None:
+        head = eps["accountant"] or "prv"
+        added = (eps[head] or 0.0) - (only[head] or 0.0)
+        share = _table(["", "PRV", "RDP"], [
+            ("training rounds alone", f'<span id="eps-rounds-only">{_f(only["prv"])}</span>', _f(only["rdp"])),
+            ("rounds and every release (the total)", f'<span id="eps-total">{_f(eps["prv"])}</span>', _f(eps["rdp"])),
+        ]) + f'<p>The releases add <span id="eps-releases-share">{_f(added)}</span> to the {escape(head.upper())} total ' \
+             "(epsilons compose, they do not add: the total is recomputed by the accountant over every step).</p>"
+    return "<h2>Other releases</h2>" + table + share
+
+
+def _evaluation(doc: dict[str, Any]) -> str:
+    ev = doc["evaluation"]
+    cls = {True: "good", False: "bad", None: ""}[ev["private"]]
+    return f'<h2>Evaluation metrics</h2><p id="evaluation" class="{cls}">{escape(ev["statement"])}</p>'
+
+
 def _empirical(doc: dict[str, Any]) -> str:
     emp = doc["empirical"]
     if emp is None:
@@ -212,7 +243,7 @@ def render_html(doc: dict[str, Any]) -> str:
     status = doc["verdict"]["status"]
     parts = [
         _verdict(doc), _messages(doc) if doc["problems"] else "", _summary(doc), _key(doc), _phases(doc), _rounds(doc),
-        _empirical(doc), "" if doc["problems"] else _messages(doc),
+        _releases(doc), _evaluation(doc), _empirical(doc), "" if doc["problems"] else _messages(doc),
         f'<p class="note">fedrec audit report, schema {escape(doc["schema"])}, run folder {escape(doc["run_dir"])}.</p>',
     ]
     return (

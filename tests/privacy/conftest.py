@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,17 +28,17 @@ def write_run(
     naming its head, as ``fedrec.experiment`` writes it. ``resume_at``: after that many
     ledger rounds the server crashes and resumes from the checkpoint of the round before,
     so one ledger round is spent but unused."""
-    settings = dict(
-        key=key, accountant="rdp", delta=1e-5, budget=budget, population=200, sample_rate=0.05,
-        noise_multiplier=1.1, clipping_norm=1.0, config_hash="a" * 64,
-    )
-    session = PrivacySession(run_dir=run_dir, **settings)  # type: ignore[arg-type]
+    settings: dict[str, Any] = {
+        "key": key, "accountant": "rdp", "delta": 1e-5, "budget": budget, "population": 200, "sample_rate": 0.05,
+        "noise_multiplier": 1.1, "clipping_norm": 1.0, "config_hash": "a" * 64,
+    }
+    session = PrivacySession(run_dir=run_dir, **settings)
     model_round = 1
     for n in range(1, rounds + 1):
         session.record_round(model_round, clients=10)
         model_round += 1
         if resume_at is not None and n == resume_at:
-            session = PrivacySession(run_dir=run_dir, resume=True, **settings)  # type: ignore[arg-type]
+            session = PrivacySession(run_dir=run_dir, resume=True, **settings)
             model_round -= 1
             session.mark_resume(checkpoint_round=model_round - 1)
     session.close(stopped_by_budget=False)
@@ -52,8 +53,8 @@ def make_run(tmp_path: Path) -> MakeRun:
     key = Ed25519PrivateKey.generate()
     counter = iter(range(1_000_000))
 
-    def make(**kwargs: object) -> Path:
-        return write_run(tmp_path / f"run{next(counter)}", key=key, **kwargs)  # type: ignore[arg-type]
+    def make(**kwargs: Any) -> Path:
+        return write_run(tmp_path / f"run{next(counter)}", key=key, **kwargs)
 
     return make
 

@@ -153,7 +153,7 @@ def test_a_malformed_ledger_gives_a_red_page_not_a_crash(make_run: MakeRun, tmp_
 
 
 def test_a_missing_run_gives_a_malformed_page(tmp_path: Path) -> None:
-    doc, page, code = report(tmp_path / "nothing", tmp_path)
+    _doc, page, code = report(tmp_path / "nothing", tmp_path)
     assert code == MALFORMED and "MALFORMED" in parse(page).by_id["verdict"]
 
 
@@ -220,3 +220,41 @@ def test_strings_from_the_run_folder_are_escaped(make_run: MakeRun, tmp_path: Pa
     assert doc["status"] == "tampered"
     page = render_html(doc)
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_releases_are_composed_listed_and_shared(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedrec.privacy.session import PrivacySession
+
+    run = tmp_path / "run"
+    session = PrivacySession(
+        run_dir=run, key=Ed25519PrivateKey.generate(), accountant="prv", delta=1e-5, budget=20.0, population=200,
+        sample_rate=0.05, noise_multiplier=1.1, clipping_norm=1.0, config_hash="a" * 64,
+    )
+    session.record_release(mechanism="gaussian-sum/item-counts", purpose="popularity prior", noise_multiplier=4.0,
+                           sample_rate=1.0, clipping_norm=1.0, clients=200)
+    for r in range(1, 4):
+        session.record_round(r, clients=10)
+    session.record_release(mechanism="gaussian-sum/metrics", purpose="evaluation (val)", noise_multiplier=3.0,
+                           sample_rate=0.5, clipping_norm=1.5, clients=100, steps=2)
+    session.close(stopped_by_budget=False)
+    doc, page, code = report(run, tmp_path)
+    assert code == OK and doc["releases"] == 2  # the audit's own count, unchanged
+    eps = doc["epsilon"]
+    assert eps["prv"] == audit_run(run).epsilon_prv
+    rounds_only = ((1.1, 0.05, 3),)
+    assert eps["rounds_only"]["prv"] == epsilon(rounds_only, delta=1e-5, accountant="prv")
+    assert eps["rounds_only"]["rdp"] == epsilon(rounds_only, delta=1e-5, accountant="rdp")
+    assert eps["rounds_only"]["prv"] < eps["prv"]
+    first, second = doc["other_releases"]
+    assert (first["purpose"], first["after_round"], second["steps"], second["after_round"]) == ("popularity prior", 0, 2, 3)
+    assert first["epsilon_alone"]["prv"] == epsilon(((4.0, 1.0, 1),), delta=1e-5, accountant="prv")
+    # each round's epsilon includes what was released before it
+    history = ((4.0, 1.0, 1), (1.1, 0.05, 1))
+    assert doc["per_round"][0]["epsilon_rdp"] == epsilon(history, delta=1e-5, accountant="rdp")
+    assert second["epsilon_rdp_after"] == doc["epsilon_rdp"]
+    assert doc["evaluation"]["private"] is True and doc["evaluation"]["releases"] == [2]
+    text = parse(page)
+    assert text.by_id["eps-total"] == f"{eps['prv']:.4f}" and text.by_id["eps-rounds-only"] == f"{eps['rounds_only']['prv']:.4f}"
+    assert text.by_id["eps-releases-share"] == f"{eps['prv'] - eps['rounds_only']['prv']:.4f}"
