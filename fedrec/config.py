@@ -200,6 +200,9 @@ class PrivacySettings:
     local_noise_multiplier: float = field(default=1.0, metadata=_key("local-noise-multiplier", check=_positive))
     local_clipping_norm: float = field(default=1.0, metadata=_key("local-clipping-norm", check=_positive))
     local_delta: float = field(default=1e-5, metadata=_key("local-delta", check=_probability))
+    # real devices only (a transport with private_evaluation): the Gaussian sum's z for
+    # their evaluation metrics (fedrec.privacy.eval_release); simulations evaluate exactly
+    eval_noise_multiplier: float = field(default=20.0, metadata=_key("eval-noise-multiplier", check=_positive))
 
     @property
     def enabled(self) -> bool:

@@ -26,7 +26,9 @@ from fedrec.metrics import METRIC_NAMES
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
 from fedrec.privacy.aggregator import make_aggregator
 from fedrec.privacy.dp_fedavg import Part
+from fedrec.privacy.eval_release import evaluation_generator, release_metrics
 from fedrec.privacy.sampling import PoissonSampler
+from fedrec.privacy.session import PrivacySession
 from fedrec.training import PrivateState
 
 logger = logging.getLogger(__name__)
@@ -136,7 +138,11 @@ def run_federated(
     checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None and checkpoint.config_hash != config.digest():
         raise FedrecError(f"the checkpoint in {run_dir} belongs to a different configuration; resume with the run's own")
-    aggregator = make_aggregator(config, run_dir=run_dir, sampler=sampler, resume=resume)
+    # Real devices release their evaluation metrics through a DP mechanism; simulations
+    # evaluate exactly, and their ledger says so.
+    private_eval = config.privacy.enabled and bool(getattr(transport, "private_evaluation", False))
+    aggregator = make_aggregator(config, run_dir=run_dir, sampler=sampler, resume=resume, private_evaluation=private_eval)
+    session: PrivacySession | None = getattr(aggregator, "session", None) if private_eval else None
     first = 1
     if checkpoint is not None:
         shared, buffer, first = checkpoint.shared, checkpoint.buffer, checkpoint.round + 1
@@ -154,6 +160,18 @@ def run_federated(
         chosen = np.sort(np.random.default_rng([config.seed, 5]).choice(len(clients), size=fed.eval_users, replace=False))
         eval_clients = [clients[i] for i in chosen]
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
+    eval_rng = evaluation_generator(seed=config.seed, secure=config.privacy.secure_noise, resumes=history.resumes)
+
+    def evaluate(params: Arrays, which: str, round_: int) -> dict[str, float] | None:
+        """Mean metrics of the evaluation users; None if releasing them would exceed the budget."""
+        if session is None:
+            return mean_client_metrics(transport.evaluate(eval_clients, params, which, round_))
+        return release_metrics(
+            session, lambda: transport.evaluate(eval_clients, params, which, round_), names=METRIC_NAMES,
+            purpose=f"evaluation: {which} metrics after round {round_}", noise_multiplier=config.privacy.eval_noise_multiplier,
+            expected_users=len(eval_clients), rng=eval_rng,
+        )
+
     for round_ in range(first, fed.num_rounds + 1):
         if aggregator.finished:  # resumed after the run's end was recorded
             history.stopped_by_budget = aggregator.stopped_by_budget
@@ -198,20 +216,33 @@ def run_federated(
                 clients=transport.client_state() if isinstance(transport, StatefulTransport) else {},
             ),
         )
+        released: dict[str, float] | None = {}
         if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
-            info.update(mean_client_metrics(transport.evaluate(eval_clients, shared, "val", round_)))
-            history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
+            released = evaluate(shared, "val", round_)
+            if released is not None:
+                info.update(released)
+                history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
         if on_round is not None:
             on_round(round_, info)
+        if released is None:  # the evaluation would exceed the budget: the run stops before releasing it
+            history.stopped_by_budget = True
+            break
     final_round = history.rounds_run
+    # the final metrics come before the close entry: on real devices they are releases
+    unreleased = {name: float("nan") for name in METRIC_NAMES}
+    final_val: dict[str, float] | None = unreleased
+    test: dict[str, float] | None = unreleased
+    if not (session is not None and session.closed):  # a closed ledger takes no more releases
+        final_val = evaluate(shared, "val", final_round)
+        test = evaluate(shared, "test", final_round) if final_val is not None else None
+        if final_val is None or test is None:
+            history.stopped_by_budget = True
+    history.evals.append({"round": float(final_round), **(final_val or unreleased)})
     history.privacy = aggregator.close(stopped_by_budget=history.stopped_by_budget)
     if config.privacy.local_dp:
         history.privacy["local_dp_epsilon_max"] = history.local_epsilon
         history.privacy["local_dp_delta"] = config.privacy.local_delta
-    final_val = mean_client_metrics(transport.evaluate(eval_clients, shared, "val", final_round))
-    history.evals.append({"round": float(final_round), **final_val})
-    test = mean_client_metrics(transport.evaluate(eval_clients, shared, "test", final_round))
-    return shared, history, test
+    return shared, history, test or unreleased
 
 
 def _accept_replies(

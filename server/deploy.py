@@ -31,7 +31,11 @@ def main(grid: Grid, context: Context) -> None:
     values, out_dir, resume = split_out_dir(context.run_config)
     values, deploy = split_deploy_settings(values)
     config = parse_run_config(values)
-    common = {"expected_nodes": deploy.min_devices, "timeout": deploy.round_timeout, "patience": deploy.connect_timeout}
+    # real devices: their evaluation metrics leave only through a DP release in the ledger
+    common = {
+        "expected_nodes": deploy.min_devices, "timeout": deploy.round_timeout, "patience": deploy.connect_timeout,
+        "private_evaluation": config.privacy.enabled,
+    }
     transport = (
         SecAggTransport(grid, config, context=context, **common)  # type: ignore[arg-type]
         if deploy.secure_aggregation

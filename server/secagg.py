@@ -110,11 +110,12 @@ class SecAggTransport(GridTransport):
 
     def __init__(
         self, grid: Grid, config: RunConfig, *, context: Context, expected_nodes: int, timeout: float, patience: float,
-        share_fraction: float = 1.0, threshold_fraction: float = 0.6,
+        share_fraction: float = 1.0, threshold_fraction: float = 0.6, private_evaluation: bool = False,
     ) -> None:
         if not config.privacy.enabled:
             raise ConfigError(["secure-aggregation needs dp = user: the clipping norm sets SecAgg+'s quantization range"])
-        super().__init__(grid, config, expected_nodes=expected_nodes, timeout=timeout, patience=patience, client_order=False)
+        super().__init__(grid, config, expected_nodes=expected_nodes, timeout=timeout, patience=patience, client_order=False,
+                         private_evaluation=private_evaluation)
         self.context = context
         self.clipping_range = config.privacy.clipping_norm
         self.share_fraction = share_fraction

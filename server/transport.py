@@ -24,11 +24,14 @@ class GridTransport:
 
     def __init__(
         self, grid: Grid, config: RunConfig, *, expected_nodes: int, timeout: float = 600.0, patience: float = 120.0,
-        client_order: bool = True,
+        client_order: bool = True, private_evaluation: bool = False,
     ) -> None:
         """``client_order``: ask each node which simulated client it is (simulation);
-        real devices have no client index and keep their node-id order."""
+        real devices have no client index and keep their node-id order.
+        ``private_evaluation``: the devices' metrics are released only through
+        fedrec's Gaussian sum mechanism, recorded in the ledger (real devices)."""
         self.grid = grid
+        self.private_evaluation = private_evaluation  # read by fedrec.runner
         self.run_config = protocol.encode_run_config(config.to_flat())
         self.timeout = timeout
         self.upload_bits = config.federation.upload_bits  # every device must send its update quantized

@@ -24,6 +24,9 @@ from fedrec.federated import sum_updates
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import calibrate_noise
 from fedrec.privacy.dp_fedavg import ClippedSum, DPFedAvg, Part
+from fedrec.privacy.eval_release import NOT_PRIVATE as EVAL_NOT_PRIVATE
+from fedrec.privacy.eval_release import PRIVATE as EVAL_PRIVATE
+from fedrec.privacy.eval_release import calibrate_with_evaluations, planned_evaluations
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import noise_generator
 from fedrec.privacy.sampling import PoissonSampler
@@ -113,17 +116,31 @@ class MeanAggregator:
 class DPAggregator:
     """User-level DP-FedAvg around the mean: clip, sum, noise, record, then release."""
 
-    def __init__(self, config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False) -> None:
+    def __init__(
+        self, config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False,
+        private_evaluation: bool = False,
+    ) -> None:
         p = config.privacy
-        z = p.noise_multiplier or calibrate_noise(
-            target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate,
-            rounds=config.federation.num_rounds, accountant=p.accountant,
-        )
+        fed = config.federation
+        if p.noise_multiplier:
+            z = p.noise_multiplier
+        elif private_evaluation:  # leave room in the budget for the evaluation releases
+            z = calibrate_with_evaluations(
+                target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate, rounds=fed.num_rounds,
+                accountant=p.accountant, eval_noise_multiplier=p.eval_noise_multiplier,
+                evaluations=planned_evaluations(rounds=fed.num_rounds, eval_every=fed.eval_every),
+            )
+        else:
+            z = calibrate_noise(
+                target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate, rounds=fed.num_rounds,
+                accountant=p.accountant,
+            )
         key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
         self.session = PrivacySession(
             run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
             population=sampler.population, sample_rate=sampler.rate, noise_multiplier=z,
             clipping_norm=p.clipping_norm, config_hash=config.digest(), resume=resume,
+            evaluation=EVAL_PRIVATE if private_evaluation else EVAL_NOT_PRIVATE,
         )
         self.mechanism = DPFedAvg(noise_multiplier=z, clipping_norm=p.clipping_norm, expected_clients=sampler.expected_clients)
         self.secure_noise = p.secure_noise
@@ -201,8 +218,13 @@ def round_diagnostics(summed: ClippedSum, *, snr: float) -> dict[str, float]:
     }
 
 
-def make_aggregator(config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False) -> Aggregator:
-    """The run's aggregator: DP-FedAvg when user-level DP is on, else the plain mean."""
+def make_aggregator(
+    config: RunConfig, *, run_dir: Path, sampler: PoissonSampler, resume: bool = False, private_evaluation: bool = False
+) -> Aggregator:
+    """The run's aggregator: DP-FedAvg when user-level DP is on, else the plain mean.
+
+    ``private_evaluation``: the devices' metrics will be released through
+    :mod:`fedrec.privacy.eval_release` (real devices), so z leaves room for them."""
     if config.privacy.enabled:
-        return DPAggregator(config, run_dir=run_dir, sampler=sampler, resume=resume)
+        return DPAggregator(config, run_dir=run_dir, sampler=sampler, resume=resume, private_evaluation=private_evaluation)
     return MeanAggregator()

@@ -39,7 +39,10 @@ class PrivacySession:
         clipping_norm: float,
         config_hash: str,
         resume: bool = False,
+        evaluation: str | None = None,
     ) -> None:
+        """``evaluation``: how evaluation metrics leave the devices, stated in the signed
+        header (e.g. ``fedrec.privacy.eval_release.NOT_PRIVATE`` in a simulation)."""
         self.accountant, self.delta, self.budget = accountant, delta, budget
         self.sample_rate, self.noise_multiplier, self.clipping_norm = sample_rate, noise_multiplier, clipping_norm
         self.config_hash = config_hash
@@ -64,7 +67,7 @@ class PrivacySession:
                 "kind": "header", "run_id": uuid.uuid4().hex, "accountant": accountant, "delta": delta,
                 "budget": budget if math.isfinite(budget) else None, "population": population,
                 "config_hash": config_hash, "key_fingerprint": fingerprint(key.public_key()),
-                "mechanism": MECHANISM,
+                "mechanism": MECHANISM, **({"evaluation": evaluation} if evaluation is not None else {}),
             }
         )
 
