@@ -175,7 +175,8 @@ def _rounds(doc: dict[str, Any]) -> str:
     return (
         f"<h2>Epsilon per round</h2>{plot}"
         + (f"<h3>Resumes</h3><ul id=\"resumes-list\">{resumes}</ul>" if resumes else "")
-        + '<p class="note">PRV is a fresh numerical composition per round, so it is evaluated at a few rounds '
+        + f'<p class="note">The budget applies to the headline accountant ({escape(str(doc["epsilon"]["accountant"] or "-"))}). '
+        "PRV is a fresh numerical composition per round, so it is evaluated at a few rounds "
         "(always the last); RDP at every round. Rejected updates come from results.json (not signed).</p>"
         + "<details open><summary>per-round table</summary>"
         + _table(["ledger round", "model round", "clients", "epsilon (RDP)", "epsilon (PRV)", "epsilon recorded",
