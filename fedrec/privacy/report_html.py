@@ -213,7 +213,8 @@ def _releases(doc: dict[str, Any]) -> str:
 def _evaluation(doc: dict[str, Any]) -> str:
     ev = doc["evaluation"]
     cls = {True: "good", False: "bad", None: ""}[ev["private"]]
-    return f'<h2>Evaluation metrics</h2><p id="evaluation" class="{cls}">{escape(ev["statement"])}</p>'
+    text = ev["statement"] if ev["private"] is None else f"evaluation {ev['statement']}"
+    return f'<h2>Evaluation metrics</h2><p id="evaluation" class="{cls}">{escape(text)}</p>'
 
 
 def _empirical(doc: dict[str, Any]) -> str:

@@ -116,8 +116,7 @@ def test_a_simulation_says_its_evaluation_is_not_private(tiny_config, tmp_path: 
     assert entries[0]["evaluation"] == NOT_PRIVATE and not [e for e in entries if e["kind"] == "release"]
     doc = audit_document(tmp_path, prv_points=0)
     assert doc["evaluation"] == {"private": False, "statement": NOT_PRIVATE, "releases": []}
-    assert '<p id="evaluation" class="bad">evaluation not private (simulation)</p>' in render_html(doc).replace(
-        NOT_PRIVATE, "evaluation " + NOT_PRIVATE)
+    assert '<p id="evaluation" class="bad">evaluation not private (simulation)</p>' in render_html(doc)
 
 
 def test_devices_release_every_evaluation_through_the_ledger(tiny_config, tmp_path: Path) -> None:
@@ -129,7 +128,9 @@ def test_devices_release_every_evaluation_through_the_ledger(tiny_config, tmp_pa
         "evaluation: val metrics after round 1", "evaluation: val metrics after round 2", "evaluation: test metrics after round 2"]
     assert all(r["clipping_norm"] == math.sqrt(len(METRIC_NAMES)) and r["sample_rate"] == 1.0 for r in releases)
     report = audit_run(tmp_path)
-    assert report.code == OK and report.releases == 3 and set(test) == set(METRIC_NAMES)
+    # z was calibrated to leave room for every planned evaluation: none was refused
+    assert report.code == OK and report.releases == 3 and not history.stopped_by_budget
+    assert set(test) == set(METRIC_NAMES) and all(math.isfinite(v) for v in test.values())
     doc = audit_document(tmp_path, prv_points=0)
     assert doc["evaluation"]["private"] is True and doc["evaluation"]["releases"] == [1, 2, 3]
     assert doc["epsilon"]["rounds_only"]["prv"] < doc["epsilon"]["prv"]
