@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,14 +57,17 @@ def main() -> None:
     parser.add_argument("--accountant", choices=("prv", "rdp"), default="prv", help="the run's headline accountant")
     parser.add_argument("--prv-points", type=int, default=PRV_POINTS)
     parser.add_argument("--keep", type=Path, default=None, help="write the run and report here instead of a temporary folder")
+    parser.add_argument("--reuse", action="store_true", help="time the ledger already in KEEP/run (written by an earlier --keep)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = args.keep or Path(tmp)
         run_dir = base / "run"
-        started = time.perf_counter()
-        write_ledger(run_dir, rounds=args.rounds, accountant=args.accountant)
-        print(f"wrote {args.rounds} ledger rounds in {time.perf_counter() - started:.1f} s")
+        if not (args.reuse and args.keep):
+            started = time.perf_counter()
+            write_ledger(run_dir, rounds=args.rounds, accountant=args.accountant)
+            print(f"wrote {args.rounds} ledger rounds in {time.perf_counter() - started:.1f} s")
 
+        cpu = time.process_time()
         started = time.perf_counter()
         inputs = collect(run_dir, public_key=run_dir / PUBLIC_KEY)
         collected = time.perf_counter()
@@ -71,20 +75,26 @@ def main() -> None:
         built = time.perf_counter()
         page = render_html(doc)
         rendered = time.perf_counter()
+        cpu = time.process_time() - cpu
         (base / "report.html").write_text(page, encoding="utf-8")
-        print(f"status {doc['status']}, epsilon {doc['epsilon']['headline']:.4f} ({args.accountant}), "
+        print(f"status {doc['status']}, {doc['rounds']} rounds, epsilon {doc['epsilon']['headline']:.4f} ({doc['epsilon']['accountant']}), "
               f"{len(page) / 1e3:.0f} kB of HTML")
         print(f"in process: verify {collected - started:.2f} s + document {built - collected:.2f} s "
-              f"+ HTML {rendered - built:.2f} s = {rendered - started:.2f} s")
+              f"+ HTML {rendered - built:.2f} s = {rendered - started:.2f} s wall, {cpu:.2f} s CPU "
+              "(CPU time: what an idle machine would take, as the report runs on one core)")
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "fedrec", "audit", str(run_dir), "--public-key", str(run_dir / PUBLIC_KEY),
              "--html", str(base / "report-cli.html"), "--prv-points", str(args.prv_points)],
             env=env, capture_output=True, text=True, check=False,
         )
-        print(f"fedrec audit --html (fresh process, imports included): {time.perf_counter() - started:.2f} s, exit {done.returncode}")
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+        print(f"fedrec audit --html (fresh process, imports included): {wall:.2f} s wall, {child_cpu:.2f} s CPU, exit {done.returncode}")
 
 
 if __name__ == "__main__":
