@@ -395,6 +395,8 @@ def coldstart_eval(
             table.add_row(r["method"], str(r["reveal"]), *(f"{r[m]:.4f}" for m in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")))
         console.print(table)
         for encoder, t in results["targets"].items():
+            if "n3_relative_gain" not in t:
+                continue
             console.print(
                 f"blend ({encoder}) vs popularity, full NDCG@10: n=3 {t['n3_relative_gain']:+.1%} (target +20%), "
                 f"n=0 {t['n0_blend']:.4f} vs {t['n0_popularity']:.4f}"
