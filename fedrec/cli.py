@@ -364,12 +364,19 @@ def coldstart_eval(
     federated: Annotated[bool, typer.Option(help="Train a federated reference on the training users.")] = True,
     first_rounds: Annotated[int, typer.Option(help="Local rounds for the random vs profile init study (0: skip).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out users, negatives and tie-breaks.")] = 0,
+    collaborative: Annotated[
+        str, typer.Option(help="none, or dp-ease: add the DP-EASE release of the training users (own ledger in OUT/dp-ease).")
+    ] = "none",
+    epsilon: Annotated[float, typer.Option(help="Budget of the --collaborative dp-ease release (user-level).")] = 8.0,
+    delta: Annotated[float, typer.Option(help="Delta of the --collaborative dp-ease release.")] = 1e-5,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Cold start on held-out users who never train: popularity, content, blend, federated; CSV + plot.
 
     The federated reference uses the run settings (--config/--set; default: 20 rounds,
-    50 clients per round, no DP) over the training users only.
+    50 clients per round, no DP) over the training users only. With --collaborative
+    dp-ease the training users also run DP-EASE (its ledger passes `fedrec audit OUT/dp-ease`)
+    and new users are scored from its released arrays (docs/coldstart-dp.md).
     """
     _setup_logging(verbose)
     with _errors():
@@ -390,7 +397,7 @@ def coldstart_eval(
             raise FedrecError("--reveal values must be >= 0")
         settings = ColdStartConfig(
             reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated,
-            first_rounds=first_rounds, seed=seed,
+            first_rounds=first_rounds, seed=seed, collaborative=collaborative, release_epsilon=epsilon, release_delta=delta,
         )
         _data_note(run_config)
         interactions = load_dataset(run_config.data).positives(run_config.data.rating_threshold)
@@ -406,10 +413,17 @@ def coldstart_eval(
             table.add_row(r["method"], str(r["reveal"]), *(f"{r[m]:.4f}" for m in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")))
         console.print(table)
         for encoder, t in results["targets"].items():
+            if "n3_relative_gain" not in t:
+                continue
             console.print(
                 f"blend ({encoder}) vs popularity, full NDCG@10: n=3 {t['n3_relative_gain']:+.1%} (target +20%), "
                 f"n=0 {t['n0_blend']:.4f} vs {t['n0_popularity']:.4f}"
             )
+        release = results["release"]
+        for method, t in results["targets"].items():
+            if "ratio_to_popularity" in t:
+                ratios = ", ".join(f"n={n} {r:.2f}x" for n, r in t["ratio_to_popularity"].items())
+                console.print(f"{method} (epsilon {release['epsilon']:.3g}) / popularity, full NDCG@10: {ratios} (target 1.15x at n=3)")
         for row in results["first_rounds"]:
             if row["round"] in (0, settings.first_rounds):
                 console.print(

@@ -23,8 +23,17 @@ from fedrec.client import Device
 from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import ClientData, leave_one_out
+from fedrec.errors import ConfigError
 from fedrec.fallback.catalog import build_catalog
+from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase
 from fedrec.fallback.content import BlendConfig, ContentRecommender
+from fedrec.fallback.dp_coldstart import (
+    RELEASE_DIR,
+    blend_scorer,
+    release_config,
+    run_training_release,
+    tune_collaborative,
+)
 from fedrec.fallback.evaluation import (
     METRICS,
     ColdStartUser,
@@ -38,7 +47,7 @@ from fedrec.fallback.evaluation import (
 from fedrec.fallback.features import FeatureConfig
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
 from fedrec.models import Arrays, ModelConfig
-from fedrec.results import RESULTS, save_png, write_atomic, write_json
+from fedrec.results import MODEL, RESULTS, read_arrays, save_png, write_atomic, write_json
 from fedrec.runner import InProcessTransport, run_federated
 from fedrec.training import PrivateState, TrainConfig, init_private
 
@@ -48,6 +57,9 @@ CSV_NAME = "coldstart.csv"
 PLOT_NAME = "coldstart.png"
 FIRST_ROUNDS_CSV = "first_rounds.csv"
 POPULARITY = "popularity"
+DP_POPULARITY = "DP popularity"
+DP_FOLD_IN = "DP-EASE fold-in"
+COLLABORATIVE = ("none", "dp-ease")
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,13 @@ class ColdStartConfig:
     fold_in_lr: float = 0.05
     first_rounds: int = 3  # local rounds a joining cold user runs, random vs profile init
     seed: int = 0
+    collaborative: str = "none"  # "dp-ease": add the DP-EASE release of the training users (fedrec.fallback.dp_coldstart)
+    release_epsilon: float = 8.0  # its budget (user-level, over the training users)
+    release_delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.collaborative not in COLLABORATIVE:
+            raise ConfigError([f"collaborative {self.collaborative!r} must be one of {', '.join(COLLABORATIVE)}"])
 
 
 @dataclass(frozen=True)
@@ -198,6 +217,7 @@ def run_coldstart_eval(
     scorers: dict[str, tuple[Scorer, dict[str, float]]] = {}
     tuned: dict[str, Any] = {}
     content_for_init: ContentRecommender | None = None
+    contents: dict[str, ContentRecommender] = {}
     for text in config.text_encoders:
         step(f"item vectors ({text})")
         catalog = build_catalog(data, features=FeatureConfig(text=text), run_dir=out_dir, train_users=users.train)
@@ -212,6 +232,13 @@ def run_coldstart_eval(
         scorers[f"content ({text})"] = (profile_scorer(content), {"popularity_weight": 0.0, "smoothing": math.nan})
         scorers[f"blend ({text})"] = (profile_scorer(blend), asdict(best.blend))
         content_for_init = content
+        contents[text] = content
+    release: dict[str, Any] = {}
+    if config.collaborative == "dp-ease":
+        step("DP-EASE release of the training users (own ledger)")
+        release, dp_scorers = dp_ease_scorers(data, users.train, val, config=config, federated_config=federated_config,
+                                              contents=contents, run_dir=out_dir / RELEASE_DIR)
+        scorers.update(dp_scorers)
     federated: dict[str, Any] = {}
     first_rounds: list[dict[str, Any]] = []
     if config.federated and federated_config is not None and content_for_init is not None:
@@ -231,31 +258,76 @@ def run_coldstart_eval(
             )
             write_rows(out_dir / FIRST_ROUNDS_CSV, first_rounds, ["init", "reveal", "round", "users", *METRICS])
     rows: list[dict[str, Any]] = []
+    dp_names = set(release.get("methods", ()))
     for name, (scorer, params) in scorers.items():
         step(f"evaluating {name}")
         for n in config.reveal:
             metrics = evaluate(scorer, test, n)
             epsilon = federated.get("epsilon", math.inf) if name.startswith("federated") else math.inf
+            if name in dp_names:
+                epsilon = release["epsilon"]
             rows.append({"method": name, "reveal": n, "users": len(test), **metrics, **params, "epsilon": epsilon, "seed": config.seed})
     write_csv(out_dir / CSV_NAME, rows)
     plot(out_dir / PLOT_NAME, rows, reveal=config.reveal, users=len(test))
     results = {
         "dataset": data.name, "seed": config.seed, "config": asdict(config),
         "users": {"train": int(users.train.shape[0]), "validation": len(val), "test": len(test)},
-        "tuned": tuned, "federated": federated, "rows": rows, "first_rounds": first_rounds, "targets": targets(rows, config.text_encoders),
+        "tuned": tuned, "federated": federated, "release": release, "rows": rows, "first_rounds": first_rounds, "targets": targets(rows, config.text_encoders, sorted(dp_names)),
         "seconds": time.perf_counter() - started,
     }
     write_json(out_dir / RESULTS, results)
     return results
 
 
+def dp_ease_scorers(
+    data: Interactions, train_users: np.ndarray, val: Sequence[ColdStartUser], *, config: ColdStartConfig,
+    federated_config: RunConfig | None, contents: dict[str, ContentRecommender], run_dir: Path,
+) -> tuple[dict[str, Any], dict[str, tuple[Scorer, dict[str, float]]]]:
+    """The DP-EASE run over the training users, then scorers that read only its release,
+    their weights chosen on the validation users ``val``."""
+    run_config = release_config(federated_config, epsilon=config.release_epsilon, delta=config.release_delta, seed=config.seed)
+    summary = run_training_release(data, train_users, config=run_config, run_dir=run_dir)
+    arrays = read_arrays(run_dir / MODEL)
+    scorers: dict[str, tuple[Scorer, dict[str, float]]] = {}
+    tuned: dict[str, Any] = {}
+    nan = {"popularity_weight": math.nan, "smoothing": math.nan}
+    for text, content in contents.items() or [("", None)]:
+        choice = tune_collaborative(arrays, val, content=content, reveal=config.reveal)
+        ease = ReleasedEase.from_arrays(arrays, extra_ridge=choice.extra_ridge)
+        if not scorers:
+            prior_only = CollaborativeBlend(ease_weight=0.0, prior_weight=1.0)
+            scorers[DP_POPULARITY] = (blend_scorer(ease, prior_only, None), {**nan, "popularity_weight": 1.0})
+            scorers[DP_FOLD_IN] = (blend_scorer(ease, choice.fold_in, None), {**nan, "popularity_weight": choice.fold_in.prior_weight})
+        if content is not None:
+            scorers[f"blend ({text}, DP prior)"] = (
+                blend_scorer(ease, choice.content_prior, content), {**nan, "popularity_weight": choice.content_prior.prior_weight}
+            )
+            scorers[f"DP-EASE + content ({text})"] = (
+                blend_scorer(ease, choice.with_content, content), {**nan, "popularity_weight": choice.with_content.prior_weight}
+            )
+        tuned[text or "none"] = {
+            "extra_ridge": choice.extra_ridge, "fold_in": asdict(choice.fold_in), "with_content": asdict(choice.with_content),
+            "content_prior": asdict(choice.content_prior), "grid": choice.grid,
+        }
+    release = {
+        "run_dir": str(run_dir), "epsilon": summary["epsilon"], "epsilon_rdp": summary.get("epsilon_rdp"),
+        "delta": summary["delta"], "top_items": summary["top_items"], "clients": summary["clients"],
+        "noise_multipliers": summary["noise_multipliers"], "tuned": tuned, "methods": list(scorers),
+    }
+    return release, scorers
+
+
 def metric_of(rows: Sequence[dict[str, Any]], method: str, n: int, metric: str = "full_ndcg@10") -> float:
     return next((float(r[metric]) for r in rows if r["method"] == method and r["reveal"] == n), math.nan)
 
 
-def targets(rows: Sequence[dict[str, Any]], encoders: Sequence[str]) -> dict[str, Any]:
-    """The issue's targets: blend vs popularity on full-ranking NDCG@10 at n = 3 and n = 0."""
+def targets(rows: Sequence[dict[str, Any]], encoders: Sequence[str], private: Sequence[str] = ()) -> dict[str, Any]:
+    """The issue's targets: blend vs popularity on full-ranking NDCG@10 at n = 3 and n = 0;
+    for each DP-EASE method, its full NDCG@10 over popularity's at every n (target 1.15 at n = 3)."""
     out: dict[str, Any] = {}
+    for method in private:
+        ratios = {n: metric_of(rows, method, n) / metric_of(rows, POPULARITY, n) for n in sorted({int(r["reveal"]) for r in rows})}
+        out[method] = {"ratio_to_popularity": ratios, "n3_target_met": bool(ratios.get(3, math.nan) >= 1.15)}
     for text in encoders:
         pop3, blend3 = metric_of(rows, POPULARITY, 3), metric_of(rows, f"blend ({text})", 3)
         pop0, blend0 = metric_of(rows, POPULARITY, 0), metric_of(rows, f"blend ({text})", 0)
@@ -291,7 +363,7 @@ def plot(path: Path, rows: Sequence[dict[str, Any]], *, reveal: Sequence[int], u
     for ax, metric, label in zip(axes, ("full_ndcg@10", "ndcg@10"), ("full ranking", "99 sampled negatives")):
         for method in methods:
             ax.plot(list(reveal), [metric_of(rows, method, n, metric) for n in reveal], marker="o", ms=3, label=method,
-                    ls="--" if method.startswith("federated") else "-")
+                    ls="--" if method.startswith("federated") else ":" if "DP" in method else "-")
         ax.set_xlabel("revealed items n (chronologically first)")
         ax.set_ylabel(f"NDCG@10 ({label})")
         ax.set_xticks(list(reveal))
