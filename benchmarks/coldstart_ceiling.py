@@ -25,11 +25,11 @@ import math
 
 import numpy as np
 
+from fedrec.data.location import resolve_data_dir
 from fedrec.data.sources import load_interactions
 from fedrec.fallback.evaluation import WEIGHT_GRID, ColdStartUser, cold_users, evaluate, split_users
 from fedrec.fallback.popularity import PopularityPrior
 from fedrec.fallback.profile import Demographics
-from fedrec.settings import resolve_data_dir
 
 REVEAL = (0, 1, 3, 5)
 
@@ -41,7 +41,7 @@ def main() -> None:
     data = load_interactions("ml-100k", resolve_data_dir()).positives(
         0.0
     )  # every rating, as coldstart-eval's default config
-    rng = np.random.default_rng([args.seed, 41])  # as fedrec.fallback.coldstart_run
+    rng = np.random.default_rng([args.seed, 41])  # as fedrec.experiments.coldstart
     users = split_users(data, holdout_fraction=0.1, min_interactions=max(REVEAL) + 1, rng=rng)
     val = cold_users(data, users.validation, max_reveal=max(REVEAL), num_negatives=99, rng=rng)
     test = cold_users(data, users.test, max_reveal=max(REVEAL), num_negatives=99, rng=rng)

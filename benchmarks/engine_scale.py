@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedrec.client import simulated_population
 from fedrec.config import parse_run_config
-from fedrec.engine import run
+from fedrec.engine.vectorised import run
+from fedrec.federation.device import simulated_population
 
 
 def main() -> None:

@@ -39,14 +39,14 @@ from torch import nn
 from clients.app import query as client_query
 from clients.records import to_record
 from fedrec import protocol
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
-from fedrec.engine import run as run_inprocess
-from fedrec.federated import client_rng
-from fedrec.metrics import METRIC_NAMES
+from fedrec.engine.vectorised import run as run_inprocess
+from fedrec.evaluation.metrics import METRIC_NAMES
+from fedrec.federation.device import simulated_population
+from fedrec.federation.fedavg import client_rng
+from fedrec.federation.rounds import PoissonSampler
 from fedrec.models import SharedTower, UserEmbeddings, init_shared, shared_spec
-from fedrec.runner import PoissonSampler
-from fedrec.training import epoch_examples, make_optimizer
+from fedrec.training.local import epoch_examples, make_optimizer
 from server.app import build_server_app
 from server.simulation import backend_config
 from server.simulation import run as run_flower

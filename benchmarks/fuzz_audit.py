@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.experiments.results import RESULTS
 from fedrec.privacy.audit import audit_run
 from fedrec.privacy.ledger import LEDGER, load_or_create_key
 from fedrec.privacy.session import PrivacySession
-from fedrec.results import RESULTS
 
 TOKENS = [b"\n", b"\r", b" ", b"0", b"9", b"-", b".", b"e", b'"', b",", b"{", b"}", b"[", b"]", b"null", b"true",
           b"1e999", b"NaN", b"-Infinity", b'"round"', b'"epsilon":0,', b"\xff", b"\x00", b"\\u0000", b"\\ud800",

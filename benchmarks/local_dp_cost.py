@@ -30,10 +30,10 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrec.client import Device, client_rng
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.federation.device import Device, client_rng
 from fedrec.models import Arrays, SharedTower, init_shared, load_shared
-from fedrec.training import PrivateState, epoch_examples, make_optimizer
+from fedrec.training.local import PrivateState, epoch_examples, make_optimizer
 
 
 class _ReferenceNet(nn.Module):

@@ -31,10 +31,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients.device import app as device_app
 from fedrec.config import parse_run_config
 from fedrec.data import load_movielens_100k
+from fedrec.data.location import resolve_data_dir
 from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
 from fedrec.deploy.fleet import split_fleet
 from fedrec.models import init_shared, shared_spec
-from fedrec.settings import resolve_data_dir
 from server.secagg import SecAggTransport
 from server.transport import GridTransport
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedrec.config import load_config_file, parse_overrides, parse_run_config
-from fedrec.engine import run
+from fedrec.engine.vectorised import run
 
 
 def _result(config_file: str, overrides: dict[str, str], seed: int, bits: int, out: Path) -> dict[str, float]:

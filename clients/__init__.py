@@ -1,1 +1,1 @@
-"""Flower ClientApp: the device side, a thin shell around :mod:`fedrec.client`."""
+"""Flower ClientApp: the device side, a thin shell around :mod:`fedrec.federation.device`."""

@@ -13,9 +13,9 @@ from flwr.clientapp import ClientApp
 
 from clients.records import to_arrays, to_record
 from fedrec import protocol
-from fedrec.client import Device
 from fedrec.config import RunConfig, parse_run_config
-from fedrec.training import PrivateState
+from fedrec.federation.device import Device
+from fedrec.training.local import PrivateState
 
 # Simulated devices share two cores; one thread each avoids oversubscription.
 torch.set_num_threads(1)

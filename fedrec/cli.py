@@ -18,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedrec.config import ModelFamily, RunConfig, load_config_file, parse_overrides, parse_run_config
+from fedrec.data.location import resolve_data_dir
 from fedrec.deploy.commands import deploy_app, recommend
 from fedrec.errors import FedrecError
-from fedrec.metrics import METRIC_NAMES
-from fedrec.settings import resolve_data_dir
+from fedrec.evaluation.metrics import METRIC_NAMES
 
 app = typer.Typer(help="fedrec: privacy-preserving federated recommendation.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Get and check data sets.", no_args_is_help=True)
@@ -136,7 +136,7 @@ def simulate(
         if resume is not None:
             if config or set_ or data:
                 raise FedrecError("--resume takes the run's own config; drop --config, --set and --data")
-            from fedrec.checkpoint import read_run_config
+            from fedrec.federation.checkpoint import read_run_config
 
             flat, engine = read_run_config(resume)
             run_config, out = parse_run_config(flat), resume
@@ -189,7 +189,7 @@ def centralized(
     with _errors():
         run_config = _load_config(config, set_, data)
         _data_note(run_config)
-        from fedrec.baselines_run import run_baselines
+        from fedrec.experiments.references import run_baselines
 
         with _progress() as progress:
             task = progress.add_task("central NeuMF", total=run_config.federation.central_epochs, status="")
@@ -217,7 +217,7 @@ def sweep(
     """Privacy-utility sweep: one auditable run per (epsilon, population); CSV + plot."""
     _setup_logging(verbose)
     with _errors():
-        from fedrec.sweep import run_sweep
+        from fedrec.experiments.sweep import run_sweep
 
         base = _load_config(config, set_, data)
         _data_note(base)
@@ -381,7 +381,7 @@ def coldstart_eval(
     _setup_logging(verbose)
     with _errors():
         from fedrec.data.sources import load_dataset
-        from fedrec.fallback.coldstart_run import CSV_NAME, PLOT_NAME, ColdStartConfig, run_coldstart_eval
+        from fedrec.experiments.coldstart import CSV_NAME, PLOT_NAME, ColdStartConfig, run_coldstart_eval
 
         values: dict[str, Any] = {"num-rounds": 20, "clients-per-round": 50, "eval-every": 0, "dp": "off", "seed": seed}
         values.update(load_config_file(config) if config else {})

@@ -22,7 +22,7 @@ from fedrec.data.spec import ID_TYPES, PRESETS, DataSpec, parse_scale, spec_prob
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
 from fedrec.models import ModelConfig
-from fedrec.training import TrainConfig
+from fedrec.training.local import TrainConfig
 
 Scalar = bool | int | float | str
 
@@ -151,7 +151,7 @@ class FederationSettings:
     eval_users: int = field(default=0, metadata=_key("eval-users", check=_non_negative))
     central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))
     # devices upload their clipped update quantized to this many bits per coordinate
-    # (fedrec.compression; 0 = dense float32)
+    # (fedrec.federation.compression; 0 = dense float32)
     upload_bits: int = field(
         default=0, metadata=_key("upload-bits", check=lambda v: None if v in (0, 4, 8) else "must be 0 (off), 4 or 8")
     )

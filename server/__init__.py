@@ -1,1 +1,1 @@
-"""Flower ServerApp: the server side, a thin shell around :mod:`fedrec.runner`."""
+"""Flower ServerApp: the server side, a thin shell around :mod:`fedrec.federation.rounds`."""

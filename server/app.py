@@ -13,10 +13,10 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.errors import ConfigError
-from fedrec.experiment import run_and_report
+from fedrec.experiments.run import run_and_report
+from fedrec.federation.device import simulated_population
 from server.transport import GridTransport
 
 OUT_DIR = "out-dir"  # run-config key of the results folder (not part of RunConfig)

@@ -30,8 +30,8 @@ from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
 from fedrec.deploy.fleet import CATALOG, split_fleet
 from fedrec.deploy.pki import make_device_keys, make_tls
+from fedrec.experiments.results import RESULTS, write_json
 from fedrec.privacy.ledger import LEDGER
-from fedrec.results import RESULTS, write_json
 from server.fleet import LocalFleet
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.config import parse_run_config
 from fedrec.deploy.settings import split_deploy_settings
-from fedrec.experiment import run_and_report
-from fedrec.results import RESULTS, write_json
+from fedrec.experiments.results import RESULTS, write_json
+from fedrec.experiments.run import run_and_report
 from server.app import split_out_dir
 from server.secagg import SecAggTransport
 from server.transport import GridTransport

@@ -35,8 +35,8 @@ from flwr.serverapp import Grid
 from fedrec import protocol
 from fedrec.config import RunConfig
 from fedrec.errors import ConfigError
+from fedrec.federation.rounds import TrainReply
 from fedrec.models import Arrays
-from fedrec.runner import TrainReply
 from server.transport import GridTransport
 
 logger = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from clients.app import app as client_app
-from fedrec.client import simulated_population
 from fedrec.config import ModelFamily, RunConfig
 from fedrec.errors import FedrecError
-from fedrec.results import RESULTS
+from fedrec.experiments.results import RESULTS
+from fedrec.federation.device import simulated_population
 from server.app import RoundCallback, build_server_app
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""A :class:`fedrec.runner.Transport` over Flower's Grid (simulation or deployment)."""
+"""A :class:`fedrec.federation.rounds.Transport` over Flower's Grid (simulation or deployment)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from clients.records import to_arrays, to_record
 from fedrec import protocol
 from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
+from fedrec.federation.rounds import TrainReply
 from fedrec.models import Arrays
-from fedrec.runner import TrainReply
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class GridTransport:
         ``private_evaluation``: the devices' metrics are released only through
         fedrec's Gaussian sum mechanism, recorded in the ledger (real devices)."""
         self.grid = grid
-        self.private_evaluation = private_evaluation  # read by fedrec.runner
+        self.private_evaluation = private_evaluation  # read by fedrec.federation.rounds
         self.run_config = protocol.encode_run_config(config.to_flat())
         self.timeout = timeout
         self.upload_bits = config.federation.upload_bits  # every device must send its update quantized
@@ -104,7 +104,7 @@ class GridTransport:
                     num_examples=int(str(metrics.get(protocol.NUM_EXAMPLES, 0))),
                     loss=float(str(metrics.get(protocol.TRAIN_LOSS, "nan"))),
                     local_epsilon=float(str(metrics.get(protocol.LOCAL_EPSILON, 0.0))),
-                    encoded=self.upload_bits > 0,  # the server decodes (fedrec.runner) before its checks
+                    encoded=self.upload_bits > 0,  # the server decodes (fedrec.federation.rounds) before its checks
                 )
             )
         if sizes:

@@ -27,17 +27,17 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from fedrec.baselines import Popularity
-from fedrec.client import simulated_population
 from fedrec.config import parse_run_config
+from fedrec.data.location import resolve_data_dir
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.select import choose, criterion, without_test_items
-from fedrec.evaluation import evaluate_scorer
+from fedrec.evaluation.scoring import evaluate_scorer
+from fedrec.experiments.baselines import Popularity
+from fedrec.experiments.results import save_png, write_atomic
+from fedrec.federation.device import simulated_population
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import audit_run
-from fedrec.results import save_png, write_atomic
-from fedrec.settings import resolve_data_dir
 
 EPSILONS = (1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
 PRIVATE_GRID = [

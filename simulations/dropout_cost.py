@@ -3,7 +3,7 @@
 Runs the in-process engine on MovieLens 100K with the settings of ``ml100k.toml``
 (shortened to ``--rounds`` rounds) twice with the same seed: once with every sampled
 client replying, once with ``--dropout`` of them failing at random each round
-(:class:`fedrec.faults.DropoutTransport`). DP noise is calibrated to the expected
+(:class:`fedrec.federation.faults.DropoutTransport`). DP noise is calibrated to the expected
 number of clients in both, so dropouts cost signal, never privacy; each run's ledger
 is verified with :func:`fedrec.privacy.audit.audit_run`. Prints NDCG@10 of both and
 the loss. The data directory comes from ``$FEDREC_DATA_DIR`` or ``--data``.
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from fedrec.config import load_config_file, parse_run_config
-from fedrec.engine import VectorisedTransport
-from fedrec.experiment import run_and_report
-from fedrec.faults import DropoutTransport
+from fedrec.engine.vectorised import VectorisedTransport
+from fedrec.experiments.run import run_and_report
+from fedrec.federation.faults import DropoutTransport
+from fedrec.federation.rounds import Transport
 from fedrec.privacy.audit import audit_run
-from fedrec.runner import Transport
 
 HERE = Path(__file__).resolve().parent
 

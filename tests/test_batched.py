@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.batched import local_update_batched
 from fedrec.data import LeaveOneOutSplit
-from fedrec.federated import client_rng
+from fedrec.federation.fedavg import client_rng
 from fedrec.models import ModelConfig, init_shared, shared_spec
-from fedrec.training import TrainConfig, init_private, local_update
+from fedrec.training.batched import local_update_batched
+from fedrec.training.local import TrainConfig, init_private, local_update
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from fedrec.results import RESULTS
+from fedrec.experiments.results import RESULTS
 
 runner = CliRunner()
 

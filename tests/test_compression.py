@@ -8,18 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from fedrec.client import simulated_population
-from fedrec.compression import CODES, decode_update, encode_update, payload_bytes, payload_scales
 from fedrec.config import RunConfig, parse_run_config
-from fedrec.engine import VectorisedTransport
+from fedrec.engine.vectorised import VectorisedTransport
 from fedrec.errors import ConfigError
-from fedrec.experiment import run_and_report, upload_summary
-from fedrec.faults import CorruptingTransport
+from fedrec.experiments.run import run_and_report, upload_summary
+from fedrec.federation.compression import CODES, decode_update, encode_update, payload_bytes, payload_scales
+from fedrec.federation.device import simulated_population
+from fedrec.federation.faults import CorruptingTransport
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import shared_spec
 from fedrec.privacy.audit import audit_run
 from fedrec.privacy.clipping import clip_update, global_norm
 from fedrec.privacy.dp_fedavg import DPFedAvg
-from fedrec.runner import InProcessTransport, run_federated
 
 SPEC = {"a": (30, 4), "b": (7,), "c": ()}
 
@@ -93,7 +93,7 @@ def test_bits_zero_sends_the_dense_update() -> None:
 
 
 def test_non_finite_update_decodes_to_nan_and_is_rejected_by_check_update() -> None:
-    from fedrec.runner import check_update
+    from fedrec.federation.rounds import check_update
 
     update = _update()
     update["b"][2] = np.inf

@@ -9,12 +9,12 @@ import signal
 import numpy as np
 import pytest
 
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig
-from fedrec.engine import LANES_ENV, VectorisedTransport, default_lanes
+from fedrec.engine.vectorised import LANES_ENV, VectorisedTransport, default_lanes
 from fedrec.errors import FedrecError
+from fedrec.federation.device import simulated_population
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import init_shared
-from fedrec.runner import InProcessTransport, run_federated
 
 
 def _run(config: RunConfig, transport, path):

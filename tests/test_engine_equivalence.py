@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from fedrec.results import MODEL, read_arrays
+from fedrec.experiments.results import MODEL, read_arrays
 
 SETTINGS = [
     "max-users=5", "num-rounds=3", "clients-per-round=3", "eval-every=0", "gmf-dim=8",

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
-from fedrec.engine import VectorisedTransport
-from fedrec.faults import HOSTILE, CorruptingTransport, DropoutTransport, huge
+from fedrec.engine.vectorised import VectorisedTransport
+from fedrec.federation.device import simulated_population
+from fedrec.federation.faults import HOSTILE, CorruptingTransport, DropoutTransport, huge
+from fedrec.federation.rounds import RunHistory, run_federated
 from fedrec.models import Arrays, init_shared
 from fedrec.privacy.audit import audit_run
 from fedrec.privacy.clipping import global_norm
 from fedrec.privacy.dp_fedavg import DPFedAvg
 from fedrec.privacy.ledger import LEDGER, read_entries
-from fedrec.runner import RunHistory, run_federated
 
 HOSTILE_CLIENT = 2
 
@@ -51,7 +51,7 @@ def test_every_hostile_kind_is_rejected_counted_and_logged(tiny_config, tmp_path
     n = len(kinds) + 1
     config = _config(tiny_config, **{"num-rounds": 1, "eval-every": 0, "max-users": n, "clients-per-round": n})
     transport = CorruptingTransport(VectorisedTransport(config), {c: HOSTILE[kind] for c, kind in enumerate(kinds)})
-    with caplog.at_level(logging.WARNING, logger="fedrec.runner"):
+    with caplog.at_level(logging.WARNING, logger="fedrec.federation.rounds"):
         _, history = _run(config, transport, tmp_path / "run")
     info = history.rounds[0]
     assert info["sampled"] == n

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrec.client import simulated_population
-from fedrec.evaluation import evaluate_scorer
-from fedrec.federated import ServerOptimizer, mean_updates
+from fedrec.evaluation.scoring import evaluate_scorer
+from fedrec.federation.device import simulated_population
+from fedrec.federation.fedavg import ServerOptimizer, mean_updates
+from fedrec.federation.rounds import InProcessTransport, PoissonSampler, check_update, run_federated
 from fedrec.models import SharedTower, load_shared
-from fedrec.runner import InProcessTransport, PoissonSampler, check_update, run_federated
 
 
 def test_federated_evaluation_equals_direct_computation(tiny_config, tmp_path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from fedrec.metrics import METRIC_NAMES
+from fedrec.evaluation.metrics import METRIC_NAMES
 
 REQUIRED = {"dataset", "model", *METRIC_NAMES, "rounds", "clients_per_round", "seed", "seconds"}
 

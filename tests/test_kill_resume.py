@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.checkpoint import RUN_CONFIG, load_checkpoint
+from fedrec.experiments.results import RESULTS
+from fedrec.federation.checkpoint import RUN_CONFIG, load_checkpoint
 from fedrec.privacy.audit import OK, audit_run
 from fedrec.privacy.ledger import LEDGER
-from fedrec.results import RESULTS
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from fedrec.metrics import full_rank, rank_of, user_metrics
+from fedrec.evaluation.metrics import full_rank, rank_of, user_metrics
 
 
 def test_ranks_hand_computed() -> None:

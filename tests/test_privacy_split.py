@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from clients.app import PRIVATE, train
 from clients.records import to_arrays, to_record
 from fedrec import protocol
-from fedrec.client import Device
+from fedrec.federation.device import Device
 from fedrec.models import init_shared, shared_spec
 
 

@@ -11,17 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-import fedrec.runner as runner_module
-from fedrec.checkpoint import CHECKPOINT, load_checkpoint
+import fedrec.federation.rounds as runner_module
 from fedrec.config import RunConfig
-from fedrec.engine import VectorisedTransport
+from fedrec.engine.vectorised import VectorisedTransport
 from fedrec.errors import FedrecError, LedgerError
-from fedrec.experiment import run_and_report
+from fedrec.experiments.results import MODEL, RESULTS, read_arrays
+from fedrec.experiments.run import run_and_report
+from fedrec.federation.checkpoint import CHECKPOINT, load_checkpoint
+from fedrec.federation.rounds import InProcessTransport
 from fedrec.privacy.accountant import epsilon
 from fedrec.privacy.audit import OK, TAMPERED, audit_run
 from fedrec.privacy.ledger import LEDGER
-from fedrec.results import MODEL, RESULTS, read_arrays
-from fedrec.runner import InProcessTransport
 
 
 class Crash(Exception):

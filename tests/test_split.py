@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedrec.data import leave_one_out, sample_negatives
-from fedrec.training import epoch_examples
+from fedrec.training.local import epoch_examples
 
 
 def test_held_out_items_are_the_latest_and_never_trained_on(ml100k, ml100k_split) -> None:

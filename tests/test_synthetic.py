@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrec.baselines import ItemKNN, Popularity
 from fedrec.config import parse_run_config
 from fedrec.data.split import leave_one_out
 from fedrec.data.synthetic import MIN_HISTORY, SyntheticSpec, generate
 from fedrec.errors import ConfigError, DataError
-from fedrec.evaluation import evaluate_scorer
+from fedrec.evaluation.scoring import evaluate_scorer
+from fedrec.experiments.baselines import ItemKNN, Popularity
 
 SPEC = SyntheticSpec(n_users=2000, n_items=500, mean_interactions=20)
 

@@ -1,4 +1,8 @@
-"""Interaction data: any interactions file, validation, splitting, per-user partitions, sampling."""
+"""Interaction data: any interactions file (CSV, TSV, Parquet, MovieLens presets, text ids,
+item files), validation, the leave-one-out split, per-user partitions, negatives, and
+where the data lives (``location``). The bottom layer: imports only ``fedrec.errors`` and
+the atomic file writer of ``fedrec.experiments.results``.
+"""
 
 from fedrec.data.interactions import Interactions, ItemMetadata, UserMetadata
 from fedrec.data.loaders import load_csv, load_movielens_100k

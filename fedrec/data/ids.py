@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedrec.results import write_atomic
+from fedrec.experiments.results import write_atomic
 
 MAX_INT_ID = 2**62
 USER_IDS = "user_ids.csv"

@@ -14,11 +14,11 @@ import numpy as np
 from fedrec.data.ids import write_id_maps
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k, sibling_item_file
+from fedrec.data.location import resolve_data_dir
 from fedrec.data.spec import NONE, DataSpec, resolve_layout
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec, generate
 from fedrec.errors import DataError
-from fedrec.settings import resolve_data_dir
 
 if TYPE_CHECKING:
     from fedrec.config import DataSettings

@@ -16,7 +16,7 @@ import numpy as np
 from fedrec.data.ids import as_id_array, is_sorted_unique, lookup
 from fedrec.data.interactions import Interactions
 from fedrec.errors import DataError
-from fedrec.results import write_atomic
+from fedrec.experiments.results import write_atomic
 
 CATALOG = "catalog.json"
 

@@ -68,9 +68,9 @@ def split(
 ) -> None:
     """Split a data set into per-device folders (interactions.csv + catalog.json), own ids and titles kept."""
     from fedrec.config import load_config_file, parse_overrides, parse_run_config
+    from fedrec.data.location import resolve_data_dir
     from fedrec.data.sources import load_dataset
     from fedrec.deploy.fleet import split_fleet
-    from fedrec.settings import resolve_data_dir
 
     try:
         values = load_config_file(config) if config else {}

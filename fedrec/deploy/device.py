@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.client import Device
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import load_csv
@@ -27,9 +26,10 @@ from fedrec.data.spec import DataSpec
 from fedrec.data.split import ClientData, leave_one_out
 from fedrec.deploy.catalog import CATALOG, Catalog, load_catalog
 from fedrec.errors import DataError
+from fedrec.experiments.results import write_atomic
+from fedrec.federation.device import Device
 from fedrec.models import Arrays
-from fedrec.results import write_atomic
-from fedrec.training import PrivateState
+from fedrec.training.local import PrivateState
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def save_state(files: DeviceFiles, state: DeviceState) -> None:
 
 @dataclass(frozen=True)
 class LocalDevice:
-    """A device built from its own files, ready for :class:`fedrec.client.Device` calls."""
+    """A device built from its own files, ready for :class:`fedrec.federation.device.Device` calls."""
 
     files: DeviceFiles
     state: DeviceState

@@ -19,7 +19,7 @@ from fedrec.data.interactions import Interactions
 from fedrec.data.split import MIN_INTERACTIONS
 from fedrec.deploy.catalog import CATALOG, catalog_from
 from fedrec.errors import DataError
-from fedrec.results import write_atomic
+from fedrec.experiments.results import write_atomic
 
 DATA_FILE = "interactions.csv"
 

@@ -4,4 +4,7 @@ Two Gaussian sums over every device (q = 1), each clipped per user and noised by
 server (the same mechanism as a DP-FedAvg round): item counts, then the item-item
 co-occurrence over the most frequent items. The server solves EASE on the noisy Gram;
 devices score locally with the released weights and the noisy popularity prior.
+
+May import ``fedrec.privacy``, ``fedrec.models``, ``fedrec.data``, ``fedrec.evaluation``
+and ``fedrec.experiments.results``; never Flower (server/ drives it over a Grid).
 """

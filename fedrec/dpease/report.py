@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedrec.checkpoint import write_run_config
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.dpease.run import InProcessStatistics, StatisticsTransport, run_dp_ease
 from fedrec.errors import FedrecError
-from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
+from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
+from fedrec.federation.checkpoint import write_run_config
+from fedrec.federation.device import simulated_population
 
 
 def run_ease_and_report(

@@ -1,5 +1,5 @@
 """One DP-EASE run, written against a small transport contract (like the DP-FedAvg loop
-in :mod:`fedrec.runner`): every device is asked (q = 1), each reply is clipped to C
+in :mod:`fedrec.federation.rounds`): every device is asked (q = 1), each reply is clipped to C
 again by the server, the sum is noised, recorded in the ledger, and only then used.
 
 Phase 1 releases item counts; the noisy counts choose the top items (post-processing).
@@ -23,9 +23,9 @@ from fedrec.data.split import ClientData, LeaveOneOutSplit
 from fedrec.dpease.fit import EaseRelease, fit_release, select_top_items
 from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size
 from fedrec.errors import FedrecError
-from fedrec.evaluation import metrics_from_scores
-from fedrec.federated import sum_updates
-from fedrec.metrics import METRIC_NAMES, mean_metrics
+from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
+from fedrec.evaluation.scoring import metrics_from_scores
+from fedrec.federation.fedavg import sum_updates
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import calibrate_releases
 from fedrec.privacy.clipping import clip_update

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.central import simulate_release
-from fedrec.evaluation import evaluate_scorer
+from fedrec.evaluation.scoring import evaluate_scorer
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def without_test_items(split: LeaveOneOutSplit) -> LeaveOneOutSplit:
     """The split as selection sees it: each user's test item and test negatives are
     replaced by things selection may know (the user's first training item, the
     validation negatives). Validation's full ranking excludes "the other held-out item"
-    (:func:`fedrec.evaluation.metrics_from_scores`); here that is a training item, which
+    (:func:`fedrec.evaluation.scoring.metrics_from_scores`); here that is a training item, which
     is excluded anyway, so the test item is ranked as any unseen item would be."""
     first_train = split.train_items[split.train_indptr[:-1]]
     return replace(split, test_item=first_train.copy(), test_negatives=split.val_negatives.copy())

@@ -1,5 +1,9 @@
-"""Cold start: a central content-based recommender with a popularity prior, and the
-routing that hands a user over to the on-device federated model as their history grows."""
+"""Cold start: a central content-based recommender with a popularity prior, the
+collaborative scorer built from a DP-EASE release (post-processing, no extra epsilon),
+the routing that hands a user over to the on-device federated model as their history
+grows, and the HTTP service (``service``, FastAPI). May import ``fedrec.data``,
+``fedrec.models``, ``fedrec.training``, ``fedrec.evaluation``; never Flower.
+"""
 
 from fedrec.fallback.catalog import Catalog, build_catalog
 from fedrec.fallback.content import BlendConfig, ContentRecommender

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.errors import FedrecError
+from fedrec.experiments.results import MODEL, read_arrays
 from fedrec.fallback.profile import Query
 from fedrec.models.ease import ease_weights
-from fedrec.results import MODEL, read_arrays
 
 TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # names in a DP-EASE run's model.npz
 

@@ -21,10 +21,10 @@ import numpy as np
 
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import sample_negatives
+from fedrec.evaluation.metrics import K, hit_at, ndcg_at, rank_of
 from fedrec.fallback.catalog import Catalog
 from fedrec.fallback.content import BlendConfig, ContentRecommender
 from fedrec.fallback.profile import Demographics, Query
-from fedrec.metrics import K, hit_at, ndcg_at, rank_of
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from fedrec.data.split import sample_negatives
 from fedrec.fallback.profile import Query
 from fedrec.fallback.recommender import Recommendation, top_k
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared
-from fedrec.training import PrivateState, TrainConfig, make_optimizer
+from fedrec.training.local import PrivateState, TrainConfig, make_optimizer
 
 
 def load_tower(shared: Arrays, model: ModelConfig) -> SharedTower:

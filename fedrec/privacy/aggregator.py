@@ -1,6 +1,6 @@
 """How the server turns what it received in a round into one update of the model.
 
-The round loop (:mod:`fedrec.runner`) does not know whether a run is private: it asks
+The round loop (:mod:`fedrec.federation.rounds`) does not know whether a run is private: it asks
 an :class:`Aggregator` whether another round may run, hands it the round's parts (single
 updates, or secure-aggregation sums with their number of contributors) and applies what
 comes back. :class:`MeanAggregator` is plain FedAvg. :class:`DPAggregator` wraps it with
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedrec.config import RunConfig
-from fedrec.federated import sum_updates
+from fedrec.federation.fedavg import sum_updates
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import calibrate_noise
 from fedrec.privacy.dp_fedavg import ClippedSum, DPFedAvg, Part

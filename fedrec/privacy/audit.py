@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 
 from fedrec.errors import LedgerError, PrivacyError
+from fedrec.experiments.results import RESULTS
 from fedrec.privacy.accountant import ACCOUNTANTS, compress, epsilon
 from fedrec.privacy.ledger import (
     GENESIS,
@@ -31,7 +32,6 @@ from fedrec.privacy.ledger import (
     load_public_key,
     read_entries,
 )
-from fedrec.results import RESULTS
 
 OK, TAMPERED, OVER_BUDGET, MALFORMED = 0, 3, 4, 5
 STATUS = {OK: "verified", TAMPERED: "tampered", OVER_BUDGET: "over budget", MALFORMED: "malformed"}

@@ -144,10 +144,10 @@ def run_empirical_audit(
     over its own users.
     """
     # Imported here: the engine pulls in the whole training stack, the bounds above do not.
-    from fedrec.client import simulated_population
-    from fedrec.engine import VectorisedTransport
-    from fedrec.experiment import run_and_report
-    from fedrec.results import MODEL, read_arrays, write_json
+    from fedrec.engine.vectorised import VectorisedTransport
+    from fedrec.experiments.results import MODEL, read_arrays, write_json
+    from fedrec.experiments.run import run_and_report
+    from fedrec.federation.device import simulated_population
 
     if config.privacy.local_dp:
         raise PrivacyError("the empirical audit runs the vectorised engine: turn local-dp off")

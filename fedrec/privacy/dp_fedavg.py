@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.federated import sum_updates
+from fedrec.federation.fedavg import sum_updates
 from fedrec.models import Arrays
 from fedrec.privacy.clipping import clip_update
 from fedrec.privacy.noise import add_gaussian_noise

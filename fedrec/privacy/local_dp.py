@@ -63,7 +63,7 @@ from fedrec.data.split import ClientData
 from fedrec.errors import PrivacyError
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared, shared_arrays
 from fedrec.privacy.accountant import device_epsilon
-from fedrec.training import LocalResult, PrivateState, TrainConfig, epoch_examples, make_optimizer
+from fedrec.training.local import LocalResult, PrivateState, TrainConfig, epoch_examples, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,7 @@ def local_update_dp(
     local: LocalDPConfig,
     rng: np.random.Generator,
 ) -> LocalResult:
-    """Like :func:`fedrec.training.local_update`, with record-level DP-SGD."""
+    """Like :func:`fedrec.training.local.local_update`, with record-level DP-SGD."""
     wrapped = _wrapped(model, local.max_grad_norm)
     net, module = wrapped.net, wrapped.module
     load_shared(net.tower, shared)

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.errors import LedgerError
+from fedrec.experiments.results import RESULTS
 from fedrec.privacy.accountant import compress, epsilon
 from fedrec.privacy.audit import OK, OVER_BUDGET, AuditReport, audit_run
 from fedrec.privacy.audit_curve import prv_at, prv_rounds, rdp_curve
 from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, fingerprint, load_public_key, read_entries
-from fedrec.results import RESULTS
 
 SCHEMA = "fedrec.audit-report/1"
 EMPIRICAL_AUDIT = "empirical_audit.json"  # written by fedrec.privacy.canaries (a test keeps the names equal)

@@ -28,8 +28,8 @@ from fedrec.deploy.device import DeviceFiles, load_state
 from fedrec.deploy.fleet import FleetDevice, split_fleet
 from fedrec.deploy.pki import make_device_keys, make_tls
 from fedrec.deploy.recommend import recommend
+from fedrec.experiments.results import RESULTS
 from fedrec.models import shared_spec
-from fedrec.results import RESULTS
 from server.demo import demo_config
 from server.fleet import LocalFleet, Proc
 

@@ -24,14 +24,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.device import app as device_app
 from clients.device import masked_dtype
-from fedrec.compression import CODES, decode_update, payload_scales
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
 from fedrec.deploy.fleet import split_fleet
 from fedrec.errors import ConfigError
+from fedrec.federation.compression import CODES, decode_update, payload_scales
+from fedrec.federation.rounds import check_update
 from fedrec.models import init_shared, shared_spec
-from fedrec.runner import check_update
 from server.secagg import SecAggTransport
 from server.transport import GridTransport
 

@@ -20,11 +20,11 @@ from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
 from fedrec.deploy.fleet import split_fleet
-from fedrec.federated import sum_updates
+from fedrec.federation.fedavg import sum_updates
+from fedrec.federation.rounds import run_federated
 from fedrec.models import init_shared
 from fedrec.privacy.clipping import clip_update, global_norm
 from fedrec.privacy.dp_fedavg import DPFedAvg, Part, clipped_sum
-from fedrec.runner import run_federated
 from server.secagg import SecAggTransport
 from server.transport import GridTransport
 from tests.deploy.test_secagg import InlineGrid

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 from opacus.accountants import PRVAccountant
 
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.dpease.central import simulate_release
 from fedrec.dpease.fit import EaseRelease, ease_lambda, select_top_items
 from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import InProcessStatistics, run_dp_ease
 from fedrec.errors import FedrecError
+from fedrec.experiments.results import MODEL, read_arrays
+from fedrec.federation.device import simulated_population
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import OK, audit_run
 from fedrec.privacy.ledger import LEDGER, read_entries
-from fedrec.results import MODEL, read_arrays
 
 
 def _config(tmp_path: Path, **extra: Any) -> RunConfig:

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedrec.client import simulated_population
 from fedrec.config import parse_run_config
 from fedrec.dpease.select import choose
+from fedrec.federation.device import simulated_population
 
 BASE = {
     "model": "dp-ease", "dataset": "synthetic", "synthetic-users": 200, "synthetic-items": 150,

@@ -10,8 +10,7 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
-from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
-from fedrec.fallback.coldstart_run import (
+from fedrec.experiments.coldstart import (
     CSV_NAME,
     PLOT_NAME,
     ColdStartConfig,
@@ -19,9 +18,10 @@ from fedrec.fallback.coldstart_run import (
     first_rounds_study,
     run_coldstart_eval,
 )
+from fedrec.experiments.results import RESULTS
+from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
 from fedrec.fallback.evaluation import WEIGHT_GRID, cold_users
 from fedrec.models import init_shared
-from fedrec.results import RESULTS
 
 
 def test_coldstart_eval_writes_every_method_and_n(ml100k: Interactions, tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
 from fedrec.dpease.fit import EaseRelease
 from fedrec.errors import FedrecError
+from fedrec.experiments.coldstart import DP_FOLD_IN, DP_POPULARITY, ColdStartConfig, run_coldstart_eval
+from fedrec.experiments.results import MODEL, RESULTS, read_arrays
 from fedrec.fallback import coldstart_run
-from fedrec.fallback.coldstart_run import DP_FOLD_IN, DP_POPULARITY, ColdStartConfig, run_coldstart_eval
 from fedrec.fallback.collaborative import (
     CollaborativeBlend,
     ReleasedEase,
@@ -29,7 +30,6 @@ from fedrec.fallback.dp_coldstart import RELEASE_DIR
 from fedrec.fallback.profile import Query
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import OK, audit_run
-from fedrec.results import MODEL, RESULTS, read_arrays
 
 
 def _gram(rng: np.random.Generator, users: int = 60, items: int = 12) -> np.ndarray:

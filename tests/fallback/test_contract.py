@@ -23,7 +23,7 @@ from fedrec.fallback import (
 )
 from fedrec.fallback.ondevice import FederatedRecommender, load_tower
 from fedrec.models import ModelConfig, init_shared
-from fedrec.training import init_private
+from fedrec.training.local import init_private
 
 from .conftest import N_ITEMS
 

@@ -8,7 +8,7 @@ import torch
 
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
 from fedrec.models import ModelConfig, init_shared
-from fedrec.training import PrivateState, TrainConfig, init_private
+from fedrec.training.local import PrivateState, TrainConfig, init_private
 
 MODEL = ModelConfig(n_items=30, gmf_dim=4, mlp_layers=(8, 4))
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedrec.experiments.results import RESULTS
 from fedrec.privacy.ledger import LEDGER
 from fedrec.privacy.session import PrivacySession
-from fedrec.results import RESULTS
 
 TAMPERINGS = ("edit z", "edit epsilon", "delete", "reorder", "truncate tail", "drop close", "splice")
 
@@ -25,7 +25,7 @@ def write_run(
     rejected: dict[int, int] | None = None,
 ) -> Path:
     """A closed DP run's ledger (z = 1.1, q = 0.05, RDP headline) and the results.json
-    naming its head, as ``fedrec.experiment`` writes it. ``resume_at``: after that many
+    naming its head, as ``fedrec.experiments.run`` writes it. ``resume_at``: after that many
     ledger rounds the server crashes and resumes from the checkpoint of the round before,
     so one ledger round is spent but unused."""
     settings: dict[str, Any] = {

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from fedrec.config import RunConfig
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.privacy.aggregator import MeanAggregator, round_diagnostics
 from fedrec.privacy.dp_fedavg import DPFedAvg, Part, clipped_sum
-from fedrec.runner import InProcessTransport, run_federated
 
 
 def _updates() -> list[dict[str, np.ndarray]]:
@@ -52,7 +52,7 @@ def test_the_mean_aggregator_is_fedavg_and_idle_without_replies() -> None:
 
 
 def test_a_dp_run_logs_the_diagnostics_every_round(tiny_config: RunConfig, tmp_path: Path) -> None:
-    from fedrec.client import simulated_population
+    from fedrec.federation.device import simulated_population
 
     n = simulated_population(tiny_config).split.n_users
     model = tiny_config.model.build(simulated_population(tiny_config).split.n_items)

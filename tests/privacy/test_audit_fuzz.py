@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedrec.experiments.results import RESULTS
 from fedrec.privacy.audit import audit_run
 from fedrec.privacy.ledger import LEDGER, load_or_create_key
 from fedrec.privacy.session import PrivacySession
-from fedrec.results import RESULTS
 
 
 def write_ledger(run_dir: Path, key_path: Path, *, rounds: int = 3) -> None:

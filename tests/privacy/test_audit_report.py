@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrec.cli import app
+from fedrec.experiments.results import RESULTS
 from fedrec.privacy.accountant import compress, epsilon
 from fedrec.privacy.audit import MALFORMED, OK, OVER_BUDGET, TAMPERED, audit_run
 from fedrec.privacy.audit_curve import prv_rounds, rdp_curve
 from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, public_pem
 from fedrec.privacy.report import EMPIRICAL_AUDIT, audit_document
 from fedrec.privacy.report_html import render_html
-from fedrec.results import RESULTS
 
 from .conftest import TAMPERINGS, MakeRun, tamper
 

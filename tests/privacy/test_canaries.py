@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
-from fedrec.engine import VectorisedTransport
+from fedrec.engine.vectorised import VectorisedTransport
 from fedrec.errors import PrivacyError
+from fedrec.federation.device import simulated_population
 from fedrec.privacy.canaries import (
     EMPIRICAL_AUDIT,
     AuditSettings,

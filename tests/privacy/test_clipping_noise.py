@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedrec.federated import mean_updates
+from fedrec.federation.fedavg import mean_updates
 from fedrec.privacy.clipping import clip_update, global_norm
 from fedrec.privacy.dp_fedavg import DPFedAvg
 from fedrec.privacy.noise import add_gaussian_noise, noise_generator

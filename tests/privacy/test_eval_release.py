@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedrec.client import simulated_population
 from fedrec.errors import PrivacyError
-from fedrec.metrics import METRIC_NAMES
+from fedrec.evaluation.metrics import METRIC_NAMES
+from fedrec.federation.device import simulated_population
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.privacy.accountant import epsilon
 from fedrec.privacy.audit import OK, audit_run
 from fedrec.privacy.eval_release import (
@@ -30,7 +31,6 @@ from fedrec.privacy.ledger import LEDGER
 from fedrec.privacy.report import audit_document
 from fedrec.privacy.report_html import render_html
 from fedrec.privacy.session import PrivacySession
-from fedrec.runner import InProcessTransport, run_federated
 
 
 def test_each_users_metrics_are_clipped_to_the_unit_interval() -> None:

@@ -10,15 +10,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from fedrec.client import simulated_population
 from fedrec.config import parse_run_config
 from fedrec.errors import LedgerError
-from fedrec.federated import ServerOptimizer
+from fedrec.federation.device import simulated_population
+from fedrec.federation.fedavg import ServerOptimizer
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.privacy.accountant import epsilon
 from fedrec.privacy.audit import MALFORMED, OK, OVER_BUDGET, TAMPERED, audit_run
 from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, public_pem
 from fedrec.privacy.session import PrivacySession
-from fedrec.runner import InProcessTransport, run_federated
 
 
 def make_ledger(run_dir: Path, *, rounds: int = 4, budget: float = 100.0, close: bool = True, key=None) -> Path:
@@ -172,7 +172,7 @@ def test_crash_after_ledger_write_still_counts_the_round(tiny_config, tmp_path: 
 
 
 def test_results_report_privacy(tiny_config, tmp_path: Path) -> None:
-    from fedrec.experiment import run_and_report
+    from fedrec.experiments.run import run_and_report
 
     split = simulated_population(tiny_config).split
     results = run_and_report(tiny_config, InProcessTransport(tiny_config, split.n_users), out_dir=tmp_path, engine="inprocess")

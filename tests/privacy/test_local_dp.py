@@ -17,7 +17,8 @@ from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_samp
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
-from fedrec.client import Device, simulated_population
+from fedrec.federation.device import Device, simulated_population
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import ModelConfig, init_shared, load_shared, shared_spec
 from fedrec.privacy.accountant import INTEGER_ORDERS, device_epsilon, epsilon
 from fedrec.privacy.ledger import LEDGER
@@ -34,7 +35,6 @@ from fedrec.privacy.local_dp import (
     poisson_batches,
     single_lookup_norm_sample,
 )
-from fedrec.runner import InProcessTransport, run_federated
 
 
 @pytest.fixture()

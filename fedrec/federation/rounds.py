@@ -16,20 +16,20 @@ from typing import Protocol
 
 import numpy as np
 
-from fedrec.checkpoint import Checkpoint, StatefulTransport, load_checkpoint, save_checkpoint
-from fedrec.client import Device
-from fedrec.compression import decode_update, payload_bytes
 from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
-from fedrec.federated import ServerOptimizer
-from fedrec.metrics import METRIC_NAMES
+from fedrec.evaluation.metrics import METRIC_NAMES
+from fedrec.federation.checkpoint import Checkpoint, StatefulTransport, load_checkpoint, save_checkpoint
+from fedrec.federation.compression import decode_update, payload_bytes
+from fedrec.federation.device import Device
+from fedrec.federation.fedavg import ServerOptimizer
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
 from fedrec.privacy.aggregator import make_aggregator
 from fedrec.privacy.dp_fedavg import Part
 from fedrec.privacy.eval_release import evaluation_generator, release_metrics
 from fedrec.privacy.sampling import PoissonSampler
 from fedrec.privacy.session import PrivacySession
-from fedrec.training import PrivateState
+from fedrec.training.local import PrivateState
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TrainReply:
     local_epsilon: float = 0.0
     error: str = ""
     contributors: int = 1  # > 1: ``update`` is already the sum of that many clients' updates (secure aggregation)
-    encoded: bool = False  # ``update`` is a quantized payload (fedrec.compression) the server decodes first
+    encoded: bool = False  # ``update`` is a quantized payload (fedrec.federation.compression) the server decodes first
 
 
 class Transport(Protocol):
@@ -123,7 +123,7 @@ def run_federated(
 
     With DP on, each round is checked against the budget before it starts and
     recorded in ``run_dir``'s ledger before its aggregate is applied. After every round
-    the server checkpoints (:mod:`fedrec.checkpoint`); ``resume`` continues from the
+    the server checkpoints (:mod:`fedrec.federation.checkpoint`); ``resume`` continues from the
     last checkpoint in ``run_dir``, with every round in the ledger still counted.
     """
     fed = config.federation

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrec.client import Device
 from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import ClientData, leave_one_out
 from fedrec.errors import ConfigError
+from fedrec.experiments.results import MODEL, RESULTS, read_arrays, save_png, write_atomic, write_json
 from fedrec.fallback.catalog import build_catalog
 from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase
 from fedrec.fallback.content import BlendConfig, ContentRecommender
@@ -46,10 +46,10 @@ from fedrec.fallback.evaluation import (
 )
 from fedrec.fallback.features import FeatureConfig
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
+from fedrec.federation.device import Device
+from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import Arrays, ModelConfig
-from fedrec.results import MODEL, RESULTS, read_arrays, save_png, write_atomic, write_json
-from fedrec.runner import InProcessTransport, run_federated
-from fedrec.training import PrivateState, TrainConfig, init_private
+from fedrec.training.local import PrivateState, TrainConfig, init_private
 
 logger = logging.getLogger(__name__)
 

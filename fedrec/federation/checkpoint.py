@@ -29,8 +29,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fedrec.errors import FedrecError
+from fedrec.experiments.results import write_atomic
 from fedrec.models import Arrays
-from fedrec.results import write_atomic
 
 CHECKPOINT = "checkpoint.npz"
 RUN_CONFIG = "run_config.json"  # the run's flat config and engine, written when a run starts
@@ -56,7 +56,7 @@ class Checkpoint:
     buffer: Arrays | None  # server momentum
     sampler_rng: dict[str, Any]  # numpy bit-generator state
     noise_rng: dict[str, Any] | None  # None: secure noise (reseeded on resume) or no DP
-    history: dict[str, Any]  # fedrec.runner.RunHistory fields
+    history: dict[str, Any]  # fedrec.federation.rounds.RunHistory fields
     ledger_rounds: int  # round entries in the ledger when this was written
     config_hash: str
     clients: Arrays = field(default_factory=dict)  # StatefulTransport.client_state()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.config import RunConfig
-from fedrec.results import save_png, write_atomic
+from fedrec.experiments.results import save_png, write_atomic
 
 COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "noise_multiplier", "rounds", "hr@10", "ndcg@10",
            "full_ndcg@10", "recall@20", "seconds", "run_dir")

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from fedrec.data.split import LeaveOneOutSplit, sample_negatives
-from fedrec.evaluation import evaluate_scorer
+from fedrec.evaluation.scoring import evaluate_scorer
 from fedrec.models import ModelConfig, SharedTower, UserEmbeddings
-from fedrec.training import TrainConfig, make_optimizer
+from fedrec.training.local import TrainConfig, make_optimizer
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ One array, because every array in a message carries its own header: that is
 ``n b / 8`` bytes plus 8 per tensor instead of ``4 n``, just under 1/4 of the dense
 upload on the wire at 8 bits, 1/8 at 4 bits. The server knows the tensor names and shapes (the
 shared spec) and decodes to float32 (:func:`decode_update`) before its usual checks
-(:func:`fedrec.runner.check_update`) and aggregation. A decoded update may exceed the
+(:func:`fedrec.federation.rounds.check_update`) and aggregation. A decoded update may exceed the
 clipping norm ``C`` by up to a rounding step per coordinate; DP stays exact because
 :class:`fedrec.privacy.dp_fedavg.DPFedAvg` clips every decoded update to ``C`` again
 before summing, so one user's contribution to the sum is still bounded by ``C``.
@@ -87,7 +87,7 @@ def decode_update(payload: object, spec: dict[str, tuple[int, ...]], *, bits: in
     """``(float32 update, "")`` from a payload, or ``(None, reason)`` if it is malformed.
 
     ``spec`` is the shared tensors' names and shapes. The reason is one line naming the
-    problem (tensor names only), like :func:`fedrec.runner.check_update`'s.
+    problem (tensor names only), like :func:`fedrec.federation.rounds.check_update`'s.
     """
     if bits not in BITS or bits == 0:
         raise ValueError(f"decode_update needs upload-bits 4 or 8, got {bits}")

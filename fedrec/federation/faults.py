@@ -4,7 +4,7 @@
 reply is lost, or comes back as an error), as devices that go offline or time out do.
 :class:`CorruptingTransport` replaces chosen clients' updates with what a broken or
 hostile device might send. Both leave sampling, aggregation, DP and the ledger to
-:func:`fedrec.runner.run_federated`, so a run under faults exercises the real server.
+:func:`fedrec.federation.rounds.run_federated`, so a run under faults exercises the real server.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from fedrec.federation.rounds import TrainReply, Transport
 from fedrec.models import Arrays
-from fedrec.runner import TrainReply, Transport
 
 logger = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.checkpoint import write_run_config
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.errors import FedrecError
+from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
+from fedrec.federation.checkpoint import write_run_config
+from fedrec.federation.device import simulated_population
+from fedrec.federation.rounds import Transport, run_federated
 from fedrec.models import ModelConfig, shared_spec
-from fedrec.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
-from fedrec.runner import Transport, run_federated
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedrec.baselines import ItemKNN, Popularity
-from fedrec.centralized import train_centralized
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
-from fedrec.evaluation import evaluate_scorer
-from fedrec.results import CURVES, RESULTS, plot_curves, write_json
+from fedrec.evaluation.scoring import evaluate_scorer
+from fedrec.experiments.baselines import ItemKNN, Popularity
+from fedrec.experiments.results import CURVES, RESULTS, plot_curves, write_json
+from fedrec.federation.device import simulated_population
+from fedrec.training.central import train_centralized
 
 
 def run_baselines(

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fedrec.compression import encode_update, upload_rng
 from fedrec.config import RunConfig
 from fedrec.data.sources import PreparedData, prepare
 from fedrec.data.split import ClientData
-from fedrec.evaluation import evaluate_client
-from fedrec.federated import client_rng
+from fedrec.evaluation.scoring import evaluate_client
+from fedrec.federation.compression import encode_update, upload_rng
+from fedrec.federation.fedavg import client_rng
 from fedrec.models import Arrays, ModelConfig
 from fedrec.privacy.clipping import clip_update
-from fedrec.training import LocalResult, PrivateState, fresh_private, local_update
+from fedrec.training.local import LocalResult, PrivateState, fresh_private, local_update
 
 
 def simulated_population(config: RunConfig) -> PreparedData:
@@ -71,7 +71,7 @@ class Device:
 
     def upload(self, update: Arrays, *, config: RunConfig, round_: int) -> Arrays:
         """What the device sends for its (already clipped) ``update``: the update itself,
-        or with ``upload-bits`` > 0 its quantized payload (:mod:`fedrec.compression`)."""
+        or with ``upload-bits`` > 0 its quantized payload (:mod:`fedrec.federation.compression`)."""
         bits = config.federation.upload_bits
         if bits == 0:
             return update

@@ -1,6 +1,6 @@
 """Many devices' local updates as one vectorised computation.
 
-The per-device path (:func:`fedrec.training.local_update`) builds a model per client and
+The per-device path (:func:`fedrec.training.local.local_update`) builds a model per client and
 loops over its mini-batches. Here K clients train at once: every shared tensor is
 stacked along a leading client axis (``(K, *shape)``), each client's user vectors are
 rows of one ``(K, d)`` tensor, and each step runs one batched forward/backward over the
@@ -10,7 +10,7 @@ is exactly its own.
 
 It is the same computation as :func:`local_update`, client by client: the same
 examples in the same order (drawn from the same per-client generator by
-:func:`fedrec.training.epoch_examples`), the same mean loss per mini-batch and the same
+:func:`fedrec.training.local.epoch_examples`), the same mean loss per mini-batch and the same
 Adam/SGD arithmetic with per-client step counts, so results agree to float rounding
 (a test checks it). Clients are sorted by how many steps they take, so the clients
 still training at step t are a prefix of the stack and finished ones cost nothing.
@@ -29,7 +29,7 @@ from torch.optim.adam import adam
 from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, shared_spec
 from fedrec.models.neumf import stacked_logits
-from fedrec.training import TrainConfig, epoch_examples
+from fedrec.training.local import TrainConfig, epoch_examples
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the per-device path uses
 ADAM_EPS = 1e-8
@@ -212,7 +212,7 @@ def local_update_batched(
     train: TrainConfig,
     rngs: list[np.random.Generator],
 ) -> BatchedResult:
-    """:func:`fedrec.training.local_update` for K clients at once.
+    """:func:`fedrec.training.local.local_update` for K clients at once.
 
     ``user_gmf`` (K, g) and ``user_mlp`` (K, m) are the clients' private vectors;
     ``rngs[k]`` is client k's generator (the one the per-device path would get).

@@ -1,10 +1,10 @@
 """The in-process simulation engine: fedrec's own server loop, with the devices'
 work done in vectorised batches instead of messages and actors.
 
-:func:`fedrec.runner.run_federated` (the very loop the Flower ServerApp runs) drives a
+:func:`fedrec.federation.rounds.run_federated` (the very loop the Flower ServerApp runs) drives a
 :class:`VectorisedTransport`, which trains each round's sampled clients together
-(:func:`fedrec.batched.local_update_batched`, the vectorised twin of the device's
-:func:`fedrec.training.local_update`) and clips each client's update on its own
+(:func:`fedrec.training.batched.local_update_batched`, the vectorised twin of the device's
+:func:`fedrec.training.local.local_update`) and clips each client's update on its own
 (:func:`fedrec.privacy.clipping.clip_stacked`, the twin of the device's
 ``clip_update``). Sampling, DP aggregation, noise, the ledger and the budget are the
 runner's, shared with the Flower path. Private user vectors live in one
@@ -17,7 +17,7 @@ one intra-op thread; a worker sends back its group's compact, clipped updates. A
 client's result does not depend on the lane it trained in.
 
 Record-level local DP (Opacus) is per device by nature: with ``local-dp`` on, the
-engine runs the devices one after the other (:class:`fedrec.runner.InProcessTransport`).
+engine runs the devices one after the other (:class:`fedrec.federation.rounds.InProcessTransport`).
 """
 
 from __future__ import annotations
@@ -42,20 +42,20 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from fedrec.batched import BatchedResult, local_update_batched
-from fedrec.client import simulated_population
-from fedrec.compression import encode_update, upload_rng
 from fedrec.config import ModelFamily, RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.errors import FedrecError
-from fedrec.evaluation import metrics_from_scores
-from fedrec.experiment import run_and_report
-from fedrec.federated import client_rng
+from fedrec.evaluation.scoring import metrics_from_scores
+from fedrec.experiments.results import RESULTS
+from fedrec.experiments.run import run_and_report
+from fedrec.federation.compression import encode_update, upload_rng
+from fedrec.federation.device import simulated_population
+from fedrec.federation.fedavg import client_rng
+from fedrec.federation.rounds import InProcessTransport, TrainReply, Transport
 from fedrec.models import Arrays, SharedTower, load_shared, shared_spec
 from fedrec.privacy.clipping import clip_stacked
-from fedrec.results import RESULTS
-from fedrec.runner import InProcessTransport, TrainReply, Transport
-from fedrec.training import fresh_private
+from fedrec.training.batched import BatchedResult, local_update_batched
+from fedrec.training.local import fresh_private
 
 TRAIN_CHUNK = 256  # at most this many clients train together ...
 MIN_CHUNK = 16  # ... and groups are cut to about GROUPS_PER_ROUND parts, but not below this
@@ -277,7 +277,7 @@ class VectorisedTransport:
         replies = []
         for k, c in enumerate(group):
             update = result.client_update(k, self.spec)
-            if bits:  # what the device would send (fedrec.client.Device.upload)
+            if bits:  # what the device would send (fedrec.federation.device.Device.upload)
                 update = encode_update(update, bits=bits, rng=upload_rng(seed=self.config.seed, round_=round_, client=c))
             replies.append(
                 TrainReply(

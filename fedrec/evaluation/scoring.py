@@ -2,7 +2,7 @@
 
 Both paths score every item for the user, then rank the held-out item (a) among the
 99 sampled negatives and (b) among every item the user has not trained on, using the
-same functions in :mod:`fedrec.metrics`; a federated average of per-client metrics
+same functions in :mod:`fedrec.evaluation.metrics`; a federated average of per-client metrics
 therefore equals the direct computation over all users.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedrec.data.split import ClientData, LeaveOneOutSplit
-from fedrec.metrics import full_rank, mean_metrics, rank_of, user_metrics
+from fedrec.evaluation.metrics import full_rank, mean_metrics, rank_of, user_metrics
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared
 
 HELD_OUT = ("test", "val")
