@@ -5,3 +5,7 @@ devices at once (stacked tensors), in lanes (forked worker processes) over the c
 Results equal the per-device path. May import ``fedrec.federation``,
 ``fedrec.training``, ``fedrec.privacy``, ``fedrec.experiments.run``; never Flower.
 """
+
+from fedrec.engine.vectorised import VectorisedTransport, run
+
+__all__ = ["VectorisedTransport", "run"]
