@@ -82,35 +82,48 @@ def exclusion_mask(split: LeaveOneOutSplit) -> torch.Tensor:
     return mask
 
 
-def sample_negative_items(users: torch.Tensor, excluded: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-    """One uniform negative item per entry of ``users``, never an excluded one.
+def negative_counts(users: torch.Tensor, excluded: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """Draw one uniform negative per entry of ``users`` among the items not excluded for
+    that user; return the draws as counts.
 
-    ``users`` (N,), ``excluded`` (n_users, n_items) bool -> (N,) items. Rejection
-    sampling in bulk: redraw only the entries that hit an excluded item.
+    ``users`` (N,), ``excluded`` (n_users, n_items) bool -> (n_users, n_items) float,
+    how often each item was drawn for each user. Summing a loss weighted by these counts
+    equals summing it over the drawn (user, negative) pairs. Each user's allowed items
+    are packed to the front of a row, so one draw is a uniform index below the row's
+    length: no rejection loop.
     """
-    n_items = excluded.shape[1]
-    if bool(excluded.all(dim=1).any()):
-        raise ValueError("a user has no item left to draw as a negative; drop such users from the split first")
-    flat = excluded.reshape(-1)
-    base = users * n_items
-    items = torch.randint(0, n_items, users.shape, generator=generator)
-    bad = flat[base + items]
-    while bool(bad.any()):
-        idx = bad.nonzero().squeeze(1)
-        items[idx] = torch.randint(0, n_items, idx.shape, generator=generator)
-        bad[idx] = flat[base[idx] + items[idx]]
-    return items
-
-
-def negative_counts(
-    users: torch.Tensor, excluded: torch.Tensor, *, generator: torch.Generator
-) -> torch.Tensor:
-    """(n_users, n_items) float: how often each item was drawn as a negative of each user,
-    one draw per entry of ``users``. Summing a loss weighted by these counts equals
-    summing it over the drawn (user, negative) pairs."""
     n_users, n_items = excluded.shape
-    items = sample_negative_items(users, excluded, generator=generator)
+    allowed = (~excluded).sum(1)  # (U,)
+    if bool((allowed == 0).any()):
+        raise ValueError("a user has no item left to draw as a negative; drop such users from the split first")
+    # stable sort puts each row's allowed items first, in item order
+    packed = torch.sort(excluded.to(torch.uint8), dim=1, stable=True).indices  # (U, I)
+    slot = (torch.rand(users.shape, generator=generator, dtype=torch.float64) * allowed[users]).long()
+    items = packed.reshape(-1)[users * n_items + slot]
     return torch.bincount(users * n_items + items, minlength=n_users * n_items).reshape(n_users, n_items).float()
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015, Algorithm 1) on a few dense tensors. torch.optim would do
+    the same but imports torch._dynamo on its first step, seconds of a short run."""
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        scale = self.lr * (1 - b2**self.t) ** 0.5 / (1 - b1**self.t)
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.addcdiv_(m, v.sqrt().add_(self.eps), value=-scale)
+            p.grad = None
 
 
 def train_mf(
@@ -128,7 +141,7 @@ def train_mf(
     per-example loss of Rendle et al. summed, at the cost of dense BLAS kernels.
     """
     model = DotProductMF(split.n_users, split.n_items, config.dim, init_std=config.init_std, generator=generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = _Adam(list(model.parameters()), lr=config.lr)
     excluded = exclusion_mask(split)
     pos_users_np, pos_items_np = split.train_pairs()
     pos_users = torch.from_numpy(pos_users_np)
@@ -157,7 +170,6 @@ def train_mf(
             per_item = w.sum(0)  # (I,)
             p = model.users.index_select(0, users)
             loss = loss + config.l2 * ((per_user[:, None] * p.square()).sum() + (per_item[:, None] * model.items.square()).sum())
-            optimizer.zero_grad(set_to_none=True)
             (loss * (split.n_users / (users.shape[0] * n_examples))).backward()
             optimizer.step()
         if epoch % config.eval_every and epoch != config.max_epochs:
