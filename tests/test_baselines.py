@@ -1,0 +1,77 @@
+"""Reference recommenders: EASE against hand-computed weights, its l2 chosen on validation only."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction as F
+
+import numpy as np
+import pytest
+
+from fedrec.baselines import ease_weights, ease_weights_path, fit_ease
+from fedrec.data.split import leave_one_out
+from fedrec.data.synthetic import SyntheticSpec, generate
+from fedrec.evaluation import evaluate_scorer
+
+# Three users, three items: user 0 has items {0, 1}, user 1 {1, 2}, user 2 all three.
+X = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=np.float32)
+
+
+def _as_float(rows: list[list[F]]) -> np.ndarray:
+    return np.array([[float(v) for v in row] for row in rows])
+
+
+def test_ease_weights_match_a_hand_computed_case_l2_1() -> None:
+    # X^T X = [[2,2,1],[2,3,2],[1,2,2]]; + I = [[3,2,1],[2,4,2],[1,2,3]], det 16,
+    # adjugate [[8,-4,0],[-4,8,-4],[0,-4,8]] -> P = [[1/2,-1/4,0],[-1/4,1/2,-1/4],[0,-1/4,1/2]];
+    # B_ij = -P_ij / P_jj with every P_jj = 1/2.
+    expected = [[F(0), F(1, 2), F(0)], [F(1, 2), F(0), F(1, 2)], [F(0), F(1, 2), F(0)]]
+    np.testing.assert_allclose(ease_weights(X, l2=1.0), _as_float(expected), atol=1e-12)
+
+
+def test_ease_weights_match_a_hand_computed_case_l2_2_asymmetric() -> None:
+    # X^T X + 2I = [[4,2,1],[2,5,2],[1,2,4]], det 51, adjugate [[16,-6,-1],[-6,15,-6],[-1,-6,16]].
+    # The diagonal of P differs (16/51, 15/51, 16/51), so B is not symmetric: column j is
+    # divided by P_jj, e.g. B_01 = 6/15 but B_10 = 6/16.
+    expected = [
+        [F(0), F(6, 15), F(1, 16)],
+        [F(6, 16), F(0), F(6, 16)],
+        [F(1, 16), F(6, 15), F(0)],
+    ]
+    np.testing.assert_allclose(ease_weights(X, l2=2.0), _as_float(expected), atol=1e-12)
+
+
+def test_weights_path_equals_one_inverse_per_l2() -> None:
+    rng = np.random.default_rng(0)
+    user_items = (rng.random((40, 15)) < 0.3).astype(np.float32)
+    for l2, weights in ease_weights_path(user_items, l2s=[0.5, 3.0, 40.0]):
+        np.testing.assert_allclose(weights, ease_weights(user_items, l2=l2), atol=1e-9)
+
+
+def test_non_positive_l2_is_refused() -> None:
+    with pytest.raises(ValueError, match="l2 > 0"):
+        ease_weights(X, l2=0.0)
+
+
+def _split() -> object:
+    data = generate(SyntheticSpec(n_users=600, n_items=300, mean_interactions=20), rng=np.random.default_rng(3))
+    return leave_one_out(data, rng=np.random.default_rng(3))
+
+
+def test_l2_is_chosen_on_validation_users_only() -> None:
+    split = _split()
+    model, tried = fit_ease(split, l2s=(1.0, 30.0, 1000.0))  # type: ignore[arg-type]
+    assert set(tried) == {1.0, 30.0, 1000.0}
+    assert tried[model.l2] == max(tried.values())
+    # Poison every test label: the choice and every validation score must not move.
+    rng = np.random.default_rng(9)
+    poisoned = replace(
+        split,  # type: ignore[type-var]
+        test_item=rng.integers(0, split.n_items, split.n_users),  # type: ignore[attr-defined]
+        test_negatives=rng.integers(0, split.n_items, split.test_negatives.shape),  # type: ignore[attr-defined]
+    )
+    model_p, tried_p = fit_ease(poisoned, l2s=(1.0, 30.0, 1000.0))
+    assert model_p.l2 == model.l2 and tried_p == tried
+    # ... although the poisoning does change what a test evaluation would see
+    assert evaluate_scorer(model_p.score, poisoned)["ndcg@10"] != evaluate_scorer(model.score, split)["ndcg@10"]
+
