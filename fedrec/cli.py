@@ -184,22 +184,34 @@ def centralized(
     out: OutOpt = Path("runs/centralized"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Reference models on the same split: popularity, item-kNN and central NeuMF."""
+    """Reference models on the same split: popularity, item-kNN, EASE and a central neural model."""
     _setup_logging(verbose)
     with _errors():
         run_config = _load_config(config, set_, data)
         _data_note(run_config)
-        from fedrec.baselines_run import run_baselines
+        from fedrec.baselines_run import central_max_epochs, run_baselines
 
         with _progress() as progress:
-            task = progress.add_task("central NeuMF", total=run_config.federation.central_epochs, status="")
+            name = f"central {run_config.federation.central_model}"
+            task = progress.add_task(name, total=central_max_epochs(run_config), status="popularity, item-kNN, EASE")
 
             def on_epoch(epoch: int, val: dict[str, float]) -> None:
                 progress.update(task, completed=epoch, status=f"val ndcg@10 {val['ndcg@10']:.3f}")
 
             results = run_baselines(run_config, out.resolve(), on_epoch=on_epoch)
+            progress.update(task, completed=central_max_epochs(run_config))
         console.print(_table(f"{results['dataset']}: test metrics", results["models"]))
+        console.print(_reference_notes(results["references"]))
         console.print(f"seed {results['seed']}, {results['seconds']:.1f} s. Wrote {out / 'results.json'}")
+
+
+def _reference_notes(references: dict[str, dict[str, Any]]) -> str:
+    """One line: seconds of each reference and what was chosen on validation users."""
+    notes = []
+    for name, ref in references.items():
+        chosen = f", l2 {ref['l2']:g}" if "l2" in ref else f", best epoch {ref['best_epoch']}" if "best_epoch" in ref else ""
+        notes.append(f"{name} {ref['seconds']:.1f} s{chosen}")
+    return "chosen on validation users; " + "; ".join(notes)
 
 
 @app.command()

@@ -34,14 +34,14 @@ logger = logging.getLogger(__name__)
 class MFConfig:
     """Hyper-parameters of the central MF reference."""
 
-    dim: int = 64
+    dim: int = 128
     num_negatives: int = 8
     l2: float = 0.005  # per example, on the user and item vectors it touches (Rendle et al. 2020)
-    lr: float = 0.01
+    lr: float = 0.02  # Adam
     batch_users: int = 128  # users per step (all items scored for each)
-    max_epochs: int = 100
+    max_epochs: int = 60
     eval_every: int = 2  # epochs between validation evaluations
-    patience: int = 5  # evaluations without a better validation NDCG@10 before stopping
+    patience: int = 4  # evaluations without a better validation NDCG@10 before stopping
     init_std: float = 0.1
 
 
