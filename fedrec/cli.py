@@ -169,11 +169,26 @@ def simulate(
                 options["ray_address"] = ray_address
             path = runner(run_config, out.resolve(), on_round, **options)
         results = json.loads(path.read_text())
-        console.print(_table(f"{results['dataset']}: test metrics after {rounds} rounds", {f"federated {results['model']}": results}))
+        eps = results.get("epsilon", float("inf"))
+        private = f"federated {results['model']} (epsilon {eps:.3g})" if eps != float("inf") else f"federated {results['model']} (no DP)"
+        rows: dict[str, dict[str, Any]] = {private: results}
+        references = results.get("references", {})
+        rows.update({f"{name} (no DP, same split)": ref["test"] for name, ref in references.items()})
+        console.print(_table(f"{results['dataset']}: test metrics after {rounds} rounds", rows))
+        if "popularity" in references:
+            console.print(_versus_popularity(results, references["popularity"]["test"]))
         console.print(
             f"{results['clients']} clients, {results['clients_per_round']:.0f} per round, seed {results['seed']}, "
             f"{results['seconds']:.1f} s. Wrote {path} and {path.parent / 'curves.png'}"
         )
+
+
+def _versus_popularity(model: dict[str, Any], popularity: dict[str, float]) -> str:
+    """The ratio a private model is judged by: it must beat "most popular items"."""
+    ratio = model["ndcg@10"] / popularity["ndcg@10"] if popularity["ndcg@10"] > 0 else float("inf")
+    full = model["full_ndcg@10"] / popularity["full_ndcg@10"] if popularity["full_ndcg@10"] > 0 else float("inf")
+    verdict = "[green]beats[/]" if min(ratio, full) > 1 else "[bold red]does not beat[/]"
+    return f"vs popularity: {ratio:.2f}x NDCG@10, {full:.2f}x full NDCG@10: the model {verdict} popularity"
 
 
 @app.command()

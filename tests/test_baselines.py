@@ -8,7 +8,7 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
-from fedrec.baselines import ease_weights, ease_weights_path, fit_ease
+from fedrec.baselines import ease_l2_grid, ease_weights, fit_ease
 from fedrec.data.split import leave_one_out
 from fedrec.data.synthetic import SyntheticSpec, generate
 from fedrec.evaluation import evaluate_scorer
@@ -41,11 +41,11 @@ def test_ease_weights_match_a_hand_computed_case_l2_2_asymmetric() -> None:
     np.testing.assert_allclose(ease_weights(X, l2=2.0), _as_float(expected), atol=1e-12)
 
 
-def test_weights_path_equals_one_inverse_per_l2() -> None:
-    rng = np.random.default_rng(0)
-    user_items = (rng.random((40, 15)) < 0.3).astype(np.float32)
-    for l2, weights in ease_weights_path(user_items, l2s=[0.5, 3.0, 40.0]):
-        np.testing.assert_allclose(weights, ease_weights(user_items, l2=l2), atol=1e-9)
+def test_default_l2_grid_scales_with_interactions_per_item() -> None:
+    split = _split()
+    per_item = split.train_items.shape[0] / split.n_items  # type: ignore[attr-defined]
+    grid = ease_l2_grid(split)  # type: ignore[arg-type]
+    assert grid == sorted(grid) and grid[0] == pytest.approx(per_item, abs=0.1)
 
 
 def test_non_positive_l2_is_refused() -> None:
