@@ -170,11 +170,14 @@ def simulate(
             path = runner(run_config, out.resolve(), on_round, **options)
         results = json.loads(path.read_text())
         eps = results.get("epsilon", float("inf"))
-        private = f"federated {results['model']} (epsilon {eps:.3g})" if eps != float("inf") else f"federated {results['model']} (no DP)"
-        rows: dict[str, dict[str, Any]] = {private: results}
+        privacy = f"epsilon {eps:.3g}" if eps != float("inf") else "no DP"
+        rows: dict[str, dict[str, Any]] = {f"federated {results['model']}": results}
         references = results.get("references", {})
-        rows.update({f"{name} (no DP, same split)": ref["test"] for name, ref in references.items()})
-        console.print(_table(f"{results['dataset']}: test metrics after {rounds} rounds", rows))
+        rows.update({name: ref["test"] for name, ref in references.items()})
+        title = f"{results['dataset']}: test metrics after {rounds} rounds, {privacy}"
+        if references:
+            title += f" ({', '.join(references)}: no DP, same split)"
+        console.print(_table(title, rows))
         if "popularity" in references:
             console.print(_versus_popularity(results, references["popularity"]["test"]))
         console.print(
