@@ -132,6 +132,7 @@ def train_mf(
     config: MFConfig = MFConfig(),
     generator: torch.Generator,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    excluded: torch.Tensor | None = None,
 ) -> MFResult:
     """Train on every user's training items; keep the epoch with the best validation NDCG@10.
 
@@ -139,10 +140,12 @@ def train_mf(
     product; the loss weights each (user, item) cell by how often it occurs among the
     epoch's examples (once per positive, by its draw count per negative), which is the
     per-example loss of Rendle et al. summed, at the cost of dense BLAS kernels.
+    ``excluded`` (n_users, n_items) bool: items never drawn as negatives (default:
+    :func:`exclusion_mask`, the training items and every evaluation candidate).
     """
     model = DotProductMF(split.n_users, split.n_items, config.dim, init_std=config.init_std, generator=generator)
     optimizer = _Adam(list(model.parameters()), lr=config.lr)
-    excluded = exclusion_mask(split)
+    excluded = exclusion_mask(split) if excluded is None else excluded
     pos_users_np, pos_items_np = split.train_pairs()
     pos_users = torch.from_numpy(pos_users_np)
     positives = torch.zeros(split.n_users, split.n_items)  # (U, I)
