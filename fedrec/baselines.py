@@ -65,9 +65,19 @@ def ease_weights(user_items: np.ndarray, *, l2: float) -> np.ndarray:
     """
     if l2 <= 0:
         raise ValueError(f"EASE needs l2 > 0 (got {l2}); it keeps X^T X + l2 I invertible")
-    gram = user_items.T.astype(np.float64) @ user_items.astype(np.float64)  # (I, I)
-    gram[np.diag_indices_from(gram)] += l2
-    return _weights_from_inverse(np.linalg.inv(gram))
+    x = user_items.astype(np.float64)
+    n_users, n_items = x.shape
+    if n_users >= n_items:
+        gram = x.T @ x  # (I, I)
+        gram[np.diag_indices_from(gram)] += l2
+        return _weights_from_inverse(np.linalg.inv(gram))
+    # Fewer users than items: Woodbury, (X^T X + l2 I)^-1 = (I - X^T (X X^T + l2 I)^-1 X) / l2,
+    # inverts a (U, U) matrix instead of an (I, I) one
+    small = x @ x.T  # (U, U)
+    small[np.diag_indices_from(small)] += l2
+    p = -(x.T @ np.linalg.solve(small, x))  # (I, I)
+    p[np.diag_indices_from(p)] += 1.0
+    return _weights_from_inverse(p / l2)
 
 
 def _weights_from_inverse(p: np.ndarray) -> np.ndarray:

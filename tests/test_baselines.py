@@ -41,6 +41,23 @@ def test_ease_weights_match_a_hand_computed_case_l2_2_asymmetric() -> None:
     np.testing.assert_allclose(ease_weights(X, l2=2.0), _as_float(expected), atol=1e-12)
 
 
+def test_ease_weights_with_fewer_users_than_items_hand_computed() -> None:
+    # One user with items {0, 1} of three: X^T X + I = [[2,1,0],[1,2,0],[0,0,1]],
+    # P = [[2/3,-1/3,0],[-1/3,2/3,0],[0,0,1]], so B_01 = B_10 = (1/3) / (2/3) = 1/2.
+    expected = [[F(0), F(1, 2), F(0)], [F(1, 2), F(0), F(0)], [F(0), F(0), F(0)]]
+    np.testing.assert_allclose(ease_weights(np.array([[1, 1, 0]], dtype=np.float32), l2=1.0), _as_float(expected), atol=1e-12)
+
+
+def test_fewer_users_than_items_agrees_with_the_item_item_inverse() -> None:
+    rng = np.random.default_rng(0)
+    user_items = (rng.random((12, 30)) < 0.3).astype(np.float32)
+    gram = user_items.T.astype(np.float64) @ user_items + 4.0 * np.eye(30)
+    p = np.linalg.inv(gram)  # the slow, obvious reference
+    reference = -p / np.diag(p)[None, :]
+    np.fill_diagonal(reference, 0.0)
+    np.testing.assert_allclose(ease_weights(user_items, l2=4.0), reference, atol=1e-9)
+
+
 def test_default_l2_grid_scales_with_interactions_per_item() -> None:
     split = _split()
     per_item = split.train_items.shape[0] / split.n_items  # type: ignore[attr-defined]
