@@ -8,7 +8,7 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
-from fedrec.baselines import ease_l2_grid, ease_weights, fit_ease
+from fedrec.baselines import ease_l2_grid, ease_scores, ease_weights, fit_ease
 from fedrec.data.split import leave_one_out
 from fedrec.data.synthetic import SyntheticSpec, generate
 from fedrec.evaluation import evaluate_scorer
@@ -56,6 +56,15 @@ def test_fewer_users_than_items_agrees_with_the_item_item_inverse() -> None:
     reference = -p / np.diag(p)[None, :]
     np.fill_diagonal(reference, 0.0)
     np.testing.assert_allclose(ease_weights(user_items, l2=4.0), reference, atol=1e-9)
+
+
+def test_all_user_scores_equal_the_rows_times_the_weights() -> None:
+    rng = np.random.default_rng(1)
+    user_items = (rng.random((12, 30)) < 0.3).astype(np.float32)
+    for l2 in (0.5, 4.0, 60.0):
+        np.testing.assert_allclose(ease_scores(user_items, l2=l2), user_items @ ease_weights(user_items, l2=l2), atol=1e-9)
+    # the hand-computed case above: user 0 has items {0, 1}, so scores (1/2, 1/2, 1/2 + 0)
+    np.testing.assert_allclose(ease_scores(X, l2=1.0)[0], [0.5, 0.5, 0.5], atol=1e-12)
 
 
 def test_default_l2_grid_scales_with_interactions_per_item() -> None:
