@@ -146,6 +146,5 @@ def run_baselines(
         references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
     )
     write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
-    write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
     write_json(out_dir / RESULTS, results)
     return results
