@@ -169,11 +169,29 @@ def simulate(
                 options["ray_address"] = ray_address
             path = runner(run_config, out.resolve(), on_round, **options)
         results = json.loads(path.read_text())
-        console.print(_table(f"{results['dataset']}: test metrics after {rounds} rounds", {f"federated {results['model']}": results}))
+        eps = results.get("epsilon", float("inf"))
+        privacy = f"epsilon {eps:.3g}" if eps != float("inf") else "no DP"
+        rows: dict[str, dict[str, Any]] = {f"federated {results['model']}": results}
+        references = results.get("references", {})
+        rows.update({name: ref["test"] for name, ref in references.items()})
+        title = f"{results['dataset']}: test metrics after {rounds} rounds, {privacy}"
+        if references:
+            title += f" ({', '.join(references)}: no DP, same split)"
+        console.print(_table(title, rows))
+        if "popularity" in references:
+            console.print(_versus_popularity(results, references["popularity"]["test"]))
         console.print(
             f"{results['clients']} clients, {results['clients_per_round']:.0f} per round, seed {results['seed']}, "
             f"{results['seconds']:.1f} s. Wrote {path} and {path.parent / 'curves.png'}"
         )
+
+
+def _versus_popularity(model: dict[str, Any], popularity: dict[str, float]) -> str:
+    """The ratio a private model is judged by: it must beat "most popular items"."""
+    ratio = model["ndcg@10"] / popularity["ndcg@10"] if popularity["ndcg@10"] > 0 else float("inf")
+    full = model["full_ndcg@10"] / popularity["full_ndcg@10"] if popularity["full_ndcg@10"] > 0 else float("inf")
+    verdict = "[green]beats[/]" if min(ratio, full) > 1 else "[bold red]does not beat[/]"
+    return f"vs popularity: {ratio:.2f}x NDCG@10, {full:.2f}x full NDCG@10: the model {verdict} popularity"
 
 
 @app.command()
@@ -184,22 +202,34 @@ def centralized(
     out: OutOpt = Path("runs/centralized"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Reference models on the same split: popularity, item-kNN and central NeuMF."""
+    """Reference models on the same split: popularity, item-kNN, EASE and a central neural model."""
     _setup_logging(verbose)
     with _errors():
         run_config = _load_config(config, set_, data)
         _data_note(run_config)
-        from fedrec.experiments.references import run_baselines
+        from fedrec.experiments.references import central_max_epochs, run_baselines
 
         with _progress() as progress:
-            task = progress.add_task("central NeuMF", total=run_config.federation.central_epochs, status="")
+            name = f"central {run_config.federation.central_model}"
+            task = progress.add_task(name, total=central_max_epochs(run_config), status="popularity, item-kNN, EASE")
 
             def on_epoch(epoch: int, val: dict[str, float]) -> None:
                 progress.update(task, completed=epoch, status=f"val ndcg@10 {val['ndcg@10']:.3f}")
 
             results = run_baselines(run_config, out.resolve(), on_epoch=on_epoch)
+            progress.update(task, completed=central_max_epochs(run_config))
         console.print(_table(f"{results['dataset']}: test metrics", results["models"]))
+        console.print(_reference_notes(results["references"]))
         console.print(f"seed {results['seed']}, {results['seconds']:.1f} s. Wrote {out / 'results.json'}")
+
+
+def _reference_notes(references: dict[str, dict[str, Any]]) -> str:
+    """One line: seconds of each reference and what was chosen on validation users."""
+    notes = []
+    for name, ref in references.items():
+        chosen = f", l2 {ref['l2']:g}" if "l2" in ref else f", best epoch {ref['best_epoch']}" if "best_epoch" in ref else ""
+        notes.append(f"{name} {ref['seconds']:.1f} s{chosen}")
+    return "chosen on validation users; " + "; ".join(notes)
 
 
 @app.command()

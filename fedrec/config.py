@@ -149,7 +149,10 @@ class FederationSettings:
     eval_every: int = field(default=10, metadata=_key("eval-every", check=_non_negative))  # 0 = only at the end
     # evaluate a fixed seeded sample of this many users (0 = every user); for huge populations
     eval_users: int = field(default=0, metadata=_key("eval-users", check=_non_negative))
-    central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))
+    central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))  # central-model = neumf
+    # `fedrec centralized`'s neural model: "mf" (dot-product MF, fedrec.training.mf, epochs chosen on
+    # validation) or "neumf" (this config's model trained centrally for central-epochs)
+    central_model: str = field(default="mf", metadata=_key("central-model", check=_one_of("mf", "neumf")))
     # devices upload their clipped update quantized to this many bits per coordinate
     # (fedrec.federation.compression; 0 = dense float32)
     upload_bits: int = field(

@@ -5,6 +5,6 @@ server (the same mechanism as a DP-FedAvg round): item counts, then the item-ite
 co-occurrence over the most frequent items. The server solves EASE on the noisy Gram;
 devices score locally with the released weights and the noisy popularity prior.
 
-May import ``fedrec.privacy``, ``fedrec.models``, ``fedrec.data``, ``fedrec.evaluation``
+May import ``fedrec.privacy``, ``fedrec.models``, ``fedrec.data``, ``fedrec.evaluation.scoring``
 and ``fedrec.experiments.results``; never Flower (server/ drives it over a Grid).
 """

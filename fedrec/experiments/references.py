@@ -1,19 +1,109 @@
-"""The reference run: popularity, item-kNN and centralized NeuMF on one split."""
+"""The reference run: popularity, item-kNN, EASE and a centralized neural model on one split.
+
+:func:`cheap_references` is also what ``fedrec simulate`` prints beside the private
+model, on the same split: every reference is fitted on the training items, chosen on
+validation users, and scored once on test users.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
+from fedrec.data.split import LeaveOneOutSplit
 from fedrec.evaluation.scoring import evaluate_scorer
-from fedrec.experiments.baselines import ItemKNN, Popularity
+from fedrec.experiments.baselines import ItemKNN, Popularity, fit_ease
 from fedrec.experiments.results import CURVES, RESULTS, plot_curves, write_json
 from fedrec.federation.device import simulated_population
 from fedrec.training.central import train_centralized
+from fedrec.training.mf import MFConfig, train_mf
+
+logger = logging.getLogger(__name__)
+
+# EASE inverts an (items x items) matrix: cubic time, quadratic memory
+EASE_MAX_ITEMS = 10_000
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference model's metrics on the split, and what it cost."""
+
+    test: dict[str, float]
+    val: dict[str, float]
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)  # chosen hyper-parameters and what was tried
+
+    def to_json(self) -> dict[str, Any]:
+        return {"test": self.test, "val": self.val, "seconds": self.seconds, **self.detail}
+
+
+def _scored(score: Callable[[Any], Any], split: LeaveOneOutSplit, started: float, **detail: Any) -> Reference:
+    return Reference(
+        test=evaluate_scorer(score, split, which="test"), val=evaluate_scorer(score, split, which="val"),
+        seconds=time.perf_counter() - started, detail=detail,
+    )
+
+
+def cheap_references(
+    split: LeaveOneOutSplit, *, knn: bool = True, ease_max_items: int = EASE_MAX_ITEMS
+) -> dict[str, Reference]:
+    """Popularity, item-kNN (when ``knn``) and EASE (l2 chosen on validation users; left
+    out, with a log line, when the catalogue has more than ``ease_max_items`` items)."""
+    refs: dict[str, Reference] = {}
+    started = time.perf_counter()
+    refs["popularity"] = _scored(Popularity(split).score, split, started)
+    if knn:
+        started = time.perf_counter()
+        refs["item-knn"] = _scored(ItemKNN(split).score, split, started, k=50)
+    if split.n_items <= ease_max_items:
+        started = time.perf_counter()
+        ease, tried = fit_ease(split)
+        refs["ease"] = _scored(ease.score, split, started, l2=ease.l2, val_ndcg_by_l2={str(k): v for k, v in tried.items()})
+    else:
+        logger.warning("EASE left out: %d items is more than %d (cubic in the catalogue size)", split.n_items, ease_max_items)
+    return refs
+
+
+@dataclass(frozen=True)
+class CentralRun:
+    name: str
+    test: dict[str, float]
+    best_epoch: int
+    max_epochs: int
+    curve: list[dict[str, float]]
+
+
+def _central_mf(split: LeaveOneOutSplit, config: RunConfig, on_epoch: Callable[[int, dict[str, float]], None] | None) -> CentralRun:
+    mf = MFConfig()
+    result = train_mf(split, config=mf, generator=torch.Generator().manual_seed(config.seed), on_eval=on_epoch)
+    return CentralRun("central mf", result.test, result.best_epoch, mf.max_epochs, result.curve)
+
+
+def _central_tower(
+    split: LeaveOneOutSplit, config: RunConfig, on_epoch: Callable[[int, dict[str, float]], None] | None
+) -> CentralRun:
+    epochs = config.federation.central_epochs
+    result = train_centralized(
+        split, model=config.model.build(split.n_items), train=config.train.build(),
+        epochs=epochs, seed=config.seed, on_epoch=on_epoch,
+    )
+    return CentralRun(f"central {config.model.model}", result.test, result.best_epoch, epochs, result.curve)
+
+
+CENTRAL_MODELS: dict[str, Callable[..., CentralRun]] = {"mf": _central_mf, "neumf": _central_tower}
+
+
+def central_max_epochs(config: RunConfig) -> int:
+    """Most epochs the configured central model can run (for a progress bar)."""
+    return MFConfig().max_epochs if config.federation.central_model == "mf" else config.federation.central_epochs
 
 
 def run_baselines(
@@ -21,26 +111,28 @@ def run_baselines(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     split = simulated_population(config).split
-    models: dict[str, dict[str, float]] = {
-        "popularity": evaluate_scorer(Popularity(split).score, split),
-        "item-knn": evaluate_scorer(ItemKNN(split).score, split),
+    refs = cheap_references(split)
+    central_started = time.perf_counter()
+    central = CENTRAL_MODELS[config.federation.central_model](split, config, on_epoch)
+    central_seconds = time.perf_counter() - central_started
+    models: dict[str, dict[str, float]] = {name: ref.test for name, ref in refs.items()}
+    models[central.name] = central.test
+    references = {name: ref.to_json() for name, ref in refs.items()}
+    references[central.name] = {
+        "test": central.test, "val": max(central.curve, key=lambda e: e["ndcg@10"]) if central.curve else {},
+        "seconds": central_seconds, "best_epoch": central.best_epoch,
     }
-    central = train_centralized(
-        split, model=config.model.build(split.n_items), train=config.train.build(),
-        epochs=config.federation.central_epochs, seed=config.seed, on_epoch=on_epoch,
-    )
-    models[f"central {config.model.model}"] = central.test
     seconds = time.perf_counter() - started
-    central_name = f"central {config.model.model}"
     results: dict[str, Any] = {
         "dataset": config.data.dataset,
-        "model": central_name,
+        "model": central.name,
         **central.test,
         "rounds": None,
         "clients_per_round": None,
-        "epochs": config.federation.central_epochs,
+        "epochs": central.max_epochs,
         "best_epoch": central.best_epoch,
         "models": models,
+        "references": references,
         "users": split.n_users,
         "seed": config.seed,
         "seconds": seconds,
@@ -50,8 +142,8 @@ def run_baselines(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_curves(
-        out_dir / CURVES, central.curve, x="epoch", title=f"{central_name} on {config.data.dataset}",
-        references={f"{name} (test): {m}": models[name][m] for name in ("popularity", "item-knn") for m in ("hr@10", "ndcg@10")},
+        out_dir / CURVES, central.curve, x="epoch", title=f"{central.name} on {config.data.dataset}",
+        references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
     )
     write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
     write_json(out_dir / RESULTS, results)

@@ -58,7 +58,11 @@ def plot_curves(
     losses: Sequence[Mapping[str, float]] = (),
 ) -> None:
     """Validation HR@10 / NDCG@10 per round (or epoch), with horizontal reference lines,
-    and the clients' mean training loss per round when given."""
+    and the clients' mean training loss per round when given.
+
+    ``references`` maps ``"<model> (<split>): <metric>"`` to a value, e.g.
+    ``"popularity (val): ndcg@10"``; each model gets its own line style.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,16 +77,22 @@ def plot_curves(
         ax.set_ylabel("mean client training loss (BCE)")
         ax.grid(alpha=0.3)
     xs = [e[x] for e in evals]
+    x_end = max([*xs, *(r["round"] for r in losses)], default=1.0)
+    # one line style per reference model (the names are "<model> (<split>): <metric>")
+    models = list(dict.fromkeys(name.split(":")[0] for name in references or {}))
+    styles = dict(zip(models, ("--", ":", "-.", (0, (5, 1, 1, 1)))))
     for ax, metric in zip(axes, ("hr@10", "ndcg@10")):
-        ax.plot(xs, [e[metric] for e in evals], marker="o", ms=3, label="federated (val)" if x == "round" else "val")
+        ax.plot(xs, [e[metric] for e in evals], marker="o", ms=5 if len(xs) < 3 else 3,
+                label="federated (val)" if x == "round" else "val")
         for name, value in (references or {}).items():
-            if metric in name:
-                ax.axhline(value, ls="--", lw=1, color="gray")
-                ax.annotate(name.split(":")[0], (xs[0] if xs else 0, value), fontsize=8, va="bottom", color="gray")
+            if name.endswith(f": {metric}"):
+                model = name.split(":")[0]
+                ax.axhline(value, ls=styles.get(model, "--"), lw=1.2, color="gray", label=model)
+        ax.set_xlim(0, x_end * 1.03)  # the whole run, so that a single evaluation sits at its end
         ax.set_xlabel(x)
         ax.set_ylabel(f"{metric} (99 sampled negatives)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     save_png(path, fig)
 

@@ -14,6 +14,7 @@ import numpy as np
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.errors import FedrecError
+from fedrec.experiments.references import cheap_references
 from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
 from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
@@ -45,12 +46,15 @@ def run_and_report(
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     n_items: int | None = None,
     resume: bool = False,
+    references: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate, write ``results.json`` and ``curves.png`` into ``out_dir``.
 
     ``n_items`` is the catalogue size when the server has no data (a deployment);
     otherwise it comes from the simulated population. ``resume`` continues the crashed
-    run in ``out_dir`` from its last checkpoint.
+    run in ``out_dir`` from its last checkpoint. ``references``: when the population is
+    simulated, also fit popularity and EASE on the same split (``results["references"]``)
+    so the private model is always shown beside what users would otherwise get.
     """
     started = time.perf_counter()
     simulated = n_items is None
@@ -98,8 +102,12 @@ def run_and_report(
         "curve": history.evals,
         "round_log": history.rounds,
     }
+    refs = cheap_references(simulated_population(config).split, knn=False) if simulated and references else {}
+    if refs:
+        results["references"] = {name: ref.to_json() for name, ref in refs.items()}
     plot_curves(
         out_dir / CURVES, history.evals, losses=history.rounds,
+        references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
         title=f"federated {config.model.model} on {config.data.dataset}: {n_clients} clients, "
         f"{history.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
     )

@@ -2,7 +2,7 @@
 collaborative scorer built from a DP-EASE release (post-processing, no extra epsilon),
 the routing that hands a user over to the on-device federated model as their history
 grows, and the HTTP service (``service``, FastAPI). May import ``fedrec.data``,
-``fedrec.models``, ``fedrec.training``, ``fedrec.evaluation``; never Flower.
+``fedrec.models``, ``fedrec.training.local``, ``fedrec.evaluation.scoring``; never Flower.
 """
 
 from fedrec.fallback.catalog import Catalog, build_catalog

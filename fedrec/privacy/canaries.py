@@ -160,7 +160,10 @@ def run_empirical_audit(
     q = min(1.0, config.federation.clients_per_round / base.n_users)
     run_config = replace(config, federation=replace(config.federation, clients_per_round=q * split.n_users))
     with VectorisedTransport(run_config, split=split) as transport:
-        results = run_and_report(run_config, transport, out_dir=out_dir, engine="inprocess", on_round=on_round)
+        # references=False: the population here is the split plus canaries, not the configured one
+        results = run_and_report(
+            run_config, transport, out_dir=out_dir, engine="inprocess", on_round=on_round, references=False
+        )
     model: ModelConfig = run_config.model.build(split.n_items)
     scores = membership_scores(released=read_arrays(out_dir / MODEL), initial=init_shared(model, seed=config.seed), canaries=canaries)
     delta = config.privacy.delta if config.privacy.enabled else 0.0
