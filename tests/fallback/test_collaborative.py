@@ -18,7 +18,7 @@ from fedrec.dpease.fit import EaseRelease
 from fedrec.errors import FedrecError
 from fedrec.experiments.coldstart import DP_FOLD_IN, DP_POPULARITY, ColdStartConfig, run_coldstart_eval
 from fedrec.experiments.results import MODEL, RESULTS, read_arrays
-from fedrec.fallback import coldstart_run
+from fedrec.experiments import coldstart as coldstart_run
 from fedrec.fallback.collaborative import (
     CollaborativeBlend,
     ReleasedEase,
