@@ -16,9 +16,9 @@ from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
 from fedrec.dpease.fit import EaseRelease
 from fedrec.errors import FedrecError
+from fedrec.experiments import coldstart as coldstart_run
 from fedrec.experiments.coldstart import DP_FOLD_IN, DP_POPULARITY, ColdStartConfig, run_coldstart_eval
 from fedrec.experiments.results import MODEL, RESULTS, read_arrays
-from fedrec.experiments import coldstart as coldstart_run
 from fedrec.fallback.collaborative import (
     CollaborativeBlend,
     ReleasedEase,
