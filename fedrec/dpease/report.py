@@ -12,6 +12,7 @@ from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.dpease.run import InProcessStatistics, StatisticsTransport, run_dp_ease
 from fedrec.errors import FedrecError
+from fedrec.experiments.references import cheap_references
 from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
 from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
@@ -56,8 +57,13 @@ def run_ease_and_report(
         "curve": [{"round": float(len(history.phases)), **val}],
         "round_log": history.phases,
     }
+    # popularity and EASE on the same split, printed beside the private model (simulations only)
+    refs = cheap_references(simulated_population(config).split, knn=False) if simulated else {}
+    if refs:
+        results["references"] = {name: ref.to_json() for name, ref in refs.items()}
     plot_curves(
         out_dir / CURVES, results["curve"],
+        references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
         title=f"dp-ease on {config.data.dataset}: {results['clients']} clients, K={history.top_items}, "
         f"epsilon {history.privacy['epsilon']:.3g}",
     )
