@@ -71,6 +71,24 @@ def popularity_prior(counts: np.ndarray, *, noise_std: float, weight: float) -> 
     return weight * np.arcsinh(counts / scale)
 
 
+def noise_edge(noise_std: float, k: int) -> float:
+    """The largest eigenvalue a symmetric k x k matrix of independent N(0, noise_std^2)
+    entries reaches, with room to spare: the semicircle's edge ``2 noise_std sqrt(k)``
+    (Wigner) plus four times its Tracy-Widom fluctuation scale ``noise_std k^(-1/6)``
+    (Tracy and Widom 1996), so pure noise stays below it with overwhelming probability."""
+    return noise_std * (2.0 * math.sqrt(k) + 4.0 * k ** (-1.0 / 6.0))
+
+
+def signal_directions(gram: np.ndarray, *, noise_std: float) -> int:
+    """How many eigenvalues of the noisy Gram stand above :func:`noise_edge`: the number
+    of directions in which the released co-occurrence carries detectable signal (all of
+    them without noise)."""
+    k = gram.shape[0]
+    if noise_std == 0 or k == 0:
+        return k
+    return int(np.sum(np.linalg.eigvalsh(gram) > noise_edge(noise_std, k)))
+
+
 def conditioned_gram(gram: np.ndarray, *, noise_std: float, eigen_floor: float) -> np.ndarray:
     """Raise every eigenvalue of the symmetric noisy Gram to at least
     ``eigen_floor * noise_std * sqrt(K)``: the noise matrix's spectrum spans about
@@ -98,10 +116,20 @@ def fit_release(
     gram_noise_std: float, noise_scale: float, base_scale: float, eigen_floor: float, prior_weight: float,
 ) -> EaseRelease:
     """The released model from the noisy counts and (unless phase 2 was not run) the
-    noisy packed Gram over ``top_items``."""
+    noisy packed Gram over ``top_items``.
+
+    Where no eigenvalue of the noisy Gram stands above the noise edge
+    (:func:`signal_directions` is 0), the co-occurrence carries nothing detectable and
+    the release falls back to the DP popularity prior alone: at a small enough epsilon
+    the ranking is the noisy-popularity ranking by construction.
+    """
     prior = popularity_prior(counts, noise_std=count_noise_std, weight=prior_weight)
+    empty = EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior)
     if gram_packed is None or top_items.shape[0] == 0:
-        return EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior)
-    gram = conditioned_gram(unpack_symmetric(gram_packed, int(top_items.shape[0])), noise_std=gram_noise_std, eigen_floor=eigen_floor)
+        return empty
+    noisy = unpack_symmetric(gram_packed, int(top_items.shape[0]))
+    if signal_directions(noisy, noise_std=gram_noise_std) == 0:
+        return empty
+    gram = conditioned_gram(noisy, noise_std=gram_noise_std, eigen_floor=eigen_floor)
     lam = ease_lambda(gram, noise_std=gram_noise_std, noise_scale=noise_scale, base_scale=base_scale)
     return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior)
