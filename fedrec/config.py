@@ -181,6 +181,8 @@ class EaseSettings:
     lambda_base: float = field(default=5.0, metadata=_key("ease-lambda-base", check=_positive))
     eigen_floor: float = field(default=0.5, metadata=_key("ease-eigen-floor", check=_non_negative))
     prior_weight: float = field(default=0.001, metadata=_key("ease-prior-weight", check=_non_negative))
+    # EASE shrinks towards this many times the public item-content target (0: towards 0)
+    content_weight: float = field(default=0.0, metadata=_key("ease-content-weight", check=_non_negative))
 
 
 @dataclass(frozen=True)

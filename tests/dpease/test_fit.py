@@ -1,5 +1,6 @@
-"""The fit's fallback: a noisy Gram with no eigenvalue above the noise edge releases the
-DP popularity prior alone, so at a tiny epsilon the ranking is the prior's."""
+"""The fit: a noisy Gram with no eigenvalue above the noise edge releases the DP
+popularity prior alone (at a tiny epsilon the ranking is the prior's); EASE shrunk
+towards a target built from public item content only."""
 
 from __future__ import annotations
 
@@ -11,13 +12,31 @@ import pytest
 from fedrec.client import simulated_population
 from fedrec.config import parse_run_config
 from fedrec.dpease.central import simulate_release
-from fedrec.dpease.fit import fit_release, noise_edge, signal_directions
+from fedrec.dpease.fit import (
+    content_target,
+    ease_weights_towards,
+    fit_release,
+    item_content,
+    noise_edge,
+    public_item_content,
+    signal_directions,
+)
 from fedrec.dpease.statistics import packed_size
+from fedrec.errors import DataError
+from fedrec.models.ease import ease_weights
+from fedrec.settings import resolve_data_dir
 
 SYNTHETIC = {
     "model": "dp-ease", "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 200,
     "synthetic-interactions": 12, "num-eval-negatives": 20, "seed": 1,
 }
+
+
+def _has_ml100k() -> bool:
+    try:
+        return (resolve_data_dir(None) / "ml-100k").is_dir()
+    except DataError:
+        return False
 
 
 def _noise(k: int, std: float, rng: np.random.Generator) -> np.ndarray:
@@ -69,3 +88,49 @@ def test_at_a_tiny_epsilon_the_ranking_is_the_dp_prior_and_at_a_large_one_it_is_
     assert np.allclose(scores, tiny.prior[None, :])
     plain = simulate_release(parse_run_config({**SYNTHETIC, "dp": "off"}), split)
     assert plain.top_items.shape[0] > 0 and not math.isclose(float(np.abs(plain.weights).sum()), 0.0)
+
+
+def _gram(rng: np.random.Generator, users: int = 40, k: int = 8) -> np.ndarray:
+    x = (rng.random((users, k)) < 0.3).astype(float)
+    return x.T @ x
+
+
+def test_shrinking_towards_zero_is_ease() -> None:
+    gram = _gram(np.random.default_rng(0))
+    assert np.allclose(ease_weights_towards(gram, 3.0, np.zeros_like(gram)), ease_weights(gram, 3.0))
+
+
+def test_shrinking_towards_a_target_solves_each_column_s_ridge_regression() -> None:
+    rng = np.random.default_rng(1)
+    gram, lam = _gram(rng), 2.5
+    k = gram.shape[0]
+    target = rng.random((k, k))
+    np.fill_diagonal(target, 0.0)
+    weights = ease_weights_towards(gram, lam, target)
+    for j in range(k):  # column j: min ||x_j - X_{-j} b||^2 + lam ||b - t_{-j,j}||^2 over the other items
+        others = np.delete(np.arange(k), j)
+        lhs = gram[np.ix_(others, others)] + lam * np.eye(k - 1)
+        rhs = gram[others, j] + lam * target[others, j]
+        assert np.allclose(weights[others, j], np.linalg.solve(lhs, rhs))
+        assert weights[j, j] == 0.0
+
+
+def test_the_content_target_is_a_column_stochastic_similarity() -> None:
+    vectors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    target = content_target(vectors)
+    assert np.all(np.diag(target) == 0) and np.all(target >= 0)
+    assert np.allclose(target.sum(axis=0), [1.0, 1.0, 1.0, 0.0])  # item 3 is similar to none
+    assert target[1, 0] == pytest.approx(1.0)  # item 0's only positive neighbour
+
+
+@pytest.mark.skipif(not _has_ml100k(), reason="needs MovieLens 100K (FEDREC_DATA_DIR)")
+def test_the_content_prior_reads_only_public_item_data() -> None:
+    base = {"model": "dp-ease", "dataset": "ml-100k", "ease-content-weight": 1.0}
+    everyone = public_item_content(parse_run_config(base))
+    fewer = public_item_content(parse_run_config({**base, "max-users": 100, "seed": 5}))  # other users, other split
+    assert everyone is not None and fewer is not None
+    assert np.array_equal(everyone, fewer)
+    meta = simulated_population(parse_run_config(base)).interactions.item_meta
+    assert np.array_equal(everyone, item_content(meta))
+    assert public_item_content(parse_run_config({**base, "ease-content-weight": 0.0})) is None
+    assert public_item_content(parse_run_config(SYNTHETIC | {"ease-content-weight": 1.0})) is None  # no metadata
