@@ -16,7 +16,6 @@ import numpy as np
 from fedrec.config import DataSettings, RunConfig
 from fedrec.data.interactions import ItemMetadata
 from fedrec.dpease.statistics import unpack_symmetric
-from fedrec.fallback.features import FeatureConfig, build_item_vectors
 from fedrec.models.ease import ease_weights
 
 TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # the released arrays (model.npz)
@@ -121,6 +120,11 @@ def content_target(vectors: np.ndarray) -> np.ndarray:
 def item_content(meta: ItemMetadata | None) -> np.ndarray | None:
     """(n_items, d) unit content vectors (genres, year, title TF-IDF) from the public item
     metadata alone, or None where the data set has none."""
+    from fedrec.fallback.features import (  # here: fedrec.fallback imports fedrec.dpease
+        FeatureConfig,
+        build_item_vectors,
+    )
+
     return None if meta is None else build_item_vectors(meta, FeatureConfig())
 
 

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from fedrec.client import simulated_population
 from fedrec.config import parse_run_config
+from fedrec.data.location import resolve_data_dir
 from fedrec.dpease.central import simulate_release
 from fedrec.dpease.fit import (
     content_target,
@@ -23,8 +23,8 @@ from fedrec.dpease.fit import (
 )
 from fedrec.dpease.statistics import packed_size
 from fedrec.errors import DataError
+from fedrec.federation.device import simulated_population
 from fedrec.models.ease import ease_weights
-from fedrec.settings import resolve_data_dir
 
 SYNTHETIC = {
     "model": "dp-ease", "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 200,
