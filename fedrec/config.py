@@ -171,7 +171,7 @@ class EaseSettings:
     they carry over to other populations and budgets (docs/dp-ease.md)."""
 
     # phase 1's part of the budget (the rest goes to the co-occurrence release)
-    count_share: float = field(default=0.3, metadata=_key("ease-count-share", check=_probability))
+    count_share: float = field(default=0.2, metadata=_key("ease-count-share", check=_probability))
     # K = the items whose noisy count is above this many noise standard deviations ...
     item_threshold: float = field(default=2.0, metadata=_key("ease-item-threshold", check=_non_negative))
     # ... and at most this many (the Gram is K x K; each device uploads K (K + 1) / 2 values)
@@ -181,6 +181,8 @@ class EaseSettings:
     lambda_base: float = field(default=5.0, metadata=_key("ease-lambda-base", check=_positive))
     eigen_floor: float = field(default=0.5, metadata=_key("ease-eigen-floor", check=_non_negative))
     prior_weight: float = field(default=0.001, metadata=_key("ease-prior-weight", check=_non_negative))
+    # EASE shrinks towards this many times the public item-content target (0: towards 0)
+    content_weight: float = field(default=1.0, metadata=_key("ease-content-weight", check=_non_negative))
 
 
 @dataclass(frozen=True)

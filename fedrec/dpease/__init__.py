@@ -6,5 +6,6 @@ co-occurrence over the most frequent items. The server solves EASE on the noisy 
 devices score locally with the released weights and the noisy popularity prior.
 
 May import ``fedrec.privacy``, ``fedrec.models``, ``fedrec.data``, ``fedrec.evaluation.scoring``
-and ``fedrec.experiments.results``; never Flower (server/ drives it over a Grid).
+``fedrec.experiments.results`` and ``fedrec.fallback.features`` (public item content, imported
+where used); never Flower (server/ drives it over a Grid).
 """

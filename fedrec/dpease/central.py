@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
-from fedrec.dpease.fit import EaseRelease, fit_release, select_top_items
+from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items
 from fedrec.dpease.run import phase_noise
 from fedrec.privacy.noise import noise_generator
 
@@ -60,4 +60,5 @@ def simulate_release(config: RunConfig, split: LeaveOneOutSplit) -> EaseRelease:
     return fit_release(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * c, gram_noise_std=z_gram * c,
         noise_scale=e.lambda_noise, base_scale=e.lambda_base, eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
+        content=public_item_content(config), content_weight=e.content_weight,
     )

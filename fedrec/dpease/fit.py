@@ -7,11 +7,14 @@ solving EASE and the popularity prior cost no privacy.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.config import DataSettings, RunConfig
+from fedrec.data.interactions import ItemMetadata
 from fedrec.dpease.statistics import unpack_symmetric
 from fedrec.models.ease import ease_weights
 
@@ -71,6 +74,24 @@ def popularity_prior(counts: np.ndarray, *, noise_std: float, weight: float) -> 
     return weight * np.arcsinh(counts / scale)
 
 
+def noise_edge(noise_std: float, k: int) -> float:
+    """The largest eigenvalue a symmetric k x k matrix of independent N(0, noise_std^2)
+    entries reaches, with room to spare: the semicircle's edge ``2 noise_std sqrt(k)``
+    (Wigner) plus four times its Tracy-Widom fluctuation scale ``noise_std k^(-1/6)``
+    (Tracy and Widom 1996), so pure noise stays below it with overwhelming probability."""
+    return noise_std * (2.0 * math.sqrt(k) + 4.0 * k ** (-1.0 / 6.0))
+
+
+def signal_directions(gram: np.ndarray, *, noise_std: float) -> int:
+    """How many eigenvalues of the noisy Gram stand above :func:`noise_edge`: the number
+    of directions in which the released co-occurrence carries detectable signal (all of
+    them without noise)."""
+    k = gram.shape[0]
+    if noise_std == 0 or k == 0:
+        return k
+    return int(np.sum(np.linalg.eigvalsh(gram) > noise_edge(noise_std, k)))
+
+
 def conditioned_gram(gram: np.ndarray, *, noise_std: float, eigen_floor: float) -> np.ndarray:
     """Raise every eigenvalue of the symmetric noisy Gram to at least
     ``eigen_floor * noise_std * sqrt(K)``: the noise matrix's spectrum spans about
@@ -81,6 +102,58 @@ def conditioned_gram(gram: np.ndarray, *, noise_std: float, eigen_floor: float) 
     values, vectors = np.linalg.eigh(gram)  # (K,), (K, K)
     values = np.maximum(values, eigen_floor * noise_std * math.sqrt(gram.shape[0]))
     return (vectors * values) @ vectors.T
+
+
+def content_target(vectors: np.ndarray) -> np.ndarray:
+    """(K, K) ridge target for EASE from public item content (rows: the top items' unit
+    content vectors, :func:`fedrec.fallback.features.build_item_vectors`): the positive
+    part of the cosine similarity with a zero diagonal, each column scaled to sum 1 (a
+    column with no similar item stays zero). Column j predicts item j as a weighted mean
+    of the content-similar items, a scale-free target whatever the data set. It reads
+    no user data, so it costs no privacy."""
+    target = np.maximum(np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T, 0.0)
+    np.fill_diagonal(target, 0.0)
+    sums = target.sum(axis=0, keepdims=True)
+    return np.divide(target, sums, out=np.zeros_like(target), where=sums > 0)
+
+
+def item_content(meta: ItemMetadata | None) -> np.ndarray | None:
+    """(n_items, d) unit content vectors (genres, year, title TF-IDF) from the public item
+    metadata alone, or None where the data set has none."""
+    from fedrec.fallback.features import (  # here: fedrec.fallback imports fedrec.dpease
+        FeatureConfig,
+        build_item_vectors,
+    )
+
+    return None if meta is None else build_item_vectors(meta, FeatureConfig())
+
+
+@functools.lru_cache(maxsize=4)
+def _catalogue_content(data: DataSettings, seed: int) -> np.ndarray | None:
+    from fedrec.data.sources import prepare
+
+    return item_content(prepare(data, seed=seed).interactions.item_meta)
+
+
+def public_item_content(config: RunConfig) -> np.ndarray | None:
+    """The run's catalogue content for :func:`content_target` (None where the data set
+    has no item metadata or ``ease-content-weight`` is 0). Only item metadata is read."""
+    if config.ease.content_weight == 0:
+        return None
+    return _catalogue_content(config.data, config.seed)
+
+
+def ease_weights_towards(gram: np.ndarray, lam: float, target: np.ndarray) -> np.ndarray:
+    """EASE shrunk towards ``target`` instead of 0: ``argmin ||X - XB||^2 + lam ||B -
+    target||^2`` subject to ``diag(B) = 0``, in closed form from ``G = X^T X``:
+    ``B = I - lam P + lam P T - P diag(mu)`` with ``P = (G + lam I)^-1`` and ``mu``
+    chosen so the diagonal vanishes. ``target = 0`` gives EASE (Steck 2019, Eq. 8)."""
+    k = gram.shape[0]
+    precision = np.linalg.inv(np.asarray(gram, dtype=np.float64) + lam * np.eye(k))  # (K, K)
+    unconstrained = np.eye(k) - lam * precision + lam * (precision @ target)
+    weights = unconstrained - precision * (np.diag(unconstrained) / np.diag(precision))[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
 
 
 def ease_lambda(gram: np.ndarray, *, noise_std: float, noise_scale: float, base_scale: float) -> float:
@@ -96,12 +169,30 @@ def ease_lambda(gram: np.ndarray, *, noise_std: float, noise_scale: float, base_
 def fit_release(
     *, counts: np.ndarray, top_items: np.ndarray, gram_packed: np.ndarray | None, count_noise_std: float,
     gram_noise_std: float, noise_scale: float, base_scale: float, eigen_floor: float, prior_weight: float,
+    content: np.ndarray | None = None, content_weight: float = 0.0,
 ) -> EaseRelease:
     """The released model from the noisy counts and (unless phase 2 was not run) the
-    noisy packed Gram over ``top_items``."""
+    noisy packed Gram over ``top_items``.
+
+    Where no eigenvalue of the noisy Gram stands above the noise edge
+    (:func:`signal_directions` is 0), the co-occurrence carries nothing detectable and
+    the release falls back to the DP popularity prior alone: at a small enough epsilon
+    the ranking is the noisy-popularity ranking by construction.
+
+    With public item ``content`` (n_items, d) and ``content_weight`` > 0, EASE is shrunk
+    towards ``content_weight *`` :func:`content_target` instead of 0: where the noisy
+    Gram is weak (lambda grows with the noise), the weights lean on the content.
+    """
     prior = popularity_prior(counts, noise_std=count_noise_std, weight=prior_weight)
+    empty = EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior)
     if gram_packed is None or top_items.shape[0] == 0:
-        return EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior)
-    gram = conditioned_gram(unpack_symmetric(gram_packed, int(top_items.shape[0])), noise_std=gram_noise_std, eigen_floor=eigen_floor)
+        return empty
+    noisy = unpack_symmetric(gram_packed, int(top_items.shape[0]))
+    if signal_directions(noisy, noise_std=gram_noise_std) == 0:
+        return empty
+    gram = conditioned_gram(noisy, noise_std=gram_noise_std, eigen_floor=eigen_floor)
     lam = ease_lambda(gram, noise_std=gram_noise_std, noise_scale=noise_scale, base_scale=base_scale)
-    return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior)
+    if content is None or content_weight == 0:
+        return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior)
+    target = content_weight * content_target(content[top_items])
+    return EaseRelease(top_items=top_items, weights=ease_weights_towards(gram, lam, target), prior=prior)

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.split import ClientData, LeaveOneOutSplit
-from fedrec.dpease.fit import EaseRelease, fit_release, select_top_items
+from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items
 from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
@@ -214,6 +214,7 @@ def run_dp_ease(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * p.clipping_norm,
         gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
         eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
+        content=public_item_content(config), content_weight=e.content_weight,
     )
     history.top_items = int(release.top_items.shape[0])
     if session is not None:

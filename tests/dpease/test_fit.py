@@ -1,0 +1,136 @@
+"""The fit: a noisy Gram with no eigenvalue above the noise edge releases the DP
+popularity prior alone (at a tiny epsilon the ranking is the prior's); EASE shrunk
+towards a target built from public item content only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedrec.config import parse_run_config
+from fedrec.data.location import resolve_data_dir
+from fedrec.dpease.central import simulate_release
+from fedrec.dpease.fit import (
+    content_target,
+    ease_weights_towards,
+    fit_release,
+    item_content,
+    noise_edge,
+    public_item_content,
+    signal_directions,
+)
+from fedrec.dpease.statistics import packed_size
+from fedrec.errors import DataError
+from fedrec.federation.device import simulated_population
+from fedrec.models.ease import ease_weights
+
+SYNTHETIC = {
+    "model": "dp-ease", "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 200,
+    "synthetic-interactions": 12, "num-eval-negatives": 20, "seed": 1,
+}
+
+
+def _has_ml100k() -> bool:
+    try:
+        return (resolve_data_dir(None) / "ml-100k").is_dir()
+    except DataError:
+        return False
+
+
+def _noise(k: int, std: float, rng: np.random.Generator) -> np.ndarray:
+    upper = np.triu(rng.normal(0.0, std, size=(k, k)))
+    return upper + np.triu(upper, 1).T
+
+
+@pytest.mark.parametrize("k", [20, 150, 400])
+def test_pure_noise_stays_below_the_edge(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(10):
+        assert signal_directions(_noise(k, 0.7, rng), noise_std=0.7) == 0
+
+
+def test_a_planted_direction_above_the_edge_is_found() -> None:
+    rng = np.random.default_rng(3)
+    k, std = 200, 0.5
+    direction = rng.normal(size=k)
+    direction /= np.linalg.norm(direction)
+    signal = 2.0 * noise_edge(std, k) * np.outer(direction, direction)
+    assert signal_directions(signal + _noise(k, std, rng), noise_std=std) == 1
+    assert signal_directions(signal, noise_std=0.0) == k  # without noise every direction counts
+
+
+def test_a_gram_of_pure_noise_releases_the_prior_alone() -> None:
+    rng = np.random.default_rng(0)
+    n_items, k, std = 50, 30, 2.0
+    counts = rng.normal(10.0, 5.0, size=n_items)
+    top = np.argsort(-counts)[:k]
+    packed = rng.normal(0.0, std, size=packed_size(k))
+    release = fit_release(
+        counts=counts, top_items=top, gram_packed=packed, count_noise_std=1.0, gram_noise_std=std,
+        noise_scale=2.0, base_scale=5.0, eigen_floor=0.5, prior_weight=0.001,
+    )
+    assert release.top_items.shape == (0,)
+    history = (rng.random((5, n_items)) < 0.2).astype(float)
+    scores = release.score(history)
+    assert np.array_equal(np.argsort(-scores, axis=1, kind="stable"), np.tile(np.argsort(-counts, kind="stable"), (5, 1)))
+
+
+def test_at_a_tiny_epsilon_the_ranking_is_the_dp_prior_and_at_a_large_one_it_is_not() -> None:
+    split = simulated_population(parse_run_config(SYNTHETIC)).split
+    history = np.zeros((split.n_users, split.n_items))
+    users, items = split.train_pairs()
+    history[users, items] = 1.0
+    tiny = simulate_release(parse_run_config({**SYNTHETIC, "epsilon": 0.05, "ease-item-threshold": 0.0}), split)
+    assert tiny.top_items.shape == (0,)  # the noisy Gram carries nothing above the noise
+    scores = tiny.score(history)
+    assert np.allclose(scores, tiny.prior[None, :])
+    plain = simulate_release(parse_run_config({**SYNTHETIC, "dp": "off"}), split)
+    assert plain.top_items.shape[0] > 0 and not math.isclose(float(np.abs(plain.weights).sum()), 0.0)
+
+
+def _gram(rng: np.random.Generator, users: int = 40, k: int = 8) -> np.ndarray:
+    x = (rng.random((users, k)) < 0.3).astype(float)
+    return x.T @ x
+
+
+def test_shrinking_towards_zero_is_ease() -> None:
+    gram = _gram(np.random.default_rng(0))
+    assert np.allclose(ease_weights_towards(gram, 3.0, np.zeros_like(gram)), ease_weights(gram, 3.0))
+
+
+def test_shrinking_towards_a_target_solves_each_column_s_ridge_regression() -> None:
+    rng = np.random.default_rng(1)
+    gram, lam = _gram(rng), 2.5
+    k = gram.shape[0]
+    target = rng.random((k, k))
+    np.fill_diagonal(target, 0.0)
+    weights = ease_weights_towards(gram, lam, target)
+    for j in range(k):  # column j: min ||x_j - X_{-j} b||^2 + lam ||b - t_{-j,j}||^2 over the other items
+        others = np.delete(np.arange(k), j)
+        lhs = gram[np.ix_(others, others)] + lam * np.eye(k - 1)
+        rhs = gram[others, j] + lam * target[others, j]
+        assert np.allclose(weights[others, j], np.linalg.solve(lhs, rhs))
+        assert weights[j, j] == 0.0
+
+
+def test_the_content_target_is_a_column_stochastic_similarity() -> None:
+    vectors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    target = content_target(vectors)
+    assert np.all(np.diag(target) == 0) and np.all(target >= 0)
+    assert np.allclose(target.sum(axis=0), [1.0, 1.0, 1.0, 0.0])  # item 3 is similar to none
+    assert target[1, 0] == pytest.approx(1.0)  # item 0's only positive neighbour
+
+
+@pytest.mark.skipif(not _has_ml100k(), reason="needs MovieLens 100K (FEDREC_DATA_DIR)")
+def test_the_content_prior_reads_only_public_item_data() -> None:
+    base = {"model": "dp-ease", "dataset": "ml-100k", "ease-content-weight": 1.0}
+    everyone = public_item_content(parse_run_config(base))
+    fewer = public_item_content(parse_run_config({**base, "max-users": 100, "seed": 5}))  # other users, other split
+    assert everyone is not None and fewer is not None
+    assert np.array_equal(everyone, fewer)
+    meta = simulated_population(parse_run_config(base)).interactions.item_meta
+    assert np.array_equal(everyone, item_content(meta))
+    assert public_item_content(parse_run_config({**base, "ease-content-weight": 0.0})) is None
+    assert public_item_content(parse_run_config(SYNTHETIC | {"ease-content-weight": 1.0})) is None  # no metadata
