@@ -38,9 +38,9 @@ from flwr.compat.common import recorddict_compat as compat
 
 from clients.records import to_arrays, to_record
 from fedrec import protocol
-from fedrec.config import RunConfig, parse_run_config
+from fedrec.config import ModelFamily, RunConfig, parse_run_config
 from fedrec.deploy.device import LocalDevice
-from fedrec.dpease.run import device_evaluate, device_statistic
+from fedrec.dpease.run import REQUEST_NAMES, STATISTIC_NAMES, device_evaluate, device_statistic
 from fedrec.dpease.statistics import COUNTS, GRAM
 from fedrec.errors import ConfigError, DataError, FedrecError
 from fedrec.models import shared_spec
@@ -163,6 +163,8 @@ def _note_memory(local: LocalDevice) -> None:
 def train(msg: Message, context: Context) -> Message:
     local, config, round_ = _open(msg, context)
     secure = "fitins.parameters" in msg.content.array_records
+    if secure and config.model.family is ModelFamily.DP_EASE:
+        return _secure_statistic(msg, local, config)
     if secure:
         if config.privacy.local_dp:
             raise ConfigError(["local-dp with secure-aggregation: the device's epsilon cannot be reported through SecAgg+"])
@@ -183,6 +185,19 @@ def train(msg: Message, context: Context) -> Message:
     if config.privacy.local_dp:
         content[protocol.METRICS] = MetricRecord({protocol.LOCAL_EPSILON: result.local_epsilon})
     return Message(content, reply_to=msg)
+
+
+def _secure_statistic(msg: Message, local: LocalDevice, config: RunConfig) -> Message:
+    """DP-EASE under SecAgg+: the request (the top items) arrives as the FitIns
+    parameters; the statistic leaves as the FitRes parameters, which the mod masks."""
+    phase = str(msg.content.config_records["fitins.config"][protocol.PHASE])
+    parameters = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
+    request = dict(zip(REQUEST_NAMES[phase], parameters_to_ndarrays(parameters), strict=True))
+    statistic = device_statistic(local.device.data, phase=phase, request=request, clipping_norm=config.privacy.clipping_norm)
+    _note_memory(local)
+    upload = ndarrays_to_parameters([statistic[STATISTIC_NAMES[phase]]])
+    fitres = FitRes(status=Status(Code.OK, ""), parameters=upload, num_examples=1, metrics={})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
 @app.evaluate()

@@ -16,11 +16,11 @@ from flwr.serverapp import Grid, ServerApp
 from fedrec.config import ModelFamily, parse_run_config
 from fedrec.deploy.settings import split_deploy_settings
 from fedrec.dpease.report import run_ease_and_report
-from fedrec.errors import ConfigError, FedrecError
+from fedrec.errors import FedrecError
 from fedrec.experiments.results import RESULTS, write_json
 from fedrec.experiments.run import run_and_report
 from server.app import split_out_dir
-from server.secagg import SecAggTransport
+from server.secagg import SecAggStatistics, SecAggTransport
 from server.statistics import GridStatistics
 from server.transport import GridTransport
 
@@ -43,9 +43,11 @@ def main(grid: Grid, context: Context) -> None:
     if config.model.family is ModelFamily.DP_EASE:
         if resume:
             raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new out-dir")
-        if deploy.secure_aggregation:
-            raise ConfigError(["secure-aggregation is not wired for dp-ease yet: set secure-aggregation = false"])
-        transport = GridStatistics(grid, config, n_items=deploy.n_items, client_order=False, **common)  # type: ignore[arg-type]
+        transport = (
+            SecAggStatistics(grid, config, context=context, n_items=deploy.n_items, **common)  # type: ignore[arg-type]
+            if deploy.secure_aggregation
+            else GridStatistics(grid, config, n_items=deploy.n_items, client_order=False, **common)  # type: ignore[arg-type]
+        )
         results = run_ease_and_report(config, out_dir, engine="flower-deployment", transport=transport)
     else:
         transport = (

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from clients.records import to_arrays
 from fedrec import protocol
 from fedrec.config import RunConfig
-from fedrec.dpease.run import PHASES
+from fedrec.dpease.run import PHASES, SecureSum
 from fedrec.models import Arrays
 from server.transport import GridTransport
 
@@ -54,7 +54,7 @@ class GridStatistics:
     def clients(self) -> list[int]:
         return self.links.clients()
 
-    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | None]:
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | SecureSum | None]:
         started = time.perf_counter()
         number = PHASES.index(phase) + 1
         sizes: list[int] = []

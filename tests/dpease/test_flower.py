@@ -2,7 +2,8 @@
 (``tests.deploy.test_secagg.InlineGrid``), only the network is left out.
 
 The Grid transport must give exactly the releases, ledger and metrics of the in-process
-transport (same seed, same noise), and a real device must send nothing but its statistic.
+transport (same seed, same noise), a real device must send nothing but its statistic, and
+SecAgg+ must give the sum of the devices' statistics without any single one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients import device as device_module
@@ -25,9 +27,10 @@ from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
 from fedrec.deploy.fleet import split_fleet
 from fedrec.dpease.fit import select_top_items
-from fedrec.dpease.run import InProcessStatistics, device_evaluate, device_statistic, run_dp_ease
+from fedrec.dpease.run import InProcessStatistics, SecureSum, device_evaluate, device_statistic, run_dp_ease
 from fedrec.dpease.statistics import COUNTS
 from fedrec.privacy.ledger import LEDGER, read_entries
+from server.secagg import SecAggStatistics
 from server.statistics import GridStatistics
 from tests.deploy.test_secagg import InlineGrid
 
@@ -147,3 +150,31 @@ def test_outbox_guard_refuses_a_statistics_reply_with_anything_more(
     context = Context(run_id=1, node_id=10, node_config=nodes[10], state=RecordDict(), run_config={})
     with pytest.raises(Exception, match="outbox guard: a statistics reply may carry only the clipped statistic"):
         device_module.app(message=msg, context=context)
+
+
+def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
+    fleet: tuple[RunConfig, dict[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    config, nodes = fleet
+    grid = InlineGrid(nodes)
+    secure = SecAggStatistics(
+        grid, config, context=Context(1, 0, {}, RecordDict(), {}), n_items=1682, expected_nodes=3, timeout=60, patience=1
+    )
+    data = [LocalDevice.open(cfg["data-path"], config).device.data for cfg in nodes.values()]
+    top = np.array([49, 99, 180, 257, 0, 3], dtype=np.int64)
+    step = 2 * config.privacy.clipping_norm / 4194304  # SecAgg+'s quantization step
+    for phase, request in (("counts", {}), ("gram", {"top_items": top})):
+        [reply] = list(secure.statistics(secure.clients(), phase, request))
+        assert isinstance(reply, SecureSum) and reply.contributors == 3
+        name = "item_counts" if phase == "counts" else "gram_upper"
+        plain = np.sum([device_statistic(d, phase=phase, request=request, clipping_norm=0.5)[name] for d in data], axis=0)
+        np.testing.assert_allclose(reply.arrays[name], plain, atol=3 * step + 1e-6)
+    # the float statistic never left a device: the masked stage carries integers only
+    masked = [m for m in grid.sent if Key.MASKED_PARAMETERS in m.content.config_records.get(RECORD_KEY_CONFIGS, {})]
+    assert len(masked) == 6 and all(not any(len(r) for r in m.content.array_records.values()) for m in masked)
+    # end to end: both releases from secure sums, in the ledger with all three devices
+    release, history, _, test = run_dp_ease(config, secure, run_dir=tmp_path / "secure")
+    assert [p["aggregated"] for p in history.phases] == [3.0, 3.0] and history.rejected == 0
+    entries = read_entries(tmp_path / "secure" / LEDGER).entries
+    assert [e["clients"] for e in entries if e.get("kind") == "release"] == [3, 3]
+    assert 0.0 <= test["ndcg@10"] <= 1.0 and release.prior.shape == (1682,)
