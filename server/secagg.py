@@ -179,13 +179,13 @@ class SecAggStatistics(GridStatistics):
 
     def __init__(
         self, grid: Grid, config: RunConfig, *, context: Context, n_items: int, expected_nodes: int, timeout: float,
-        patience: float, share_fraction: float = 1.0, threshold_fraction: float = 0.6,
+        patience: float, share_fraction: float = 1.0, threshold_fraction: float = 0.6, private_evaluation: bool = False,
     ) -> None:
         if not config.privacy.enabled:
             raise ConfigError(["secure-aggregation needs dp = user: the clipping norm sets SecAgg+'s quantization range"])
         super().__init__(
             grid, config, n_items=n_items, expected_nodes=expected_nodes, timeout=timeout, patience=patience,
-            client_order=False,
+            client_order=False, private_evaluation=private_evaluation,
         )
         self.context = context
         self.clipping_range = config.privacy.clipping_norm

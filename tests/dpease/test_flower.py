@@ -110,18 +110,17 @@ def test_real_devices_answer_with_their_own_statistic_and_metrics(fleet: tuple[R
     config, nodes = fleet
     grid = GridStatistics(InlineGrid(nodes), config, n_items=1682, expected_nodes=3, patience=1, client_order=False)
     data = {node: LocalDevice.open(cfg["data-path"], config).device.data for node, cfg in nodes.items()}
-    counts = list(grid.statistics(grid.clients(), "counts", {}))
+    counts = [r for r in grid.statistics(grid.clients(), "counts", {}) if isinstance(r, dict)]  # one dict per device
     for node, reply in zip(grid.clients(), counts, strict=True):
         expected = device_statistic(data[node], phase="counts", request={}, clipping_norm=0.5)
-        assert reply is not None
         np.testing.assert_array_equal(reply[COUNTS], expected[COUNTS])
         assert np.linalg.norm(reply[COUNTS]) <= 0.5
-    total = np.sum([r[COUNTS].astype(np.float64) for r in counts if r is not None], axis=0)
+    total = np.sum([r[COUNTS].astype(np.float64) for r in counts], axis=0)
     request = {"top_items": select_top_items(total, noise_std=0.0, threshold=0.0, max_items=30)}
-    for node, reply in zip(grid.clients(), grid.statistics(grid.clients(), "gram", request), strict=True):
+    for node, gram in zip(grid.clients(), grid.statistics(grid.clients(), "gram", request), strict=True):
         expected = device_statistic(data[node], phase="gram", request=request, clipping_norm=0.5)
-        assert reply is not None and reply.keys() == expected.keys()
-        np.testing.assert_array_equal(reply["gram_upper"], expected["gram_upper"])
+        assert isinstance(gram, dict) and gram.keys() == expected.keys()
+        np.testing.assert_array_equal(gram["gram_upper"], expected["gram_upper"])
     release = {
         "top_items": request["top_items"], "weights": np.eye(30, dtype=np.float32) * 0.1,
         "prior": np.linspace(0, 1, 1682, dtype=np.float32),
@@ -178,3 +177,12 @@ def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
     entries = read_entries(tmp_path / "secure" / LEDGER).entries
     assert [e["clients"] for e in entries if e.get("kind") == "release"] == [3, 3]
     assert 0.0 <= test["ndcg@10"] <= 1.0 and release.prior.shape == (1682,)
+
+
+def test_with_private_evaluation_no_device_metrics_reach_the_server(fleet: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
+    config, nodes = fleet
+    inline = InlineGrid(nodes)
+    grid = GridStatistics(inline, config, n_items=1682, expected_nodes=3, patience=1, client_order=False, private_evaluation=True)
+    release = {"top_items": np.arange(2), "weights": np.zeros((2, 2), np.float32), "prior": np.zeros(1682, np.float32)}
+    asked = len(inline.sent)
+    assert grid.evaluate(grid.clients(), release, "test") == [] and len(inline.sent) == asked
