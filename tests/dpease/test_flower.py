@@ -8,6 +8,7 @@ SecAgg+ must give the sum of the devices' statistics without any single one.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
 from fedrec.deploy.fleet import split_fleet
 from fedrec.dpease.fit import select_top_items
+from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import InProcessStatistics, SecureSum, device_evaluate, device_statistic, run_dp_ease
 from fedrec.dpease.statistics import COUNTS
+from fedrec.privacy.audit import OK, audit_run
 from fedrec.privacy.ledger import LEDGER, read_entries
 from server.secagg import SecAggStatistics
 from server.statistics import GridStatistics
@@ -179,10 +182,16 @@ def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
     assert 0.0 <= test["ndcg@10"] <= 1.0 and release.prior.shape == (1682,)
 
 
-def test_with_private_evaluation_no_device_metrics_reach_the_server(fleet: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
+def test_with_private_evaluation_no_device_metrics_reach_the_server(
+    fleet: tuple[RunConfig, dict[int, dict[str, Any]]], tmp_path: Path
+) -> None:
     config, nodes = fleet
     inline = InlineGrid(nodes)
     grid = GridStatistics(inline, config, n_items=1682, expected_nodes=3, patience=1, client_order=False, private_evaluation=True)
-    release = {"top_items": np.arange(2), "weights": np.zeros((2, 2), np.float32), "prior": np.zeros(1682, np.float32)}
+    release: dict[str, np.ndarray] = {"top_items": np.arange(2), "weights": np.zeros((2, 2), np.float32), "prior": np.zeros(1682, np.float32)}
     asked = len(inline.sent)
     assert grid.evaluate(grid.clients(), release, "test") == [] and len(inline.sent) == asked
+    # a whole deployment-style run: both releases audited, no metrics reported
+    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid)
+    assert math.isnan(results["ndcg@10"]) and results["clients"] == 3
+    assert audit_run(tmp_path / "run").code == OK
