@@ -22,7 +22,6 @@ from clients import device as device_module
 from clients.app import app as simulation_app
 from clients.records import to_record
 from fedrec import protocol
-from fedrec.client import simulated_population
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
@@ -31,6 +30,7 @@ from fedrec.dpease.fit import select_top_items
 from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import InProcessStatistics, SecureSum, device_evaluate, device_statistic, run_dp_ease
 from fedrec.dpease.statistics import COUNTS
+from fedrec.federation.device import simulated_population
 from fedrec.privacy.audit import OK, audit_run
 from fedrec.privacy.ledger import LEDGER, read_entries
 from server.secagg import SecAggStatistics
