@@ -4,7 +4,9 @@ The SuperNode's node config names the device's data file (``data-path=...``). Th
 device validates it with fedrec's loaders, keeps its private state in ``state.npz``
 next to it, and replies to a training round with nothing but the clipped update of
 the shared parameters (plus its record-level epsilon when local DP-SGD is on). An
-outbox guard (a Flower mod) refuses to send any other record.
+outbox guard (a Flower mod) refuses to send any other record. For DP-EASE it answers
+``query.statistics`` with nothing but the clipped statistic of its own training items
+for the phase asked, and ``evaluate.ease`` with its metrics under the released weights.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from flwr.compat.common import recorddict_compat as compat
 
 from clients.records import to_arrays, to_record
 from fedrec import protocol
-from fedrec.config import RunConfig, parse_run_config
+from fedrec.config import ModelFamily, RunConfig, parse_run_config
 from fedrec.deploy.device import LocalDevice
+from fedrec.dpease.run import REQUEST_NAMES, STATISTIC_NAMES, device_evaluate, device_statistic
+from fedrec.dpease.statistics import COUNTS, GRAM
 from fedrec.errors import ConfigError, DataError, FedrecError
 from fedrec.models import shared_spec
 
@@ -67,11 +71,24 @@ def _carries_only_the_update(content: RecordDict) -> bool:
     )
 
 
+def _carries_only_one_statistic(content: RecordDict) -> bool:
+    if set(content.array_records) != {protocol.ARRAYS} or content.config_records or content.metric_records:
+        return False
+    names = set(content.array_records[protocol.ARRAYS])
+    return names in ({COUNTS}, {GRAM})
+
+
 def outbox_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Refuse to send a training reply that carries anything but the shared update."""
+    """Refuse to send a training reply that carries anything but the shared update, or a
+    DP-EASE statistics reply that carries anything but the one statistic."""
     reply = call_next(msg, context)
-    if msg.metadata.message_type == "train" and not reply.has_error() and not _carries_only_the_update(reply.content):
+    if reply.has_error():
+        return reply
+    kind = msg.metadata.message_type
+    if kind == "train" and not _carries_only_the_update(reply.content):
         raise FedrecError("outbox guard: a training reply may carry only the shared-parameter update")
+    if kind == protocol.STATISTICS and not _carries_only_one_statistic(reply.content):
+        raise FedrecError("outbox guard: a statistics reply may carry only the clipped statistic")
     return reply
 
 
@@ -146,6 +163,8 @@ def _note_memory(local: LocalDevice) -> None:
 def train(msg: Message, context: Context) -> Message:
     local, config, round_ = _open(msg, context)
     secure = "fitins.parameters" in msg.content.array_records
+    if secure and config.model.family is ModelFamily.DP_EASE:
+        return _secure_statistic(msg, local, config)
     if secure:
         if config.privacy.local_dp:
             raise ConfigError(["local-dp with secure-aggregation: the device's epsilon cannot be reported through SecAgg+"])
@@ -168,6 +187,19 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _secure_statistic(msg: Message, local: LocalDevice, config: RunConfig) -> Message:
+    """DP-EASE under SecAgg+: the request (the top items) arrives as the FitIns
+    parameters; the statistic leaves as the FitRes parameters, which the mod masks."""
+    phase = str(msg.content.config_records["fitins.config"][protocol.PHASE])
+    parameters = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
+    request = dict(zip(REQUEST_NAMES[phase], parameters_to_ndarrays(parameters), strict=True))
+    statistic = device_statistic(local.device.data, phase=phase, request=request, clipping_norm=config.privacy.clipping_norm)
+    _note_memory(local)
+    upload = ndarrays_to_parameters([statistic[STATISTIC_NAMES[phase]]])
+    fitres = FitRes(status=Status(Code.OK, ""), parameters=upload, num_examples=1, metrics={})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     local, config, round_ = _open(msg, context)
@@ -175,5 +207,29 @@ def evaluate(msg: Message, context: Context) -> Message:
     local.remember(shared=shared, config=config, round_=round_)
     record = msg.content.config_records[protocol.CONFIG]
     metrics = local.device.evaluate(shared=shared, private=local.state.private, config=config, which=str(record[protocol.HELD_OUT]))
+    _note_memory(local)
+    return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)
+
+
+@app.query(protocol.STATISTICS_ACTION)
+def statistics(msg: Message, context: Context) -> Message:
+    """DP-EASE: the clipped statistic of this device's training items for the phase asked."""
+    local, config, _ = _open(msg, context)
+    record = msg.content.config_records[protocol.CONFIG]
+    statistic = device_statistic(
+        local.device.data, phase=str(record[protocol.PHASE]),
+        request=to_arrays(msg.content.array_records[protocol.ARRAYS]), clipping_norm=config.privacy.clipping_norm,
+    )
+    _note_memory(local)
+    return Message(RecordDict({protocol.ARRAYS: to_record(statistic)}), reply_to=msg)
+
+
+@app.evaluate(protocol.EASE_EVALUATE_ACTION)
+def evaluate_ease(msg: Message, context: Context) -> Message:
+    """DP-EASE: this device's metrics with the released weights, scored on the device."""
+    local, _, _ = _open(msg, context)
+    record = msg.content.config_records[protocol.CONFIG]
+    release = to_arrays(msg.content.array_records[protocol.ARRAYS])
+    metrics = device_evaluate(local.device.data, release=release, which=str(record[protocol.HELD_OUT]))
     _note_memory(local)
     return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)

@@ -18,6 +18,14 @@ METRICS = "metrics"
 RUN_CONFIG = "run-config"  # the flat run config as JSON
 SERVER_ROUND = "server-round"
 HELD_OUT = "held-out"  # "val" or "test" for evaluation
+PHASE = "phase"  # DP-EASE: which statistic to send ("counts" or "gram"); its request is in ARRAYS
+
+# Message types beyond Flower's train / evaluate / query (Flower routes "kind.action"
+# to the ClientApp function registered for that action).
+STATISTICS_ACTION = "statistics"  # DP-EASE: one device statistic for a phase
+STATISTICS = f"query.{STATISTICS_ACTION}"
+EASE_EVALUATE_ACTION = "ease"  # DP-EASE: score the released weights on the device
+EASE_EVALUATE = f"evaluate.{EASE_EVALUATE_ACTION}"
 
 # Keys of the metrics record sent back.
 NUM_EXAMPLES = "num-examples"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,11 @@ from flwr.serverapp import Grid
 
 from fedrec import protocol
 from fedrec.config import RunConfig
+from fedrec.dpease.run import PHASES, REQUEST_NAMES, STATISTIC_NAMES, SecureSum
 from fedrec.errors import ConfigError
 from fedrec.federation.rounds import TrainReply
 from fedrec.models import Arrays
+from server.statistics import GridStatistics
 from server.transport import GridTransport
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,26 @@ class _SampledFit(Strategy):
         return None
 
 
+def secure_mean(
+    grid: _MeteredGrid, context: Context, nodes: Sequence[int], parameters: list[np.ndarray], config: dict[str, Scalar], *,
+    round_: int, clipping_range: float, timeout: float, share_fraction: float, threshold_fraction: float,
+) -> _SampledFit:
+    """One SecAgg+ round over ``nodes``: each gets ``parameters`` and ``config`` as its
+    FitIns; the returned strategy holds the unmasked mean of their replies and how many
+    devices it covers (weight 1 each, so mean x contributors is the sum)."""
+    run_id = grid.run.run_id
+    strategy = _SampledFit([GridClientProxy(node, grid.grid, run_id) for node in nodes], config)
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=round_), strategy=strategy)
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_})
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(ndarrays_to_parameters(parameters), True)
+    workflow = SecAggPlusWorkflow(
+        num_shares=share_fraction, reconstruction_threshold=threshold_fraction, max_weight=1.0,
+        clipping_range=clipping_range, timeout=timeout,
+    )
+    workflow(grid, legacy)  # type: ignore[arg-type]
+    return strategy
+
+
 class SecAggTransport(GridTransport):
     """Training rounds through SecAgg+; evaluation as in :class:`GridTransport`."""
 
@@ -125,21 +147,12 @@ class SecAggTransport(GridTransport):
         started = time.perf_counter()
         names = sorted(shared)
         metered = _MeteredGrid(self.grid)
-        run_id = self.grid.run.run_id
-        strategy = _SampledFit(
-            [GridClientProxy(node, self.grid, run_id) for node in clients],
-            {protocol.RUN_CONFIG: self.run_config, protocol.SERVER_ROUND: round_},
+        strategy = secure_mean(
+            metered, self.context, clients, [shared[n] for n in names],
+            {protocol.RUN_CONFIG: self.run_config, protocol.SERVER_ROUND: round_}, round_=round_,
+            clipping_range=self.clipping_range, timeout=self.timeout, share_fraction=self.share_fraction,
+            threshold_fraction=self.threshold_fraction,
         )
-        legacy = LegacyContext(self.context, config=ServerConfig(num_rounds=round_), strategy=strategy)
-        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: round_})
-        legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            ndarrays_to_parameters([shared[n] for n in names]), True
-        )
-        workflow = SecAggPlusWorkflow(
-            num_shares=self.share_fraction, reconstruction_threshold=self.threshold_fraction, max_weight=1.0,
-            clipping_range=self.clipping_range, timeout=self.timeout,
-        )
-        workflow(metered, legacy)  # type: ignore[arg-type]
         replies = [
             TrainReply(client=node, update=None, error="dropped out of secure aggregation")
             for node in clients[: max(0, len(clients) - strategy.contributors)]
@@ -157,3 +170,49 @@ class SecAggTransport(GridTransport):
             )
         logger.info("round %d: secure aggregation of %d of %d devices", round_, strategy.contributors, len(clients))
         return replies
+
+
+class SecAggStatistics(GridStatistics):
+    """DP-EASE's two statistics through SecAgg+ (the server learns only their sum);
+    evaluation as in :class:`GridStatistics`. Every statistic has L2 norm <= C, so every
+    coordinate lies in SecAgg+'s quantization range [-C, C]."""
+
+    def __init__(
+        self, grid: Grid, config: RunConfig, *, context: Context, n_items: int, expected_nodes: int, timeout: float,
+        patience: float, share_fraction: float = 1.0, threshold_fraction: float = 0.6, private_evaluation: bool = False,
+    ) -> None:
+        if not config.privacy.enabled:
+            raise ConfigError(["secure-aggregation needs dp = user: the clipping norm sets SecAgg+'s quantization range"])
+        super().__init__(
+            grid, config, n_items=n_items, expected_nodes=expected_nodes, timeout=timeout, patience=patience,
+            client_order=False, private_evaluation=private_evaluation,
+        )
+        self.context = context
+        self.clipping_range = config.privacy.clipping_norm
+        self.share_fraction = share_fraction
+        self.threshold_fraction = threshold_fraction
+
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | SecureSum | None]:
+        started = time.perf_counter()
+        number = PHASES.index(phase) + 1
+        metered = _MeteredGrid(self.links.grid)
+        strategy = secure_mean(
+            metered, self.context, clients, [request[n] for n in REQUEST_NAMES[phase]],
+            {protocol.RUN_CONFIG: self.links.run_config, protocol.SERVER_ROUND: number, protocol.PHASE: phase},
+            round_=number, clipping_range=self.clipping_range, timeout=self.links.timeout,
+            share_fraction=self.share_fraction, threshold_fraction=self.threshold_fraction,
+        )
+        if metered.received:
+            sizes = list(metered.received.values())
+            self.uploads.append(
+                {
+                    "round": float(number), "devices": float(len(sizes)), "bytes_per_device": float(np.mean(sizes)),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+        logger.info("phase %s: secure aggregation of %d of %d devices", phase, strategy.contributors, len(clients))
+        for _ in range(len(clients) - strategy.contributors):
+            yield None  # dropped out of secure aggregation
+        if strategy.mean is not None:
+            total = strategy.mean[0].astype(np.float64) * strategy.contributors
+            yield SecureSum({STATISTIC_NAMES[phase]: total}, strategy.contributors)

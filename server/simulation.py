@@ -11,8 +11,7 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from clients.app import app as client_app
-from fedrec.config import ModelFamily, RunConfig
-from fedrec.errors import FedrecError
+from fedrec.config import RunConfig
 from fedrec.experiments.results import RESULTS
 from fedrec.federation.device import simulated_population
 from server.app import RoundCallback, build_server_app
@@ -41,8 +40,6 @@ def run(
     vectors lived in the dead process (real devices keep theirs in their state file),
     so they start afresh; the shared model, sampler, noise and ledger continue.
     """
-    if config.model.family is ModelFamily.DP_EASE:
-        raise FedrecError("model dp-ease runs on the in-process engine only for now: use --engine inprocess")
     n_clients = simulated_population(config).split.n_users
     backend = backend_config(ray_address)
     with warnings.catch_warnings():

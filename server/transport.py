@@ -70,7 +70,9 @@ class GridTransport:
     def clients(self) -> list[int]:
         return list(self._nodes)
 
-    def _send(self, nodes: Sequence[int], shared: Arrays, kind: str, round_: int, **extra: str) -> list[Message]:
+    def send(self, nodes: Sequence[int], shared: Arrays, kind: str, round_: int, **extra: str) -> list[Message]:
+        """One message of type ``kind`` to each node (``shared`` as its arrays, the run
+        config and ``extra`` as its config); the replies that came back in time."""
         config = ConfigRecord({protocol.RUN_CONFIG: self.run_config, protocol.SERVER_ROUND: round_, **extra})
         content = RecordDict({protocol.ARRAYS: to_record(shared), protocol.CONFIG: config})
         messages = [Message(content, dst_node_id=node, message_type=kind, group_id=str(round_)) for node in nodes]
@@ -83,7 +85,7 @@ class GridTransport:
         started = time.perf_counter()
         out = []
         sizes = []
-        for reply in self._send(clients, shared, "train", round_):
+        for reply in self.send(clients, shared, "train", round_):
             node = int(reply.metadata.src_node_id)
             if reply.has_error():
                 logger.warning("round %d: a device failed: %s", round_, reply.error.reason)
@@ -125,7 +127,7 @@ class GridTransport:
         }
 
     def evaluate(self, clients: Sequence[int], shared: Arrays, which: str, round_: int) -> list[dict[str, float]]:
-        replies = self._send(clients, shared, "evaluate", round_, **{protocol.HELD_OUT: which})
+        replies = self.send(clients, shared, "evaluate", round_, **{protocol.HELD_OUT: which})
         return [
             {k: float(str(v)) for k, v in r.content.metric_records[protocol.METRICS].items()}
             for r in replies

@@ -43,7 +43,19 @@ PURPOSES = {
     "gram": "DP-EASE phase 2: co-occurrence over the top items (EASE weights)",
 }
 TOP_ITEMS_REQUEST = "top_items"
+STATISTIC_NAMES = {"counts": COUNTS, "gram": GRAM}  # the array each phase's reply carries
+REQUEST_NAMES = {"counts": (), "gram": (TOP_ITEMS_REQUEST,)}  # the arrays each phase's request carries
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
+
+
+@dataclass(frozen=True)
+class SecureSum:
+    """The sum of ``contributors`` devices' statistics, added up by secure aggregation:
+    the server never sees one device's upload, so it cannot clip each one again; every
+    device clipped its own to C (and SecAgg+ bounds each coordinate to [-C, C])."""
+
+    arrays: Arrays
+    contributors: int
 
 
 class StatisticsTransport(Protocol):
@@ -53,8 +65,9 @@ class StatisticsTransport(Protocol):
 
     def clients(self) -> list[int]: ...
 
-    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterable[Arrays | None]:
-        """Each client's phase statistic (None where a client failed), read once."""
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterable[Arrays | SecureSum | None]:
+        """Each client's phase statistic (None where a client failed), or secure sums of
+        several, read once."""
         ...
 
     def evaluate(self, clients: Sequence[int], release: Arrays, which: str) -> list[dict[str, float]]: ...
@@ -127,23 +140,26 @@ def phase_noise(config: RunConfig) -> tuple[float, float]:
 
 
 def _noisy_sum(
-    replies: Iterable[Arrays | None], *, name: str, size: int, clipping_norm: float, std: float,
+    replies: Iterable[Arrays | SecureSum | None], *, name: str, size: int, clipping_norm: float, std: float,
     rng: np.random.Generator | None, history: EaseHistory,
 ) -> tuple[np.ndarray, int]:
-    """Sum of the replies, each clipped to C again (an honest device already did), plus
-    N(0, std^2); malformed replies are rejected and counted, never aggregated."""
+    """Sum of the replies, each clipped to C again (an honest device already did; a
+    secure sum of n devices to n C), plus N(0, std^2); malformed replies are rejected and
+    counted, never aggregated."""
     like = {name: np.zeros(size, dtype=np.float64)}
     good = 0
 
     def valid() -> Iterable[Arrays]:
         nonlocal good
         for reply in replies:
-            value = None if reply is None else reply.get(name)
+            devices = reply.contributors if isinstance(reply, SecureSum) else 1
+            arrays = reply.arrays if isinstance(reply, SecureSum) else reply
+            value = None if arrays is None else arrays.get(name)
             if not isinstance(value, np.ndarray) or value.shape != (size,) or not np.all(np.isfinite(value)):
                 history.rejected += 1
                 continue
-            good += 1
-            yield clip_update({name: value}, max_norm=clipping_norm)[0]
+            good += devices
+            yield clip_update({name: value}, max_norm=clipping_norm * devices)[0]
 
     total = sum_updates(valid(), like)
     if rng is not None:
@@ -185,7 +201,7 @@ def run_dp_ease(
         request: Arrays = {} if phase == "counts" else {TOP_ITEMS_REQUEST: top}
         size = n_items if phase == "counts" else packed_size(int(top.shape[0]))
         total, good = _noisy_sum(
-            transport.statistics(clients, phase, request), name=COUNTS if phase == "counts" else GRAM, size=size,
+            transport.statistics(clients, phase, request), name=STATISTIC_NAMES[phase], size=size,
             clipping_norm=p.clipping_norm, std=z * p.clipping_norm, rng=rng, history=history,
         )
         if session is not None:  # on disk before the release is used

@@ -16,6 +16,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp import Grid
@@ -37,9 +38,11 @@ from server.transport import GridTransport
 
 
 class InlineGrid(Grid):
-    """Delivers messages to a ClientApp in this process, one Context per node."""
+    """Delivers messages to a ClientApp in this process (the device app unless told
+    otherwise), one Context per node."""
 
-    def __init__(self, node_configs: dict[int, dict[str, Any]]) -> None:
+    def __init__(self, node_configs: dict[int, dict[str, Any]], app: ClientApp = device_app) -> None:
+        self.app = app
         self.contexts = {
             node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={})
             for node, cfg in node_configs.items()
@@ -75,7 +78,7 @@ class InlineGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             msg = copy.deepcopy(msg)  # on the wire every device gets its own copy (the mod pops keys)
             try:
-                reply = device_app(message=msg, context=self.contexts[msg.metadata.dst_node_id])
+                reply = self.app(message=msg, context=self.contexts[msg.metadata.dst_node_id])
             except Exception as err:  # noqa: BLE001 -- what the SuperNode does with a raising ClientApp
                 reply = Message(Error(code=2, reason=str(err)), reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id  # as the SuperNode stamps it
