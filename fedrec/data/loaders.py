@@ -18,7 +18,7 @@ import numpy as np
 from fedrec.data.interactions import Interactions, ItemMetadata, UserMetadata
 from fedrec.data.items import read_item_file
 from fedrec.data.reader import read_fast
-from fedrec.data.reference import read_lines, read_reference
+from fedrec.data.reference import float_field, read_lines, read_reference
 from fedrec.data.spec import NONE, DataSpec, Layout, resolve_layout, spec_problems
 from fedrec.errors import DataError
 
@@ -36,16 +36,6 @@ def _int_field(value: str, *, what: str, where: str) -> int:
         raise DataError(f"{where}: {what} {value!r} is not an integer id") from None
     if out < 0 or out >= 2**62:
         raise DataError(f"{where}: {what} {out} is out of range (0 .. 2^62)")
-    return out
-
-
-def _float_field(value: str, *, what: str, where: str) -> float:
-    try:
-        out = float(value.strip())
-    except ValueError:
-        raise DataError(f"{where}: {what} {value!r} is not a number") from None
-    if not math.isfinite(out):
-        raise DataError(f"{where}: {what} {value!r} is not finite")
     return out
 
 
@@ -194,7 +184,7 @@ def load_movielens_100k(data_dir: str | Path) -> Interactions:
         fields = line.split("\t")
         if len(fields) != 4:
             raise DataError(f"{where}: expected 4 tab-separated fields, found {len(fields)}")
-        rating = _float_field(fields[2], what="rating", where=where)
+        rating = float_field(fields[2], what="rating", where=where)
         if not 1 <= rating <= 5:
             raise DataError(f"{where}: rating {rating:g} outside 1..5")
         rows.append(
@@ -227,7 +217,7 @@ def _load_ml_users(path: Path, user_ids: np.ndarray) -> UserMetadata:
         if len(fields) != 5:
             raise DataError(f"{where}: expected 5 '|'-separated fields, found {len(fields)}")
         by_id[_int_field(fields[0], what="user id", where=where)] = (
-            _float_field(fields[1], what="age", where=where),
+            float_field(fields[1], what="age", where=where),
             fields[2],
             fields[3],
         )

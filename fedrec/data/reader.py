@@ -79,6 +79,9 @@ def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str
             if column.null_count:
                 raise ValueError(f"column {name} has empty values")
             if kind == pa.string():
+                if pc.any(pc.match_substring_regex(column, r"[\r\n]")).as_py():
+                    # a quoted value spanning lines: the line-by-line reference judges (and names) it
+                    raise _Declined("a line break inside a quoted value")
                 column = pc.utf8_trim_whitespace(column)
                 if len(column) and pc.min(pc.utf8_length(column)).as_py() == 0:
                     raise ValueError(f"column {name} has empty values")
