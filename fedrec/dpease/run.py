@@ -25,10 +25,9 @@ from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statist
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
 from fedrec.evaluation.scoring import metrics_from_scores
-from fedrec.federation.fedavg import sum_updates
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import calibrate_releases
-from fedrec.privacy.clipping import clip_update
+from fedrec.privacy.dp_fedavg import Part, clipped_sum
 from fedrec.privacy.eval_release import NOT_PRIVATE
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import add_gaussian_noise, noise_generator
@@ -147,10 +146,8 @@ def _noisy_sum(
     secure sum of n devices to n C), plus N(0, std^2); malformed replies are rejected and
     counted, never aggregated."""
     like = {name: np.zeros(size, dtype=np.float64)}
-    good = 0
 
-    def valid() -> Iterable[Arrays]:
-        nonlocal good
+    def valid() -> Iterable[Part]:
         for reply in replies:
             devices = reply.contributors if isinstance(reply, SecureSum) else 1
             arrays = reply.arrays if isinstance(reply, SecureSum) else reply
@@ -158,10 +155,11 @@ def _noisy_sum(
             if not isinstance(value, np.ndarray) or value.shape != (size,) or not np.all(np.isfinite(value)):
                 history.rejected += 1
                 continue
-            good += devices
-            yield clip_update({name: value}, max_norm=clipping_norm * devices)[0]
+            yield Part({name: value}, contributors=devices)
 
-    total = sum_updates(valid(), like)
+    # DP-FedAvg's own bounded sum: a single reply clipped to C, a secure sum of n to n C
+    summed = clipped_sum(valid(), max_norm=clipping_norm, like=like)
+    total, good = summed.total, summed.contributors
     if rng is not None:
         total = add_gaussian_noise(total, std=std, rng=rng)
     return total[name], good
