@@ -164,6 +164,10 @@ def _probability(v: Any) -> str | None:
     return None if 0 < v < 1 else "must be in (0, 1)"
 
 
+def _decay(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1] (1: no decay)"
+
+
 @dataclass(frozen=True)
 class EaseSettings:
     """DP-EASE (``model = "dp-ease"``, :mod:`fedrec.dpease`); the defaults were chosen
@@ -183,6 +187,11 @@ class EaseSettings:
     prior_weight: float = field(default=0.001, metadata=_key("ease-prior-weight", check=_non_negative))
     # EASE shrinks towards this many times the public item-content target (0: towards 0)
     content_weight: float = field(default=1.0, metadata=_key("ease-content-weight", check=_non_negative))
+    # a pair of items in a user's co-occurrence upload weighs decay ** (their distance in
+    # the user's time-ordered history); 1: plain co-occurrence
+    pair_decay: float = field(default=0.97, metadata=_key("ease-pair-decay", check=_decay))
+    # a device scores with its k-th most recent item weighted decay ** k; 1: all equal
+    score_decay: float = field(default=0.9, metadata=_key("ease-score-decay", check=_decay))
 
 
 @dataclass(frozen=True)

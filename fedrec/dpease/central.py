@@ -17,6 +17,7 @@ from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items
 from fedrec.dpease.run import phase_noise
+from fedrec.dpease.statistics import last_positions, pair_values, recency_weights
 from fedrec.privacy.noise import noise_generator
 
 
@@ -28,9 +29,47 @@ def _history(split: LeaveOneOutSplit) -> sp.csr_matrix:
     return matrix
 
 
-def population_sums(split: LeaveOneOutSplit, *, clipping_norm: float, top_items: np.ndarray | None) -> np.ndarray:
+def recency_history(split: LeaveOneOutSplit, *, decay: float) -> sp.csr_matrix:
+    """(U, n_items) histories weighted as a device weighs its own when it scores
+    (:func:`fedrec.dpease.statistics.recency_weights`); 0/1 for ``decay = 1``."""
+    if decay == 1.0:
+        return _history(split)
+    per_user = [recency_weights(split.train_of(user), decay=decay) for user in range(split.n_users)]
+    rows = np.repeat(np.arange(split.n_users), [items.shape[0] for items, _ in per_user])
+    cols = np.concatenate([items for items, _ in per_user])
+    values = np.concatenate([weights for _, weights in per_user])
+    return sp.csr_matrix((values, (rows, cols)), shape=(split.n_users, split.n_items))
+
+
+def _decayed_gram(split: LeaveOneOutSplit, *, clipping_norm: float, top_items: np.ndarray, decay: float) -> np.ndarray:
+    """The phase-2 sum with pair weights ``decay ** gap``, one user at a time."""
+    k = int(top_items.shape[0])
+    where = np.full(split.n_items, -1, dtype=np.int64)
+    where[top_items] = np.arange(k)
+    gram = np.zeros((k, k), dtype=np.float64)
+    for user in range(split.n_users):
+        distinct, position = last_positions(split.train_of(user))
+        keep = where[distinct] >= 0
+        mine, position = where[distinct[keep]], position[keep]
+        if mine.shape[0] == 0:
+            continue
+        order = np.argsort(mine, kind="stable")
+        mine, position = mine[order], position[order]
+        values = pair_values(position, decay=decay)
+        values = (values * (clipping_norm / np.linalg.norm(values) * (1 - 1e-6))).astype(np.float32)
+        rows, cols = np.triu_indices(mine.shape[0])
+        gram[mine[rows], mine[cols]] += values
+    rows, cols = np.triu_indices(k)
+    return gram[rows, cols]
+
+
+def population_sums(
+    split: LeaveOneOutSplit, *, clipping_norm: float, top_items: np.ndarray | None, pair_decay: float = 1.0,
+) -> np.ndarray:
     """Sum over users of the phase-1 statistic (``top_items`` None) or of the phase-2
     packed upper triangle over ``top_items``."""
+    if top_items is not None and pair_decay != 1.0:
+        return _decayed_gram(split, clipping_norm=clipping_norm, top_items=top_items, decay=pair_decay)
     x = _history(split)
     if top_items is None:
         n = np.asarray(x.sum(axis=1)).ravel()
@@ -54,11 +93,11 @@ def simulate_release(config: RunConfig, split: LeaveOneOutSplit) -> EaseRelease:
     if rng is not None:
         counts = counts + rng.normal(0.0, z_counts * c, size=counts.shape)
     top = select_top_items(counts, noise_std=z_counts * c, threshold=e.item_threshold, max_items=e.max_items)
-    gram = population_sums(split, clipping_norm=c, top_items=top)
+    gram = population_sums(split, clipping_norm=c, top_items=top, pair_decay=e.pair_decay)
     if rng is not None:
         gram = gram + rng.normal(0.0, z_gram * c, size=gram.shape)
     return fit_release(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * c, gram_noise_std=z_gram * c,
         noise_scale=e.lambda_noise, base_scale=e.lambda_base, eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
-        content=public_item_content(config), content_weight=e.content_weight,
+        content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
     )

@@ -15,10 +15,11 @@ import numpy as np
 
 from fedrec.config import DataSettings, RunConfig
 from fedrec.data.interactions import ItemMetadata
-from fedrec.dpease.statistics import unpack_symmetric
+from fedrec.dpease.statistics import recency_weights, unpack_symmetric
 from fedrec.models.ease import ease_weights
 
 TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # the released arrays (model.npz)
+SCORE_DECAY = "score_decay"  # one value; releases without it score with equal weights
 
 
 @dataclass(frozen=True)
@@ -28,28 +29,43 @@ class EaseRelease:
     top_items: np.ndarray  # (K,) item indices, most frequent first
     weights: np.ndarray  # (K, K) EASE weights B over top_items
     prior: np.ndarray  # (n_items,) popularity prior added to every score
+    score_decay: float = 1.0  # a device weighs its k-th most recent item score_decay ** k
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {TOP_ITEMS: self.top_items, WEIGHTS: self.weights.astype(np.float32), PRIOR: self.prior.astype(np.float32)}
+        return {
+            TOP_ITEMS: self.top_items, WEIGHTS: self.weights.astype(np.float32), PRIOR: self.prior.astype(np.float32),
+            SCORE_DECAY: np.array([self.score_decay], dtype=np.float64),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EaseRelease:
-        return cls(top_items=np.asarray(arrays[TOP_ITEMS], dtype=np.int64), weights=arrays[WEIGHTS], prior=arrays[PRIOR])
+        decay = float(np.asarray(arrays[SCORE_DECAY]).reshape(-1)[0]) if SCORE_DECAY in arrays else 1.0
+        return cls(
+            top_items=np.asarray(arrays[TOP_ITEMS], dtype=np.int64), weights=arrays[WEIGHTS], prior=arrays[PRIOR],
+            score_decay=decay,
+        )
 
     def score(self, history: np.ndarray) -> np.ndarray:
-        """Scores over every item for (U, n_items) 0/1 histories: ``x_K B`` on the top
-        items plus the prior everywhere, so the tail is ranked by the prior."""
+        """Scores over every item for (U, n_items) histories (0/1, or each item's recency
+        weight, :meth:`history`): ``x_K B`` on the top items plus the prior everywhere, so
+        the tail is ranked by the prior."""
         history = np.atleast_2d(history)
         out = np.broadcast_to(self.prior.astype(np.float64), history.shape).copy()  # (U, n_items)
         if self.top_items.shape[0]:
             out[:, self.top_items] += history[:, self.top_items] @ self.weights  # (U, K) @ (K, K)
         return out
 
+    def history(self, train_items: np.ndarray) -> np.ndarray:
+        """(n_items,) one device's history as it scores with it: its k-th most recent
+        item weighs ``score_decay ** k`` (``train_items`` in time order)."""
+        x = np.zeros(self.prior.shape[0], dtype=np.float64)
+        items, weights = recency_weights(train_items, decay=self.score_decay)
+        x[items] = weights
+        return x
+
     def score_items(self, train_items: np.ndarray) -> np.ndarray:
-        """One device's scores (n_items,) from its own training items."""
-        x = np.zeros((1, self.prior.shape[0]), dtype=np.float64)
-        x[0, np.asarray(train_items, dtype=np.int64)] = 1.0
-        return self.score(x)[0]
+        """One device's scores (n_items,) from its own training items, in time order."""
+        return self.score(self.history(train_items)[None, :])[0]
 
 
 def select_top_items(counts: np.ndarray, *, noise_std: float, threshold: float, max_items: int) -> np.ndarray:
@@ -169,7 +185,7 @@ def ease_lambda(gram: np.ndarray, *, noise_std: float, noise_scale: float, base_
 def fit_release(
     *, counts: np.ndarray, top_items: np.ndarray, gram_packed: np.ndarray | None, count_noise_std: float,
     gram_noise_std: float, noise_scale: float, base_scale: float, eigen_floor: float, prior_weight: float,
-    content: np.ndarray | None = None, content_weight: float = 0.0,
+    content: np.ndarray | None = None, content_weight: float = 0.0, score_decay: float = 1.0,
 ) -> EaseRelease:
     """The released model from the noisy counts and (unless phase 2 was not run) the
     noisy packed Gram over ``top_items``.
@@ -184,7 +200,7 @@ def fit_release(
     Gram is weak (lambda grows with the noise), the weights lean on the content.
     """
     prior = popularity_prior(counts, noise_std=count_noise_std, weight=prior_weight)
-    empty = EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior)
+    empty = EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior, score_decay=score_decay)
     if gram_packed is None or top_items.shape[0] == 0:
         return empty
     noisy = unpack_symmetric(gram_packed, int(top_items.shape[0]))
@@ -193,6 +209,7 @@ def fit_release(
     gram = conditioned_gram(noisy, noise_std=gram_noise_std, eigen_floor=eigen_floor)
     lam = ease_lambda(gram, noise_std=gram_noise_std, noise_scale=noise_scale, base_scale=base_scale)
     if content is None or content_weight == 0:
-        return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior)
+        return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior, score_decay=score_decay)
     target = content_weight * content_target(content[top_items])
-    return EaseRelease(top_items=top_items, weights=ease_weights_towards(gram, lam, target), prior=prior)
+    weights = ease_weights_towards(gram, lam, target)
+    return EaseRelease(top_items=top_items, weights=weights, prior=prior, score_decay=score_decay)

@@ -41,9 +41,9 @@ PURPOSES = {
     "counts": "DP-EASE phase 1: item counts (top items and popularity prior)",
     "gram": "DP-EASE phase 2: co-occurrence over the top items (EASE weights)",
 }
-TOP_ITEMS_REQUEST = "top_items"
+TOP_ITEMS_REQUEST, PAIR_DECAY_REQUEST = "top_items", "pair_decay"
 STATISTIC_NAMES = {"counts": COUNTS, "gram": GRAM}  # the array each phase's reply carries
-REQUEST_NAMES = {"counts": (), "gram": (TOP_ITEMS_REQUEST,)}  # the arrays each phase's request carries
+REQUEST_NAMES = {"counts": (), "gram": (TOP_ITEMS_REQUEST, PAIR_DECAY_REQUEST)}  # the arrays each phase's request carries
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
@@ -77,7 +77,10 @@ def device_statistic(data: ClientData, *, phase: str, request: Arrays, clipping_
     if phase == "counts":
         return count_statistic(data.train_items, n_items=data.n_items, clipping_norm=clipping_norm)
     if phase == "gram":
-        return gram_statistic(data.train_items, top_items=request[TOP_ITEMS_REQUEST], clipping_norm=clipping_norm)
+        return gram_statistic(
+            data.train_items, top_items=request[TOP_ITEMS_REQUEST], clipping_norm=clipping_norm,
+            pair_decay=float(np.asarray(request.get(PAIR_DECAY_REQUEST, 1.0)).reshape(-1)[0]),  # absent: plain co-occurrence
+        )
     raise FedrecError(f"unknown DP-EASE phase {phase!r}; use one of {', '.join(PHASES)}")
 
 
@@ -107,9 +110,7 @@ class InProcessStatistics:
         out: list[dict[str, float]] = []
         for start in range(0, len(clients), 256):
             chunk = [self.split.client(c) for c in clients[start : start + 256]]
-            history = np.zeros((len(chunk), self.split.n_items), dtype=np.float64)
-            for row, data in enumerate(chunk):
-                history[row, data.train_items] = 1.0
+            history = np.stack([model.history(data.train_items) for data in chunk])  # (chunk, n_items)
             per_user = metrics_from_scores(model.score(history), chunk, which)
             out += [{name: float(values[k]) for name, values in per_user.items()} for k in range(len(chunk))]
         return out
@@ -196,7 +197,7 @@ def run_dp_ease(
             history.stopped_by_budget = True
             break
         started = time.perf_counter()
-        request: Arrays = {} if phase == "counts" else {TOP_ITEMS_REQUEST: top}
+        request: Arrays = {} if phase == "counts" else {TOP_ITEMS_REQUEST: top, PAIR_DECAY_REQUEST: np.array([e.pair_decay])}
         size = n_items if phase == "counts" else packed_size(int(top.shape[0]))
         total, good = _noisy_sum(
             transport.statistics(clients, phase, request), name=STATISTIC_NAMES[phase], size=size,
@@ -228,7 +229,7 @@ def run_dp_ease(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * p.clipping_norm,
         gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
         eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
-        content=public_item_content(config), content_weight=e.content_weight,
+        content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
     )
     history.top_items = int(release.top_items.shape[0])
     if session is not None:

@@ -16,12 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
-
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data.split import LeaveOneOutSplit
-from fedrec.dpease.central import simulate_release
+from fedrec.dpease.central import recency_history, simulate_release
 from fedrec.evaluation.scoring import evaluate_scorer
 
 
@@ -49,9 +46,7 @@ def without_test_items(split: LeaveOneOutSplit) -> LeaveOneOutSplit:
 def validation_metrics(config: RunConfig, split: LeaveOneOutSplit) -> dict[str, float]:
     split = without_test_items(split)
     release = simulate_release(config, split)
-    users, items = split.train_pairs()
-    history = sp.csr_matrix((np.ones(users.shape[0]), (users, items)), shape=(split.n_users, split.n_items))
-    history.data[:] = 1.0
+    history = recency_history(split, decay=release.score_decay)
     return evaluate_scorer(lambda u: release.score(history[u].toarray()), split, which="val")
 
 

@@ -1,10 +1,14 @@
 """What a device contributes to DP-EASE: two vectors of L2 norm exactly C (or zero).
 
 Phase 1, item counts: the user's 0/1 item vector ``x`` scaled to ``C x / ||x||``.
-Phase 2, co-occurrence: the upper triangle (diagonal included) of ``x_K x_K^T`` over the
-released top items ``K``, packed row by row, scaled to norm C. The full symmetric matrix
-would repeat every off-diagonal value, which doubles its squared norm: at the same C
-each value would carry ~1/sqrt(2) of the signal against the same noise.
+Phase 2, co-occurrence: the upper triangle (diagonal included) of the user's pair matrix
+over the released top items ``K``, packed row by row, scaled to norm C. The pair matrix
+is ``x_K x_K^T`` with each pair weighted by ``pair_decay ** gap``, ``gap`` the distance
+between the two items' positions in the user's time-ordered history (1 everywhere for
+``pair_decay = 1``): items consumed close together count more, as in sequence-aware
+item-item models. The full symmetric matrix would repeat every off-diagonal value, which
+doubles its squared norm: at the same C each value would carry ~1/sqrt(2) of the signal
+against the same noise.
 
 Scaling each user's vector to norm C (per-user normalisation, each user weighs the same)
 is the largest weight per value that the clipping bound allows; a user with no items in
@@ -53,6 +57,21 @@ def _normalised(indices: np.ndarray, *, size: int, name: str, clipping_norm: flo
     return {name: out}
 
 
+def last_positions(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct items, position of each one's last occurrence) of a time-ordered history."""
+    items = np.asarray(items, dtype=np.int64)
+    reversed_unique, first_from_end = np.unique(items[::-1], return_index=True)
+    return reversed_unique, items.shape[0] - 1 - first_from_end
+
+
+def recency_weights(items: np.ndarray, *, decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct items, weight) of a time-ordered history: ``decay ** k`` for the item whose
+    last occurrence is ``k`` interactions before the newest (all 1 for ``decay = 1``)."""
+    distinct, position = last_positions(items)
+    back = (np.asarray(items).shape[0] - 1 - position).astype(np.float64)
+    return distinct, np.power(decay, back)
+
+
 def count_statistic(train_items: np.ndarray, *, n_items: int, clipping_norm: float) -> dict[str, np.ndarray]:
     """Phase 1: ``C x / ||x||`` over all ``n_items`` (dense: the upload does not reveal
     which items the user has; zeros for a user with none)."""
@@ -60,11 +79,32 @@ def count_statistic(train_items: np.ndarray, *, n_items: int, clipping_norm: flo
     return _normalised(mine, size=n_items, name=COUNTS, clipping_norm=clipping_norm)
 
 
-def gram_statistic(train_items: np.ndarray, *, top_items: np.ndarray, clipping_norm: float) -> dict[str, np.ndarray]:
-    """Phase 2: the packed upper triangle of ``x_K x_K^T`` over ``top_items`` (the released
-    item list, in its order), scaled to norm C; dense, zeros if the user has none of them."""
+def pair_values(positions: np.ndarray, *, decay: float) -> np.ndarray:
+    """``decay ** |p_i - p_j|`` for every pair (i <= j, row-major upper triangle) of items
+    at time positions ``positions``."""
+    rows, cols = np.triu_indices(positions.shape[0])
+    return np.power(decay, np.abs(positions[rows] - positions[cols]).astype(np.float64))
+
+
+def gram_statistic(
+    train_items: np.ndarray, *, top_items: np.ndarray, clipping_norm: float, pair_decay: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Phase 2: the packed upper triangle of the pair matrix over ``top_items`` (the
+    released item list, in its order), scaled to norm C; dense, zeros if the user has none
+    of them. ``train_items`` is the user's history in time order."""
     k = int(top_items.shape[0])
-    position = {int(item): p for p, item in enumerate(top_items)}
-    mine = np.array(sorted({position[int(i)] for i in train_items if int(i) in position}), dtype=np.int64)
+    where = {int(item): p for p, item in enumerate(top_items)}
+    distinct, position = last_positions(train_items)
+    keep = np.array([int(i) in where for i in distinct], dtype=bool)
+    mine = np.array([where[int(i)] for i in distinct[keep]], dtype=np.int64)  # places in K
+    order = np.argsort(mine, kind="stable")
+    mine, position = mine[order], position[keep][order]
     rows, cols = np.triu_indices(mine.shape[0])
-    return _normalised(packed_index(mine[rows], mine[cols], k), size=packed_size(k), name=GRAM, clipping_norm=clipping_norm)
+    index = packed_index(mine[rows], mine[cols], k)
+    if pair_decay == 1.0:
+        return _normalised(index, size=packed_size(k), name=GRAM, clipping_norm=clipping_norm)
+    values = pair_values(position, decay=pair_decay)
+    out = np.zeros(packed_size(k), dtype=np.float32)
+    if values.shape[0]:
+        out[index] = (values * (clipping_norm / np.linalg.norm(values) * (1 - 1e-6))).astype(np.float32)
+    return {GRAM: out}

@@ -121,7 +121,7 @@ def test_real_devices_answer_with_their_own_statistic_and_metrics(fleet: tuple[R
         np.testing.assert_array_equal(reply[COUNTS], expected[COUNTS])
         assert np.linalg.norm(reply[COUNTS]) <= 0.5
     total = np.sum([r[COUNTS].astype(np.float64) for r in counts], axis=0)
-    request = {"top_items": select_top_items(total, noise_std=0.0, threshold=0.0, max_items=30)}
+    request = {"top_items": select_top_items(total, noise_std=0.0, threshold=0.0, max_items=30), "pair_decay": np.array([0.9])}
     for node, gram in zip(grid.clients(), grid.statistics(grid.clients(), "gram", request), strict=True):
         expected = device_statistic(data[node], phase="gram", request=request, clipping_norm=0.5)
         assert isinstance(gram, dict) and gram.keys() == expected.keys()
@@ -167,7 +167,7 @@ def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
     data = [LocalDevice.open(cfg["data-path"], config).device.data for cfg in nodes.values()]
     top = np.array([49, 99, 180, 257, 0, 3], dtype=np.int64)
     step = 2 * config.privacy.clipping_norm / 4194304  # SecAgg+'s quantization step
-    for phase, request in (("counts", {}), ("gram", {"top_items": top})):
+    for phase, request in (("counts", {}), ("gram", {"top_items": top, "pair_decay": np.array([0.9])})):
         [reply] = list(secure.statistics(secure.clients(), phase, request))
         assert isinstance(reply, SecureSum) and reply.contributors == 3
         name = "item_counts" if phase == "counts" else "gram_upper"

@@ -59,7 +59,7 @@ def test_both_releases_are_in_the_ledger_and_the_audit_recomputes_epsilon(tmp_pa
 
 
 def test_without_noise_the_federated_release_is_central_ease_on_the_same_items(tmp_path: Path) -> None:
-    config = _config(tmp_path, dp="off")
+    config = _config(tmp_path, dp="off", **{"ease-pair-decay": 1.0})
     transport = _transport(config)
     release, history, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / "run")
     assert math.isinf(history.privacy["epsilon"])  # type: ignore[arg-type]
@@ -78,6 +78,45 @@ def test_without_noise_the_federated_release_is_central_ease_on_the_same_items(t
     gram = (xk * weight[:, None]).T @ xk
     lam = ease_lambda(gram, noise_std=0.0, noise_scale=config.ease.lambda_noise, base_scale=config.ease.lambda_base)
     np.testing.assert_allclose(release.weights, ease_weights(gram, lam), atol=1e-5)
+
+
+def test_pair_decay_weighs_each_pair_by_its_distance_in_time(tmp_path: Path) -> None:
+    """The co-occurrence release with ``ease-pair-decay`` < 1, recomputed directly from the
+    users' time-ordered histories: pair (i, j) weighs decay ** |t_i - t_j| (last
+    occurrences), each user's packed upper triangle scaled to norm C."""
+    decay = 0.8
+    config = _config(tmp_path, dp="off", **{"ease-pair-decay": decay, "clipping-norm": 1.5})
+    transport = _transport(config)
+    release, _, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / "run")
+    split, top = transport.split, release.top_items
+    k = top.shape[0]
+    gram = np.zeros((k, k))
+    for u in range(split.n_users):
+        last: dict[int, int] = {}
+        for t, item in enumerate(split.train_of(u)):
+            last[int(item)] = t
+        mine = [(int(np.flatnonzero(top == i)[0]), t) for i, t in last.items() if i in set(top.tolist())]
+        m = np.zeros((k, k))
+        for a, ta in mine:
+            for b, tb in mine:
+                m[a, b] = decay ** abs(ta - tb)
+        upper = m[np.triu_indices(k)]
+        if upper.any():
+            gram += m * 1.5 / np.linalg.norm(upper)
+    lam = ease_lambda(gram, noise_std=0.0, noise_scale=config.ease.lambda_noise, base_scale=config.ease.lambda_base)
+    np.testing.assert_allclose(release.weights, ease_weights(gram, lam), atol=1e-4)
+
+
+def test_a_device_scores_its_recent_items_more(tmp_path: Path) -> None:
+    """``ease-score-decay``: the k-th most recent item of the history weighs decay ** k,
+    a repeated item counts once at its last position, and the decay travels with the
+    released arrays."""
+    release = EaseRelease(top_items=np.array([0, 1, 2]), weights=np.eye(3)[:, ::-1].copy(), prior=np.zeros(4), score_decay=0.5)
+    np.testing.assert_allclose(release.history(np.array([2, 0, 1, 0])), [1.0, 0.5, 0.125, 0.0])
+    np.testing.assert_allclose(release.score_items(np.array([2, 0, 1, 0])), [0.125, 0.5, 1.0, 0.0])
+    assert EaseRelease.from_arrays(release.to_arrays()).score_decay == 0.5
+    old = {k: v for k, v in release.to_arrays().items() if k != "score_decay"}  # a release from before the decay
+    assert EaseRelease.from_arrays(old).score_decay == 1.0
 
 
 def test_the_simulated_release_is_the_per_device_release(tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ def test_uploads_never_exceed_the_clipping_norm(clipping_norm: float) -> None:
         items = rng.choice(300, size=n, replace=False)
         counts = count_statistic(items, n_items=300, clipping_norm=clipping_norm)
         gram = gram_statistic(items, top_items=top, clipping_norm=clipping_norm)
+        decayed = gram_statistic(items, top_items=top, clipping_norm=clipping_norm, pair_decay=0.7)
+        assert global_norm(decayed) == pytest.approx(global_norm(gram), rel=1e-5, abs=0.0)
+        assert global_norm(decayed) <= clipping_norm
         for upload in (counts, gram):
             norm = global_norm(upload)
             assert norm <= clipping_norm
@@ -74,7 +77,8 @@ def test_packing_round_trip() -> None:
     np.testing.assert_array_equal(full[rows, cols], packed)
 
 
-def test_population_sums_equal_the_sum_of_device_uploads() -> None:
+@pytest.mark.parametrize("pair_decay", [1.0, 0.9])
+def test_population_sums_equal_the_sum_of_device_uploads(pair_decay: float) -> None:
     """Fast (sparse products over the population) vs slow (one upload per device)."""
     rng = np.random.default_rng(2)
     split = _split(rng)
@@ -82,5 +86,9 @@ def test_population_sums_equal_the_sum_of_device_uploads() -> None:
     slow_counts = sum(count_statistic(c.train_items, n_items=split.n_items, clipping_norm=1.5)[COUNTS].astype(np.float64) for c in clients)
     np.testing.assert_allclose(population_sums(split, clipping_norm=1.5, top_items=None), slow_counts, rtol=1e-6)
     top = np.array([3, 17, 0, 8, 21, 11])
-    slow_gram = sum(gram_statistic(c.train_items, top_items=top, clipping_norm=1.5)[GRAM].astype(np.float64) for c in clients)
-    np.testing.assert_allclose(population_sums(split, clipping_norm=1.5, top_items=top), slow_gram, rtol=1e-6, atol=1e-9)
+    slow_gram = sum(
+        gram_statistic(c.train_items, top_items=top, clipping_norm=1.5, pair_decay=pair_decay)[GRAM].astype(np.float64)
+        for c in clients
+    )
+    fast_gram = population_sums(split, clipping_norm=1.5, top_items=top, pair_decay=pair_decay)
+    np.testing.assert_allclose(fast_gram, slow_gram, rtol=1e-6, atol=1e-9)
