@@ -37,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_run_config(
             {
-                "dataset": "synthetic", "synthetic-users": args.users, "synthetic-items": args.items,
+                "model": "neumf", "dataset": "synthetic", "synthetic-users": args.users, "synthetic-items": args.items,
                 "synthetic-interactions": args.interactions, "clients-per-round": args.clients_per_round,
                 "num-rounds": args.rounds, "eval-every": 0, "eval-users": args.eval_users,
                 "ledger-key": str(Path(tmp) / "ledger.pem"),

@@ -129,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     base = {
-        "num-rounds": args.rounds, "clients-per-round": args.clients_per_round, "local-epochs": 1, "eval-every": 0,
+        "model": "neumf", "num-rounds": args.rounds, "clients-per-round": args.clients_per_round, "local-epochs": 1, "eval-every": 0,
         "epsilon": 8.0, "seed": 0,
     }
     with tempfile.TemporaryDirectory() as tmp:

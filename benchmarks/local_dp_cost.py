@@ -106,8 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    plain = parse_run_config({"local-epochs": 1, "dp": "off"})
-    private = parse_run_config({"local-epochs": 1, "dp": "off", "local-dp": True})
+    plain = parse_run_config({"model": "neumf", "local-epochs": 1, "dp": "off"})
+    private = parse_run_config({"model": "neumf", "local-epochs": 1, "dp": "off", "local-dp": True})
     users = np.linspace(0, 942, args.clients).astype(int)
     devices = [Device.simulated(plain, int(u)) for u in users]
     shared = init_shared(devices[0].model, seed=0)

@@ -96,7 +96,7 @@ def main() -> None:
         for k, device in enumerate(fleet):
             save_state(DeviceFiles.beside(device.data_path), DeviceState(device_seed=100 + k))
             nodes[10 + k] = {"data-path": str(device.data_path)}
-        base = {"seed": 0, "epsilon": 50.0, "ledger-key": str(Path(tmp) / "k.pem")}
+        base = {"model": "neumf", "seed": 0, "epsilon": 50.0, "ledger-key": str(Path(tmp) / "k.pem")}
         model = parse_run_config(base).model.build(len(data.item_ids))
         dense = 4 * sum(int(np.prod(s)) for s in shared_spec(model).values())
         shared = init_shared(model, seed=0)

@@ -110,7 +110,7 @@ class ModelFamily(StrEnum):
 
 @dataclass(frozen=True)
 class ModelSettings:
-    model: str = field(default="neumf", metadata=_key("model", check=_one_of(*ModelFamily)))
+    model: str = field(default="dp-ease", metadata=_key("model", check=_one_of(*ModelFamily)))
     gmf_dim: int = field(default=32, metadata=_key("gmf-dim", check=_positive))
     mlp_layers: str = field(default="64,32,16,8", metadata=_key("mlp-layers"))
 
@@ -334,7 +334,8 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
         problems.append(f"unknown key(s) {', '.join(unknown)} (known keys: {', '.join(known)})")
     try:
         layers = _layers(config.model.mlp_layers)
-        if config.model.model == "neumf" and (len(layers) < 2 or layers[0] % 2 or min(layers) <= 0):
+        checked = config.model.model == "neumf" or "mlp-layers" in values  # given sizes are checked whatever the model
+        if checked and (len(layers) < 2 or layers[0] % 2 or min(layers) <= 0):
             problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
     except ValueError:
         problems.append(f"mlp-layers: {config.model.mlp_layers!r} is not a comma-separated list of integers")

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 def demo_config(*, rounds: int, devices: int, data_dir: str, out: Path, seed: int, overrides: dict[str, Any]) -> RunConfig:
     values: dict[str, Any] = {
-        "seed": seed, "data-dir": data_dir, "num-rounds": rounds, "clients-per-round": devices, "eval-every": 0,
+        "model": "neumf", "seed": seed, "data-dir": data_dir, "num-rounds": rounds, "clients-per-round": devices, "eval-every": 0,
         "epsilon": 50.0, "accountant": "rdp", "ledger-key": str(out / "server-keys" / "ledger.pem"),
     }
     values.update(overrides)

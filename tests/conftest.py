@@ -40,7 +40,7 @@ def tiny_config(data_dir: Path, tmp_path: Path) -> RunConfig:
     """A handful of ML-100K users and a small model: seconds per run."""
     return parse_run_config(
         {
-            "data-dir": str(data_dir), "max-users": 6, "num-rounds": 2, "clients-per-round": 4,
+            "model": "neumf", "data-dir": str(data_dir), "max-users": 6, "num-rounds": 2, "clients-per-round": 4,
             "eval-every": 1, "gmf-dim": 8, "mlp-layers": "16,8", "seed": 3,
             "ledger-key": str(tmp_path / "keys" / "ledger.pem"), "epsilon": 50.0,
         }

@@ -14,7 +14,7 @@ from fedrec.cli import app
 from fedrec.experiments.results import MODEL, read_arrays
 
 SETTINGS = [
-    "max-users=5", "num-rounds=3", "clients-per-round=3", "eval-every=0", "gmf-dim=8",
+    "model=neumf", "max-users=5", "num-rounds=3", "clients-per-round=3", "eval-every=0", "gmf-dim=8",
     "mlp-layers=16,8", "server-lr=2", "clipping-norm=0.05", "seed=4",
     # q < 1 with 5 clients; RDP keeps accounting fast and exact here (see test_flower_simulation)
     "accountant=rdp",

@@ -21,7 +21,7 @@ def test_cli_simulate_on_flower_runtime(data_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
         ["simulate", "--data", str(data_dir), "--out", str(out), "--engine", "flower",
-         "--set", "max-users=4", "--set", "num-rounds=2", "--set", "clients-per-round=4",
+         "--set", "model=neumf", "--set", "max-users=4", "--set", "num-rounds=2", "--set", "clients-per-round=4",
          "--set", "eval-every=1", "--set", "gmf-dim=8", "--set", "mlp-layers=16,8",
          # q = 1 here; Opacus' PRV once spun for minutes on it inside this runtime, RDP is exact and fast
          "--set", "accountant=rdp"],

@@ -107,7 +107,7 @@ def _check_finished(run: Path, rounds: int) -> None:
 
 def _settings(data_dir: Path, tmp_path: Path, *, users: int, per_round: int, rounds: int) -> list[str]:
     values = {
-        "max-users": users, "clients-per-round": per_round, "num-rounds": rounds, "eval-every": 5,
+        "model": "neumf", "max-users": users, "clients-per-round": per_round, "num-rounds": rounds, "eval-every": 5,
         "gmf-dim": 8, "mlp-layers": "16,8", "noise-multiplier": 1.0, "accountant": "rdp", "epsilon": 1000,
         "ledger-key": tmp_path / "key.pem", "data-dir": data_dir, "seed": 7,
     }

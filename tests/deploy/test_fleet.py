@@ -59,7 +59,7 @@ def outcome(ml100k: Interactions, tmp_path_factory: pytest.TempPathFactory) -> O
     root = tmp_path_factory.mktemp("fleet")
     config = demo_config(
         rounds=1, devices=3, data_dir="", out=root, seed=0,
-        overrides={"gmf-dim": 4, "mlp-layers": "8,4", "num-eval-negatives": 20},
+        overrides={"model": "neumf", "gmf-dim": 4, "mlp-layers": "8,4", "num-eval-negatives": 20},
     )
     devices = split_fleet(ml100k, root / "devices", devices=4, rating_threshold=0.0, rng=np.random.default_rng(1))
     (devices[2].data_path).write_text("user,item,rating,timestamp\n7,1,5,100\n7,oops,4,101\n7,3,4,102\n")

@@ -93,7 +93,7 @@ def setup(ml100k: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    config = parse_run_config({"gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.5, "ledger-key": str(tmp_path / "k.pem")})
+    config = parse_run_config({"model": "neumf", "gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.5, "ledger-key": str(tmp_path / "k.pem")})
     fleet = split_fleet(ml100k, tmp_path / "devices", devices=4, rating_threshold=0.0, rng=np.random.default_rng(3))
     for k, device in enumerate(fleet):
         save_state(DeviceFiles.beside(device.data_path), DeviceState(device_seed=100 + k))

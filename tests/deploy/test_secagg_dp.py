@@ -53,7 +53,7 @@ def test_the_same_round_with_and_without_secure_aggregation_gives_the_same_model
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     config = parse_run_config(
         {
-            "gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.05, "num-rounds": 2, "eval-every": 0,
+            "model": "neumf", "gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.05, "num-rounds": 2, "eval-every": 0,
             "clients-per-round": DEVICES, "epsilon": 50.0, "ledger-key": str(tmp_path / "k.pem"),
         }
     )  # q = 1: every device in every round; C small enough that every update is clipped
