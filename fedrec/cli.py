@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedrec.config import ModelFamily, RunConfig, load_config_file, parse_overrides, parse_run_config
+from fedrec.config import DPMode, ModelFamily, RunConfig, load_config_file, parse_overrides, parse_run_config
 from fedrec.data.location import resolve_data_dir
 from fedrec.deploy.commands import deploy_app, recommend
 from fedrec.errors import FedrecError
@@ -170,7 +170,10 @@ def simulate(
             path = runner(run_config, out.resolve(), on_round, **options)
         results = json.loads(path.read_text())
         eps = results.get("epsilon", float("inf"))
-        privacy = f"epsilon {eps:.3g}" if eps != float("inf") else "no DP"
+        if eps != float("inf"):
+            privacy = f"epsilon {eps:.3g}"
+        else:  # DP on with noise-multiplier = 0 clips without noise: accounted, epsilon infinite
+            privacy = "epsilon inf (clipped, no noise)" if results.get("accountant") else "no DP"
         rows: dict[str, dict[str, Any]] = {f"federated {results['model']}": results}
         references = results.get("references", {})
         rows.update({name: ref["test"] for name, ref in references.items()})
@@ -411,9 +414,9 @@ def coldstart_eval(
     _setup_logging(verbose)
     with _errors():
         from fedrec.data.sources import load_dataset
-        from fedrec.experiments.coldstart import CSV_NAME, PLOT_NAME, ColdStartConfig, run_coldstart_eval
+        from fedrec.experiments.coldstart import CSV_NAME, PLOT_NAME, ColdStartConfig, Collaborative, run_coldstart_eval
 
-        values: dict[str, Any] = {"num-rounds": 20, "clients-per-round": 50, "eval-every": 0, "dp": "off", "seed": seed}
+        values: dict[str, Any] = {"num-rounds": 20, "clients-per-round": 50, "eval-every": 0, "dp": DPMode.OFF, "seed": seed}
         values.update(load_config_file(config) if config else {})
         values.update(parse_overrides(set_ or []))
         if values.get("dataset", "ml-100k") == "ml-100k" or data:
@@ -427,7 +430,7 @@ def coldstart_eval(
             raise FedrecError("--reveal values must be >= 0")
         settings = ColdStartConfig(
             reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated,
-            first_rounds=first_rounds, seed=seed, collaborative=collaborative, release_epsilon=epsilon, release_delta=delta,
+            first_rounds=first_rounds, seed=seed, collaborative=cast(Collaborative, collaborative), release_epsilon=epsilon, release_delta=delta,
         )
         _data_note(run_config)
         interactions = load_dataset(run_config.data).positives(run_config.data.rating_threshold)

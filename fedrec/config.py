@@ -3,6 +3,11 @@
 Flower's run config, the TOML files in ``simulations/`` and ``--set key=value`` all
 use the same flat kebab-case keys. :func:`parse_run_config` checks every key and
 every range and raises one :class:`ConfigError` listing all problems.
+
+Parsed values are typed: a mode is a :class:`~enum.StrEnum` member (written in files
+and on the command line as its value, e.g. ``dp = "user"``), ``mlp-layers`` a tuple of
+ints (written ``"64,32,16,8"``), ``noise-multiplier`` either :data:`CALIBRATE` or a
+fixed number. :meth:`RunConfig.to_flat` writes them back in the files' spelling.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 from fedrec.data.spec import ID_TYPES, PRESETS, DataSpec, parse_scale, spec_problems
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
-from fedrec.models import ModelConfig
-from fedrec.training.local import TrainConfig
+from fedrec.models import ModelConfig, ModelKind
+from fedrec.privacy.accountant import Accountant
+from fedrec.training.local import Optimizer, TrainConfig
 
 Scalar = bool | int | float | str
 
@@ -43,8 +49,24 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
+class _Typed:
+    """Mixin of the settings dataclasses: a field set in code with its file spelling
+    (``replace(settings, dp="off")``) still holds the typed value."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            enum = _ENUMS.get(str(f.type))
+            if enum is not None and not isinstance(value, enum):
+                object.__setattr__(self, f.name, enum(value))
+            elif str(f.type) == "tuple[int, ...]" and isinstance(value, str):
+                object.__setattr__(self, f.name, _layers(value))
+            elif str(f.type) == "float | Calibrate" and isinstance(value, str):
+                object.__setattr__(self, f.name, Calibrate(value))
+
+
 @dataclass(frozen=True)
-class DataSettings:
+class DataSettings(_Typed):
     """The data section: which interactions file and how to read it (docs/data.md).
 
     Empty strings mean "recognise it from the file". The file-layout keys map one to
@@ -109,27 +131,30 @@ class ModelFamily(StrEnum):
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    model: str = field(default="dp-ease", metadata=_key("model", check=_one_of(*ModelFamily)))
+class ModelSettings(_Typed):
+    model: ModelFamily = field(default=ModelFamily.DP_EASE, metadata=_key("model"))
     gmf_dim: int = field(default=32, metadata=_key("gmf-dim", check=_positive))
-    mlp_layers: str = field(default="64,32,16,8", metadata=_key("mlp-layers"))
+    # the MLP tower's layer sizes; written "64,32,16,8" (or a TOML list of integers)
+    mlp_layers: tuple[int, ...] = field(default=(64, 32, 16, 8), metadata=_key("mlp-layers"))
 
     @property
     def family(self) -> ModelFamily:
-        return ModelFamily(self.model)
+        return self.model
 
     def build(self, n_items: int) -> ModelConfig:
-        return ModelConfig(n_items=n_items, kind=self.model, gmf_dim=self.gmf_dim, mlp_layers=_layers(self.mlp_layers))
+        # DP-EASE has no neural model; where a device builds one anyway it is GMF-shaped (no MLP branch)
+        kind = ModelKind.NEUMF if self.model is ModelFamily.NEUMF else ModelKind.GMF
+        return ModelConfig(n_items=n_items, kind=kind, gmf_dim=self.gmf_dim, mlp_layers=self.mlp_layers)
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(_Typed):
     local_epochs: int = field(default=1, metadata=_key("local-epochs", check=_positive))
     lr: float = field(default=0.01, metadata=_key("lr", check=_positive))
     user_lr_scale: float = field(default=1.0, metadata=_key("user-lr-scale", check=_positive))
     batch_size: int = field(default=64, metadata=_key("batch-size", check=_positive))
     num_negatives: int = field(default=4, metadata=_key("num-negatives", check=_non_negative))
-    optimizer: str = field(default="adam", metadata=_key("optimizer", check=_one_of("adam", "sgd")))
+    optimizer: Optimizer = field(default=Optimizer.ADAM, metadata=_key("optimizer"))
 
     def build(self) -> TrainConfig:
         return TrainConfig(
@@ -138,8 +163,16 @@ class TrainSettings:
         )
 
 
+class CentralModel(StrEnum):
+    """``fedrec centralized``'s neural model: dot-product MF (:mod:`fedrec.training.mf`,
+    epochs chosen on validation) or this config's model trained centrally."""
+
+    MF = "mf"
+    NEUMF = "neumf"
+
+
 @dataclass(frozen=True)
-class FederationSettings:
+class FederationSettings(_Typed):
     num_rounds: int = field(default=100, metadata=_key("num-rounds", check=_positive))
     clients_per_round: float = field(default=100, metadata=_key("clients-per-round", check=_positive))
     server_lr: float = field(default=1.0, metadata=_key("server-lr", check=_positive))
@@ -150,9 +183,7 @@ class FederationSettings:
     # evaluate a fixed seeded sample of this many users (0 = every user); for huge populations
     eval_users: int = field(default=0, metadata=_key("eval-users", check=_non_negative))
     central_epochs: int = field(default=20, metadata=_key("central-epochs", check=_positive))  # central-model = neumf
-    # `fedrec centralized`'s neural model: "mf" (dot-product MF, fedrec.training.mf, epochs chosen on
-    # validation) or "neumf" (this config's model trained centrally for central-epochs)
-    central_model: str = field(default="mf", metadata=_key("central-model", check=_one_of("mf", "neumf")))
+    central_model: CentralModel = field(default=CentralModel.MF, metadata=_key("central-model"))
     # devices upload their clipped update quantized to this many bits per coordinate
     # (fedrec.federation.compression; 0 = dense float32)
     upload_bits: int = field(
@@ -169,7 +200,7 @@ def _decay(v: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class EaseSettings:
+class EaseSettings(_Typed):
     """DP-EASE (``model = "dp-ease"``, :mod:`fedrec.dpease`); the defaults were chosen
     once on ML-100K's validation users and are rules in the noise's own units, so
     they carry over to other populations and budgets (docs/dp-ease.md)."""
@@ -194,20 +225,44 @@ class EaseSettings:
     score_decay: float = field(default=0.9, metadata=_key("ease-score-decay", check=_decay))
 
 
+class DPMode(StrEnum):
+    """``dp``: user-level DP-FedAvg (or DP-EASE's DP releases), or no DP at all."""
+
+    USER = "user"
+    OFF = "off"
+
+
+class Calibrate(StrEnum):
+    """``noise-multiplier = "calibrate"``: z is calibrated to the budget."""
+
+    CALIBRATE = "calibrate"
+
+
+CALIBRATE = Calibrate.CALIBRATE
+
+
+def _noise_multiplier(v: Any) -> str | None:
+    if v is CALIBRATE:
+        return None
+    return None if 0 <= v < math.inf else 'must be "calibrate" or a finite number >= 0'
+
+
 @dataclass(frozen=True)
-class PrivacySettings:
+class PrivacySettings(_Typed):
     """User-level DP-FedAvg, on by default.
 
-    ``noise-multiplier = 0`` calibrates z so that ``num-rounds`` rounds spend at most
-    ``epsilon``; a positive value fixes z and the run stops when the budget is reached.
+    ``noise-multiplier = "calibrate"`` (the default) calibrates z so that ``num-rounds``
+    rounds spend at most ``epsilon``; a number fixes z and the run stops when the budget
+    is reached. ``0`` adds no noise: updates are still clipped, and epsilon is infinite
+    (allowed only with ``epsilon = inf``).
     """
 
-    dp: str = field(default="user", metadata=_key("dp", check=_one_of("user", "off")))
+    dp: DPMode = field(default=DPMode.USER, metadata=_key("dp"))
     epsilon: float = field(default=8.0, metadata=_key("epsilon", check=_positive))
     delta: float = field(default=1e-5, metadata=_key("delta", check=_probability))
-    noise_multiplier: float = field(default=0.0, metadata=_key("noise-multiplier", check=_non_negative))
+    noise_multiplier: float | Calibrate = field(default=CALIBRATE, metadata=_key("noise-multiplier", check=_noise_multiplier))
     clipping_norm: float = field(default=2.0, metadata=_key("clipping-norm", check=_positive))
-    accountant: str = field(default="prv", metadata=_key("accountant", check=_one_of("prv", "rdp")))
+    accountant: Accountant = field(default=Accountant.PRV, metadata=_key("accountant"))
     secure_noise: bool = field(default=False, metadata=_key("secure-noise"))
     ledger_key: str = field(default="", metadata=_key("ledger-key"))  # default: ~/.fedrec/ledger_key.pem
     local_dp: bool = field(default=False, metadata=_key("local-dp"))  # record-level DP-SGD on devices
@@ -220,7 +275,16 @@ class PrivacySettings:
 
     @property
     def enabled(self) -> bool:
-        return self.dp == "user"
+        return self.dp is DPMode.USER
+
+    @property
+    def fixed_noise(self) -> float | None:
+        """The fixed noise multiplier z, or None when z is calibrated to the budget."""
+        return None if self.noise_multiplier is CALIBRATE else float(self.noise_multiplier)
+
+
+# the enum type of each typed mode field, by its annotation
+_ENUMS: dict[str, type[StrEnum]] = {e.__name__: e for e in (ModelFamily, Optimizer, CentralModel, DPMode, Accountant)}
 
 
 @dataclass(frozen=True)
@@ -242,9 +306,9 @@ class RunConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 for sub in dataclasses.fields(value):
-                    out[sub.metadata["key"]] = getattr(value, sub.name)
+                    out[sub.metadata["key"]] = _flat_value(getattr(value, sub.name))
             else:
-                out[f.metadata["key"]] = value
+                out[f.metadata["key"]] = _flat_value(value)
         return out
 
     def digest(self) -> str:
@@ -259,6 +323,33 @@ def data_keys() -> set[str]:
 
 def _layers(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in str(text).split(",") if part.strip())
+
+
+def _flat_value(value: Any) -> Scalar:
+    """A parsed value in the files' spelling: an enum as its value, layers as "64,32"."""
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value  # type: ignore[no-any-return]
+
+
+def _convert_layers(raw: Any, key: str) -> tuple[int, ...]:
+    try:
+        if isinstance(raw, list | tuple):  # a TOML list
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in raw):
+                raise ValueError(raw)
+            return tuple(raw)
+        return _layers(raw)
+    except ValueError:
+        raise ValueError(f"{key}: {raw!r} is not a comma-separated list of integers") from None
+
+
+def _convert_enum(raw: Any, enum: type[StrEnum], key: str) -> StrEnum:
+    try:
+        return enum(raw)
+    except ValueError:
+        raise ValueError(f"{key}: {raw!r} must be one of {', '.join(enum)}") from None
 
 
 def _convert(raw: Any, target: type, key: str) -> Any:
@@ -296,6 +387,21 @@ def _convert(raw: Any, target: type, key: str) -> Any:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
+def _convert_field(raw: Any, type_name: str, key: str) -> Any:
+    if type_name in _ENUMS:
+        return _convert_enum(raw, _ENUMS[type_name], key)
+    if type_name == "tuple[int, ...]":
+        return _convert_layers(raw, key)
+    if type_name == "float | Calibrate":
+        if isinstance(raw, str) and raw.strip().lower() == CALIBRATE:
+            return CALIBRATE
+        try:
+            return _convert(raw, float, key)
+        except ValueError:
+            raise ValueError(f'{key}: {raw!r} is neither "calibrate" nor a number') from None
+    return _convert(raw, _TYPES[type_name], key)
+
+
 def _parse_section(cls: type, values: Mapping[str, Any], problems: list[str], used: set[str]) -> Any:
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -307,7 +413,7 @@ def _parse_section(cls: type, values: Mapping[str, Any], problems: list[str], us
             continue
         used.add(key)
         try:
-            value = _convert(values[key], _TYPES[str(f.type)], key)
+            value = _convert_field(values[key], str(f.type), key)
         except ValueError as err:
             problems.append(str(err))
             continue
@@ -332,25 +438,40 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
     if unknown:
         known = sorted(RunConfig().to_flat())
         problems.append(f"unknown key(s) {', '.join(unknown)} (known keys: {', '.join(known)})")
-    try:
-        layers = _layers(config.model.mlp_layers)
-        checked = config.model.model == "neumf" or "mlp-layers" in values  # given sizes are checked whatever the model
-        if checked and (len(layers) < 2 or layers[0] % 2 or min(layers) <= 0):
-            problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
-    except ValueError:
-        problems.append(f"mlp-layers: {config.model.mlp_layers!r} is not a comma-separated list of integers")
+    layers = config.model.mlp_layers
+    checked = config.model.model is ModelFamily.NEUMF or "mlp-layers" in values  # given sizes are checked whatever the model
+    if checked and (len(layers) < 2 or layers[0] % 2 or min(layers) <= 0):
+        problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
     d = config.data
     problems += d.problems()
     if d.dataset == SYNTHETIC:
         problems += SyntheticSpec(
             n_users=d.synthetic_users, n_items=d.synthetic_items, mean_interactions=d.synthetic_interactions
         ).problems()
-    p = config.privacy
-    if p.enabled and p.noise_multiplier > 0 and p.clipping_norm == float("inf"):
-        problems.append("clipping-norm: inf is only meaningful with dp = off (noise z * C would be infinite)")
+    problems += _privacy_problems(config.privacy, config.model.family)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _privacy_problems(p: PrivacySettings, family: ModelFamily) -> list[str]:
+    """Cross-key checks of the privacy section (only when DP is on)."""
+    if not p.enabled:
+        return []
+    problems = []
+    if p.clipping_norm == math.inf:
+        problems.append("clipping-norm: inf is only meaningful with dp = off (noise z * C would be infinite)")
+    z = p.fixed_noise
+    if z is None and p.epsilon == math.inf:
+        problems.append('noise-multiplier: "calibrate" needs a finite epsilon; give epsilon or a fixed noise-multiplier')
+    if z == 0 and family is ModelFamily.DP_EASE:
+        problems.append("noise-multiplier: 0 with model = dp-ease: a DP release needs noise (z > 0); use dp = off for exact statistics")
+    elif z == 0 and p.epsilon < math.inf:
+        problems.append(
+            f'noise-multiplier: 0 adds no noise (epsilon is infinite), so no round fits epsilon = {p.epsilon:g}: '
+            'write "calibrate" to calibrate z to the budget (what 0 meant before), or set epsilon = inf to clip without noise'
+        )
+    return problems
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

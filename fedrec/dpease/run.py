@@ -26,7 +26,7 @@ from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.models import Arrays
-from fedrec.privacy.accountant import calibrate_releases
+from fedrec.privacy.accountant import Accountant, calibrate_releases
 from fedrec.privacy.dp_fedavg import Part, clipped_sum
 from fedrec.privacy.eval_release import NOT_PRIVATE
 from fedrec.privacy.ledger import load_or_create_key
@@ -131,8 +131,9 @@ def phase_noise(config: RunConfig) -> tuple[float, float]:
     p, e = config.privacy, config.ease
     if not p.enabled:
         return 0.0, 0.0
-    if p.noise_multiplier > 0:
-        return p.noise_multiplier, p.noise_multiplier
+    fixed = p.fixed_noise
+    if fixed is not None:  # > 0: the config refuses 0 for DP-EASE
+        return fixed, fixed
     z1, z2 = calibrate_releases(
         target_epsilon=p.epsilon, delta=p.delta, shares=(e.count_share, 1 - e.count_share), accountant=p.accountant,
     )
@@ -235,7 +236,7 @@ def run_dp_ease(
     if session is not None:
         session.close(stopped_by_budget=history.stopped_by_budget)
         history.privacy = {
-            "epsilon": session.spent, "epsilon_rdp": session.epsilon_with("rdp"), "delta": p.delta,
+            "epsilon": session.spent, "epsilon_rdp": session.epsilon_with(Accountant.RDP), "delta": p.delta,
             "accountant": p.accountant, "noise_multiplier": z_gram, "noise_multipliers": [z_counts, z_gram],
             "clipping_norm": p.clipping_norm, "budget": p.epsilon, "stopped_by_budget": history.stopped_by_budget,
             "ledger_head": session.head,

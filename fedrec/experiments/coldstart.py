@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,16 @@ FIRST_ROUNDS_CSV = "first_rounds.csv"
 POPULARITY = "popularity"
 DP_POPULARITY = "DP popularity"
 DP_FOLD_IN = "DP-EASE fold-in"
-COLLABORATIVE = ("none", "dp-ease")
+
+
+class Collaborative(StrEnum):
+    """``--collaborative``: the cold-start scorers alone, or with the DP-EASE release."""
+
+    NONE = "none"
+    DP_EASE = "dp-ease"
+
+
+COLLABORATIVE = tuple(Collaborative)
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,14 @@ class ColdStartConfig:
     fold_in_lr: float = 0.05
     first_rounds: int = 3  # local rounds a joining cold user runs, random vs profile init
     seed: int = 0
-    collaborative: str = "none"  # "dp-ease": add the DP-EASE release of the training users (fedrec.fallback.dp_coldstart)
+    collaborative: Collaborative = Collaborative.NONE  # DP_EASE: add the DP-EASE release of the training users (fedrec.fallback.dp_coldstart)
     release_epsilon: float = 8.0  # its budget (user-level, over the training users)
     release_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.collaborative not in COLLABORATIVE:
             raise ConfigError([f"collaborative {self.collaborative!r} must be one of {', '.join(COLLABORATIVE)}"])
+        object.__setattr__(self, "collaborative", Collaborative(self.collaborative))
 
 
 @dataclass(frozen=True)
@@ -234,7 +245,7 @@ def run_coldstart_eval(
         content_for_init = content
         contents[text] = content
     release: dict[str, Any] = {}
-    if config.collaborative == "dp-ease":
+    if config.collaborative is Collaborative.DP_EASE:
         step("DP-EASE release of the training users (own ledger)")
         release, dp_scorers = dp_ease_scorers(data, users.train, val, config=config, federated_config=federated_config,
                                               contents=contents, run_dir=out_dir / RELEASE_DIR)

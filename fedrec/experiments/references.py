@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fedrec.config import RunConfig
+from fedrec.config import CentralModel, RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.evaluation.scoring import evaluate_scorer
@@ -98,12 +98,12 @@ def _central_tower(
     return CentralRun(f"central {config.model.model}", result.test, result.best_epoch, epochs, result.curve)
 
 
-CENTRAL_MODELS: dict[str, Callable[..., CentralRun]] = {"mf": _central_mf, "neumf": _central_tower}
+CENTRAL_MODELS: dict[CentralModel, Callable[..., CentralRun]] = {CentralModel.MF: _central_mf, CentralModel.NEUMF: _central_tower}
 
 
 def central_max_epochs(config: RunConfig) -> int:
     """Most epochs the configured central model can run (for a progress bar)."""
-    return MFConfig().max_epochs if config.federation.central_model == "mf" else config.federation.central_epochs
+    return MFConfig().max_epochs if config.federation.central_model is CentralModel.MF else config.federation.central_epochs
 
 
 def run_baselines(

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import RunConfig
+from fedrec.config import CALIBRATE, DPMode, RunConfig
 from fedrec.experiments.results import save_png, write_atomic
 
 COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "noise_multiplier", "rounds", "hr@10", "ndcg@10",
@@ -26,7 +26,7 @@ Runner = Callable[[RunConfig, Path], Mapping[str, Any]]
 
 def point_config(base: RunConfig, *, target: float, users: int) -> RunConfig:
     """The base config at one epsilon (inf = DP off) and population size (0 = all)."""
-    privacy = replace(base.privacy, dp="off") if math.isinf(target) else replace(base.privacy, dp="user", epsilon=target, noise_multiplier=0.0)
+    privacy = replace(base.privacy, dp=DPMode.OFF) if math.isinf(target) else replace(base.privacy, dp=DPMode.USER, epsilon=target, noise_multiplier=CALIBRATE)
     return replace(base, privacy=privacy, data=replace(base.data, max_users=users))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.config import RunConfig, parse_run_config
+from fedrec.config import CALIBRATE, DPMode, ModelFamily, RunConfig, parse_run_config
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import leave_one_out
 from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase, blend_scores
@@ -38,7 +38,7 @@ def release_config(base: RunConfig | None, *, epsilon: float, delta: float, seed
     """The DP-EASE run's settings: ``base``'s (its privacy keys included) with the model,
     user-level DP and the budget set."""
     flat: dict[str, Any] = dict(base.to_flat()) if base is not None else {}
-    flat.update({"model": "dp-ease", "dp": "user", "epsilon": epsilon, "delta": delta, "seed": seed, "noise-multiplier": 0.0})
+    flat.update({"model": ModelFamily.DP_EASE, "dp": DPMode.USER, "epsilon": epsilon, "delta": delta, "seed": seed, "noise-multiplier": CALIBRATE})
     return parse_run_config(flat)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from fedrec.data.split import sample_negatives
 from fedrec.fallback.profile import Query
 from fedrec.fallback.recommender import Recommendation, top_k
-from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared
+from fedrec.models import Arrays, ModelConfig, ModelKind, SharedTower, load_shared
 from fedrec.training.local import PrivateState, TrainConfig, make_optimizer
 
 
@@ -64,7 +64,7 @@ def profile_init(
     if anchor.shape[0] == 0:
         anchor = np.arange(model.n_items)
     gmf = shared["item_gmf.weight"][anchor].mean(axis=0)  # (g,)
-    mlp = shared["item_mlp.weight"][anchor].mean(axis=0) if model.kind == "neumf" else np.zeros(0, np.float32)
+    mlp = shared["item_mlp.weight"][anchor].mean(axis=0) if model.kind == ModelKind.NEUMF else np.zeros(0, np.float32)
     if norms is not None:
         gmf = _with_norm(gmf, norms[0])
         mlp = _with_norm(mlp, norms[1])

@@ -4,12 +4,13 @@ forward, and its stacked twin for the engine, in ``neumf``), EASE's closed form
 and ``fedrec.errors``.
 """
 
-from fedrec.models.neumf import ModelConfig, SharedTower, UserEmbeddings
+from fedrec.models.neumf import ModelConfig, ModelKind, SharedTower, UserEmbeddings
 from fedrec.models.params import Arrays, init_shared, load_shared, shared_arrays, shared_spec
 
 __all__ = [
     "Arrays",
     "ModelConfig",
+    "ModelKind",
     "SharedTower",
     "UserEmbeddings",
     "init_shared",

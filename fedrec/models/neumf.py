@@ -14,9 +14,17 @@ output weight, He et al. Sec. 3.2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 from torch import nn
+
+
+class ModelKind(StrEnum):
+    """The neural architecture: NeuMF, or GMF alone (no MLP branch)."""
+
+    NEUMF = "neumf"
+    GMF = "gmf"
 
 
 @dataclass(frozen=True)
@@ -24,7 +32,7 @@ class ModelConfig:
     """Architecture of the recommender; saved with every checkpoint."""
 
     n_items: int
-    kind: str = "neumf"  # "neumf" or "gmf"
+    kind: ModelKind = ModelKind.NEUMF
     gmf_dim: int = 32
     mlp_layers: tuple[int, ...] = (64, 32, 16, 8)  # first = concat of user + item MLP embeddings
     init_std: float = 0.01
@@ -32,7 +40,7 @@ class ModelConfig:
     @property
     def mlp_dim(self) -> int:
         """Size of the user (and item) embedding of the MLP branch."""
-        return self.mlp_layers[0] // 2 if self.kind == "neumf" else 0
+        return self.mlp_layers[0] // 2 if self.kind == ModelKind.NEUMF else 0
 
 
 class SharedTower(nn.Module):
@@ -43,7 +51,7 @@ class SharedTower(nn.Module):
         self.config = config
         self.item_gmf = nn.Embedding(config.n_items, config.gmf_dim)
         predictive = config.gmf_dim
-        if config.kind == "neumf":
+        if config.kind == ModelKind.NEUMF:
             self.item_mlp = nn.Embedding(config.n_items, config.mlp_dim)
             layers: list[nn.Module] = []
             for d_in, d_out in zip(config.mlp_layers[:-1], config.mlp_layers[1:]):
@@ -57,7 +65,7 @@ class SharedTower(nn.Module):
     def reset_parameters(self, generator: torch.Generator) -> None:
         g = generator
         nn.init.normal_(self.item_gmf.weight, std=self.config.init_std, generator=g)
-        if self.config.kind == "neumf":
+        if self.config.kind == ModelKind.NEUMF:
             nn.init.normal_(self.item_mlp.weight, std=self.config.init_std, generator=g)
             for layer in self.mlp:
                 if isinstance(layer, nn.Linear):
@@ -72,7 +80,7 @@ class SharedTower(nn.Module):
         ``user_gmf`` (B, g), ``user_mlp`` (B, m), ``items`` (B,) -> (B,).
         """
         parts = [user_gmf * self.item_gmf(items)]  # (B, g)
-        if self.config.kind == "neumf":
+        if self.config.kind == ModelKind.NEUMF:
             parts.append(self.mlp(torch.cat([user_mlp, self.item_mlp(items)], dim=-1)))  # (B, last)
         return self.output(torch.cat(parts, dim=-1)).squeeze(-1)
 
@@ -90,7 +98,7 @@ class SharedTower(nn.Module):
         g = self.config.gmf_dim
         w = self.output.weight[0]  # (g + last,)
         scores = torch.addmm(self.output.bias, user_gmf * w[:g], self.item_gmf.weight.T)  # (U, n)
-        if self.config.kind == "neumf":
+        if self.config.kind == ModelKind.NEUMF:
             m = self.config.mlp_dim
             first = self.mlp[0]
             assert isinstance(first, nn.Linear)
@@ -119,7 +127,7 @@ def stacked_logits(
     gmf = p["user_gmf"].unsqueeze(1) * rows["item_gmf.weight"]  # (a, B, g)
     out_w = p["output.weight"]  # (a, 1, g + last)
     logits = torch.baddbmm(p["output.bias"].unsqueeze(1), gmf, out_w[:, :, :g].transpose(1, 2))  # (a, B, 1)
-    if config.kind == "neumf":
+    if config.kind == ModelKind.NEUMF:
         m = config.mlp_dim
         first, *rest = linear_names
         w1 = p[f"{first}.weight"]  # (a, h1, 2m): user columns first, as torch.cat([user, item])

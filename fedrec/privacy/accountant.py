@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from functools import lru_cache
 
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -19,7 +20,15 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedrec.errors import PrivacyError
 
-ACCOUNTANTS = ("prv", "rdp")
+
+class Accountant(StrEnum):
+    """Opacus' accountant that gives the headline epsilon (config key ``accountant``)."""
+
+    PRV = "prv"
+    RDP = "rdp"
+
+
+ACCOUNTANTS = tuple(Accountant)
 PRV_EPS_ERROR = 0.01  # Opacus' default; get_epsilon returns the upper end of the interval
 
 History = tuple[tuple[float, float, int], ...]
@@ -57,11 +66,11 @@ def epsilon(history: History, *, delta: float, accountant: str) -> float:
     history, trivial = _needs_accountant(history)
     if trivial is not None:
         return trivial
-    acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    acc = PRVAccountant() if accountant == Accountant.PRV else RDPAccountant()
     acc.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # RDP warns when the optimal order is at the edge
-        if accountant == "prv":
+        if accountant == Accountant.PRV:
             return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
         return float(acc.get_epsilon(delta=delta))
 
@@ -95,9 +104,9 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     Uses Opacus' own calibration, then checks the result independently, so that an
     overshoot can never pass silently.
     """
-    if not target_epsilon > 0:
-        raise PrivacyError(f"target epsilon must be > 0, got {target_epsilon}")
-    kwargs = {"eps_error": PRV_EPS_ERROR} if accountant == "prv" else {}
+    if not 0 < target_epsilon < math.inf:
+        raise PrivacyError(f"target epsilon must be finite and > 0 to calibrate z, got {target_epsilon}")
+    kwargs = {"eps_error": PRV_EPS_ERROR} if accountant == Accountant.PRV else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

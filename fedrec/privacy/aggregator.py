@@ -22,7 +22,7 @@ import numpy as np
 from fedrec.config import RunConfig
 from fedrec.federation.fedavg import sum_updates
 from fedrec.models import Arrays
-from fedrec.privacy.accountant import calibrate_noise
+from fedrec.privacy.accountant import Accountant, calibrate_noise
 from fedrec.privacy.dp_fedavg import ClippedSum, DPFedAvg, Part
 from fedrec.privacy.eval_release import NOT_PRIVATE as EVAL_NOT_PRIVATE
 from fedrec.privacy.eval_release import PRIVATE as EVAL_PRIVATE
@@ -122,8 +122,9 @@ class DPAggregator:
     ) -> None:
         p = config.privacy
         fed = config.federation
-        if p.noise_multiplier:
-            z = p.noise_multiplier
+        fixed = p.fixed_noise
+        if fixed is not None:  # 0: clipping without noise, epsilon infinite (the config asks for epsilon = inf)
+            z = fixed
         elif private_evaluation:  # leave room in the budget for the evaluation releases
             z = calibrate_with_evaluations(
                 target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate, rounds=fed.num_rounds,
@@ -189,7 +190,7 @@ class DPAggregator:
             self.session.close(stopped_by_budget=stopped_by_budget)
         p = self.settings
         return {
-            "epsilon": self.session.spent, "epsilon_rdp": self.session.epsilon_with("rdp"), "delta": p.delta,
+            "epsilon": self.session.spent, "epsilon_rdp": self.session.epsilon_with(Accountant.RDP), "delta": p.delta,
             "accountant": p.accountant, "noise_multiplier": self.mechanism.noise_multiplier,
             "clipping_norm": self.mechanism.clipping_norm, "budget": p.epsilon,
             "stopped_by_budget": stopped_by_budget, "ledger_head": self.session.head,

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 
 from fedrec.errors import LedgerError, PrivacyError
 from fedrec.experiments.results import RESULTS
-from fedrec.privacy.accountant import ACCOUNTANTS, compress, epsilon
+from fedrec.privacy.accountant import ACCOUNTANTS, Accountant, compress, epsilon
 from fedrec.privacy.ledger import (
     GENESIS,
     HEADER_FIELDS,
@@ -28,6 +28,7 @@ from fedrec.privacy.ledger import (
     RELEASE_FIELDS,
     ROUND_FIELDS,
     canonical,
+    decode_epsilon,
     fingerprint,
     load_public_key,
     read_entries,
@@ -68,7 +69,8 @@ class AuditReport:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["status"] = self.status
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "budget" else v) for k, v in out.items()}
+        # NaN: not computed; an infinite budget (none) or epsilon (a step without noise) is Infinity
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
 def _number(entry: dict[str, Any], key: str) -> float:
@@ -179,15 +181,15 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
     else:
         history = compress(steps)
         try:
-            report.epsilon_prv = epsilon(history, delta=report.delta, accountant="prv")
-            report.epsilon_rdp = epsilon(history, delta=report.delta, accountant="rdp")
+            report.epsilon_prv = epsilon(history, delta=report.delta, accountant=Accountant.PRV)
+            report.epsilon_rdp = epsilon(history, delta=report.delta, accountant=Accountant.RDP)
         except (PrivacyError, ArithmeticError, MemoryError, RuntimeError, ValueError) as err:
             report.fail(MALFORMED, f"the accountant cannot evaluate these mechanism parameters ({err})")
             return report
-        headline = report.epsilon_prv if report.accountant == "prv" else report.epsilon_rdp
+        headline = report.epsilon_prv if report.accountant == Accountant.PRV else report.epsilon_rdp
         if spends:
             try:
-                report.recorded_epsilon = _number(spends[-1], "epsilon")
+                report.recorded_epsilon = decode_epsilon(spends[-1].get("epsilon"))
             except LedgerError as err:
                 report.fail(MALFORMED, f"{spends[-1]['kind']} entry {len(spends)}: {err}")
                 return report

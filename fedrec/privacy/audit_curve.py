@@ -6,7 +6,7 @@ plus one RDP-to-(epsilon, delta) conversion per round (Balle et al. 2020, Theore
 both computed by Opacus' own functions with Opacus' orders. This is exactly what
 ``RDPAccountant.get_epsilon`` does for each prefix of the history, minus recomputing
 the same vectors n times, so each value equals :func:`fedrec.privacy.accountant.epsilon`
-with ``accountant="rdp"`` on that prefix (a test checks it).
+with ``accountant=Accountant.RDP`` on that prefix (a test checks it).
 
 PRV (Gopi et al. 2021) composes by FFT over a domain sized for the whole history;
 each prefix is a fresh numerical composition, so it is evaluated only at a few rounds
@@ -23,7 +23,7 @@ import numpy as np
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from fedrec.privacy.accountant import compress, epsilon
+from fedrec.privacy.accountant import Accountant, compress, epsilon
 
 Step = tuple[float, float]  # (noise multiplier z, sample rate q) of one application of the mechanism
 
@@ -75,4 +75,4 @@ def prv_rounds(n: int, *, points: int, always: Sequence[int] = ()) -> list[int]:
 
 def prv_at(steps: Sequence[Step], prefixes: Sequence[int], *, delta: float) -> dict[int, float]:
     """Epsilon by PRV after ``steps[:k]`` for each k in ``prefixes`` (Opacus' accountant)."""
-    return {k: epsilon(compress(steps[:k]), delta=delta, accountant="prv") for k in prefixes}
+    return {k: epsilon(compress(steps[:k]), delta=delta, accountant=Accountant.PRV) for k in prefixes}

@@ -8,7 +8,9 @@ canonical form. The first line is a header (run, budget, accountant, public key
 fingerprint); a finished run appends a signed ``close`` line.
 
 Epsilon in an entry is informative: auditors recompute it from the mechanism
-parameters with a vetted accountant (:mod:`fedrec.privacy.audit`).
+parameters with a vetted accountant (:mod:`fedrec.privacy.audit`). JSON has no
+infinity: an infinite epsilon (a round without noise, ``noise-multiplier = 0``) is
+written as the string ``"inf"`` (:func:`encode_epsilon`, :func:`decode_epsilon`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -44,6 +47,26 @@ RELEASE_FIELDS = (
     "kind", "release", "mechanism", "purpose", "sample_rate", "noise_multiplier", "clipping_norm", "steps",
     "clients", "delta", "epsilon", "accountant", "config_hash",
 )
+
+
+INFINITE = "inf"  # an infinite epsilon as the ledger writes it
+
+
+def encode_epsilon(value: float) -> float | str:
+    """An epsilon as a JSON value: the number, or ``"inf"`` when it is infinite."""
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise LedgerError(f"epsilon must be a number >= 0 or infinite, got {value}")
+    return INFINITE if value == math.inf else value
+
+
+def decode_epsilon(value: Any) -> float:
+    """The epsilon a ledger entry records: a number >= 0, or ``"inf"``."""
+    if value == INFINITE and isinstance(value, str):
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise LedgerError(f"field 'epsilon' must be a number >= 0 or {INFINITE!r}, got {value!r}")
+    return float(value)
 
 
 def canonical(entry: dict[str, Any]) -> bytes:

@@ -61,7 +61,7 @@ from torch import nn
 
 from fedrec.data.split import ClientData
 from fedrec.errors import PrivacyError
-from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared, shared_arrays
+from fedrec.models import Arrays, ModelConfig, ModelKind, SharedTower, load_shared, shared_arrays
 from fedrec.privacy.accountant import device_epsilon
 from fedrec.training.local import LocalResult, PrivateState, TrainConfig, epoch_examples, make_optimizer
 
@@ -284,7 +284,7 @@ class _DeviceNet(nn.Module):
         super().__init__()
         self.tower = SharedTower(model, generator=None)  # weights are loaded per call
         self.tower.item_gmf = SingleLookupEmbedding.of(self.tower.item_gmf)
-        if model.kind == "neumf":
+        if model.kind == ModelKind.NEUMF:
             self.tower.item_mlp = SingleLookupEmbedding.of(self.tower.item_mlp)
             for i, layer in enumerate(self.tower.mlp):
                 if isinstance(layer, nn.Linear):

@@ -21,10 +21,10 @@ from typing import Any
 
 from fedrec.errors import LedgerError
 from fedrec.experiments.results import RESULTS
-from fedrec.privacy.accountant import compress, epsilon
+from fedrec.privacy.accountant import Accountant, compress, epsilon
 from fedrec.privacy.audit import OK, OVER_BUDGET, AuditReport, audit_run
 from fedrec.privacy.audit_curve import prv_at, prv_rounds, rdp_curve
-from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, fingerprint, load_public_key, read_entries
+from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, decode_epsilon, fingerprint, load_public_key, read_entries
 
 SCHEMA = "fedrec.audit-report/1"
 EMPIRICAL_AUDIT = "empirical_audit.json"  # written by fedrec.privacy.canaries (a test keeps the names equal)
@@ -87,6 +87,20 @@ def _text(value: object) -> str | None:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _epsilon(value: float) -> float | None:
+    """An epsilon the audit computed: infinite after a step without noise (z = 0), so
+    only NaN (not computed) is None; JSON writes the infinite one as ``Infinity``."""
+    return None if math.isnan(value) else value
+
+
+def _recorded(value: object) -> float | None:
+    """The epsilon a ledger entry records (a number or ``"inf"``), else None."""
+    try:
+        return decode_epsilon(value)
+    except LedgerError:
+        return None
 
 
 def _phases(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -188,14 +202,14 @@ def _releases(
         alone = None
         if verified and z is not None and q is not None and steps is not None:
             history = ((z, q, steps),)
-            alone = {"prv": _finite(epsilon(history, delta=delta, accountant="prv")),
-                     "rdp": _finite(epsilon(history, delta=delta, accountant="rdp"))}
+            alone = {"prv": _finite(epsilon(history, delta=delta, accountant=Accountant.PRV)),
+                     "rdp": _finite(epsilon(history, delta=delta, accountant=Accountant.RDP))}
         out.append({
             "release": _int(entry.get("release")), "purpose": _text(entry.get("purpose")),
             "mechanism": _text(entry.get("mechanism")), "noise_multiplier": z, "sample_rate": q,
             "clipping_norm": _num(entry.get("clipping_norm")), "steps": steps, "clients": _num(entry.get("clients")),
             "after_round": rounds_before, "epsilon_alone": alone,
-            "epsilon_rdp_after": curve[steps_after - 1] if verified else None, "epsilon_recorded": _num(entry.get("epsilon")),
+            "epsilon_rdp_after": curve[steps_after - 1] if verified else None, "epsilon_recorded": _recorded(entry.get("epsilon")),
         })
     return out
 
@@ -265,23 +279,23 @@ def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict
         {
             "round": n, "model_round": _int(e.get("model_round")), "clients": _num(e.get("clients")),
             "epsilon_rdp": curve[at_round[n - 1] - 1], "epsilon_prv": _finite(prv[k]) if (k := at_round[n - 1]) in prv else None,
-            "epsilon_recorded": _num(e.get("epsilon")), "unused": n in unused,
+            "epsilon_recorded": _recorded(e.get("epsilon")), "unused": n in unused,
             "rejected": per_rejected.get(m) if (m := _int(e.get("model_round"))) is not None and n not in unused else None,
         }
         for n, e in enumerate(rounds, start=1)
     ]
-    headline = audit.epsilon_prv if audit.accountant == "prv" else audit.epsilon_rdp
+    headline = audit.epsilon_prv if audit.accountant == Accountant.PRV else audit.epsilon_rdp
     doc["epsilon"] = {
-        "accountant": audit.accountant or None, "headline": _finite(headline) if verified else None,
-        "prv": _finite(audit.epsilon_prv) if verified else None, "rdp": _finite(audit.epsilon_rdp) if verified else None,
+        "accountant": audit.accountant or None, "headline": _epsilon(headline) if verified else None,
+        "prv": _epsilon(audit.epsilon_prv) if verified else None, "rdp": _epsilon(audit.epsilon_rdp) if verified else None,
         "delta": _finite(audit.delta), "budget": _finite(audit.budget), "rounds_only": None,
     }
     doc["other_releases"] = _releases(spends, after, curve, verified=verified, delta=audit.delta)
     if doc["other_releases"] and verified:
         round_steps = [steps[i - 1] for i in at_round]
         doc["epsilon"]["rounds_only"] = {
-            "prv": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant="prv")),
-            "rdp": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant="rdp")),
+            "prv": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant=Accountant.PRV)),
+            "rdp": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant=Accountant.RDP)),
         }
     doc["evaluation"] = _evaluation(header, doc["other_releases"])
     accounted = doc["epsilon"]["headline"]

@@ -38,8 +38,8 @@ def _f(value: object, digits: int = 4) -> str:
     """A number as the CLI prints it ("-" for none)."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-"
-    if math.isinf(value):
-        return "none" if value > 0 else "-inf"
+    if math.isinf(value):  # an epsilon is infinite after a step without noise
+        return "inf" if value > 0 else "-inf"
     return f"{value:.{digits}f}"
 
 

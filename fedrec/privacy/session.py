@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedrec.errors import LedgerError, PrivacyError
 from fedrec.privacy.accountant import compress, epsilon
-from fedrec.privacy.ledger import MECHANISM, LedgerWriter, fingerprint
+from fedrec.privacy.ledger import MECHANISM, LedgerWriter, encode_epsilon, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class PrivacySession:
             checkpoint_round, self.rounds, self.spent,
         )
         return self.writer.append(
-            {"kind": "resume", "checkpoint_round": checkpoint_round, "recorded_rounds": self.rounds, "epsilon": self.spent}
+            {"kind": "resume", "checkpoint_round": checkpoint_round, "recorded_rounds": self.rounds, "epsilon": encode_epsilon(self.spent)}
         )
 
     @property
@@ -179,7 +179,8 @@ class PrivacySession:
                 "kind": "release", "release": self.releases, "mechanism": mechanism, "purpose": purpose,
                 "sample_rate": float(sample_rate), "noise_multiplier": float(noise_multiplier),
                 "clipping_norm": float(clipping_norm), "steps": int(steps), "clients": int(clients),
-                "delta": self.delta, "epsilon": after, "accountant": self.accountant, "config_hash": self.config_hash,
+                "delta": self.delta, "epsilon": encode_epsilon(after), "accountant": self.accountant,
+                "config_hash": self.config_hash,
             }
         )
 
@@ -204,8 +205,8 @@ class PrivacySession:
             {
                 "kind": "round", "round": self.rounds, "model_round": round_, "mechanism": MECHANISM, "sample_rate": self.sample_rate,
                 "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm, "clients": clients,
-                "delta": self.delta, "epsilon": spent, "accountant": self.accountant, "config_hash": self.config_hash,
-                **({"local_dp": local_dp} if local_dp is not None else {}),
+                "delta": self.delta, "epsilon": encode_epsilon(spent), "accountant": self.accountant,
+                "config_hash": self.config_hash, **({"local_dp": local_dp} if local_dp is not None else {}),
             }
         )
 
@@ -213,7 +214,7 @@ class PrivacySession:
         self.closed, self.stopped_by_budget = True, stopped_by_budget
         return self.writer.append(
             {
-                "kind": "close", "rounds": self.rounds, "releases": self.releases, "epsilon": self.spent,
+                "kind": "close", "rounds": self.rounds, "releases": self.releases, "epsilon": encode_epsilon(self.spent),
                 "stopped_by_budget": stopped_by_budget,
             }
         )

@@ -29,7 +29,7 @@ from torch.optim.adam import adam
 from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, shared_spec
 from fedrec.models.neumf import stacked_logits
-from fedrec.training.local import TrainConfig, epoch_examples
+from fedrec.training.local import Optimizer, TrainConfig, epoch_examples
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the per-device path uses
 ADAM_EPS = 1e-8
@@ -230,7 +230,7 @@ def local_update_batched(
     groups: dict[float, list[str]] = {}  # learning rate -> tensors (shared weights, private user vectors)
     for name in tensors:
         groups.setdefault(train.lr * (train.user_lr_scale if name in net.user else 1.0), []).append(name)
-    moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == "adam" else {}
+    moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == Optimizer.ADAM else {}
     # An item table's gradient is non-zero only on the mini-batch's rows: it lives in a
     # buffer that is zero between steps, gets those rows added and is cleared again
     # (instead of a fresh zero tensor the size of the table every step).

@@ -10,6 +10,7 @@ injected generators.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ from torch import nn
 
 from fedrec.data.split import ClientData, sample_negatives
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared, shared_arrays
+
+
+class Optimizer(StrEnum):
+    """The local optimiser (config key ``optimizer``); its state is fresh every round."""
+
+    ADAM = "adam"
+    SGD = "sgd"
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,7 @@ class TrainConfig:
     lr: float = 0.01
     batch_size: int = 64
     num_negatives: int = 4
-    optimizer: str = "adam"  # "adam" or "sgd"; optimizer state is fresh every round
+    optimizer: Optimizer = Optimizer.ADAM
     user_lr_scale: float = 1.0  # private user vectors may learn faster than shared weights
 
 
@@ -65,7 +73,7 @@ def fresh_private(model: ModelConfig, *, seed: int, client: int) -> PrivateState
 
 
 def make_optimizer(params: list[dict[str, object]], train: TrainConfig) -> torch.optim.Optimizer:
-    factories = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    factories = {Optimizer.ADAM: torch.optim.Adam, Optimizer.SGD: torch.optim.SGD}
     return factories[train.optimizer](params, lr=train.lr)  # type: ignore[arg-type]
 
 
