@@ -32,6 +32,7 @@ from fedrec.fallback.dp_coldstart import (
     RELEASE_DIR,
     blend_scorer,
     release_config,
+    release_settings,
     run_training_release,
     tune_collaborative,
 )
@@ -59,6 +60,7 @@ PLOT_NAME = "coldstart.png"
 FIRST_ROUNDS_CSV = "first_rounds.csv"
 POPULARITY = "popularity"
 DP_POPULARITY = "DP popularity"
+DP_GRAM_POPULARITY = "DP popularity (Gram counts)"
 DP_FOLD_IN = "DP-EASE fold-in"
 
 
@@ -299,15 +301,20 @@ def dp_ease_scorers(
     run_config = release_config(federated_config, epsilon=config.release_epsilon, delta=config.release_delta, seed=config.seed)
     summary = run_training_release(data, train_users, config=run_config, run_dir=run_dir)
     arrays = read_arrays(run_dir / MODEL)
+    settings = release_settings(run_config, np.asarray(arrays["top_items"], dtype=np.int64))
     scorers: dict[str, tuple[Scorer, dict[str, float]]] = {}
     tuned: dict[str, Any] = {}
     nan = {"popularity_weight": math.nan, "smoothing": math.nan}
     for text, content in contents.items() or [("", None)]:
-        choice = tune_collaborative(arrays, val, content=content, reveal=config.reveal)
-        ease = ReleasedEase.from_arrays(arrays, extra_ridge=choice.extra_ridge)
+        choice = tune_collaborative(arrays, val, content=content, reveal=config.reveal, settings=settings)
+        ease = ReleasedEase.from_arrays(arrays, extra_ridge=choice.extra_ridge, settings=settings, gram_prior=choice.gram_prior)
         if not scorers:
             prior_only = CollaborativeBlend(ease_weight=0.0, prior_weight=1.0)
-            scorers[DP_POPULARITY] = (blend_scorer(ease, prior_only, None), {**nan, "popularity_weight": 1.0})
+            for name, gram in ((DP_POPULARITY, False), (DP_GRAM_POPULARITY, True)):
+                scorers[name] = (
+                    blend_scorer(ReleasedEase.from_arrays(arrays, settings=settings, gram_prior=gram), prior_only, None),
+                    {**nan, "popularity_weight": 1.0},
+                )
             scorers[DP_FOLD_IN] = (blend_scorer(ease, choice.fold_in, None), {**nan, "popularity_weight": choice.fold_in.prior_weight})
         if content is not None:
             scorers[f"blend ({text}, DP prior)"] = (
@@ -317,7 +324,7 @@ def dp_ease_scorers(
                 blend_scorer(ease, choice.with_content, content), {**nan, "popularity_weight": choice.with_content.prior_weight}
             )
         tuned[text or "none"] = {
-            "extra_ridge": choice.extra_ridge, "fold_in": asdict(choice.fold_in), "with_content": asdict(choice.with_content),
+            "gram_prior": choice.gram_prior, "extra_ridge": choice.extra_ridge, "fold_in": asdict(choice.fold_in), "with_content": asdict(choice.with_content),
             "content_prior": asdict(choice.content_prior), "grid": choice.grid,
         }
     release = {

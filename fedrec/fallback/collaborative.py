@@ -18,7 +18,16 @@ items is better served by a more strongly regularised model, which can be re-sol
 ``B`` itself: with ``P = (G + lam I)^-1`` and ``B = I - P D^-1`` (``D = diag P``, Steck
 2019, Eq. 8), ``G + lam I = D^-1 (I - B)^-1``, and the symmetry of ``G`` gives the
 ratios ``D_j / D_i = B_ji / B_ij``. ``extra_ridge`` adds that many mean diagonals of the
-recovered matrix before solving EASE again (:func:`refit_weights`).
+recovered matrix before solving EASE again (:func:`refit_weights`). Where the run shrank
+EASE towards a public content target ``T`` (:func:`fedrec.dpease.fit.ease_weights_towards`),
+``I - B = P (lam (I - T) + diag(mu))`` and the same symmetry gives ``mu`` and the Gram
+exactly, in units of ``lam``.
+
+**A prior from the Gram.** Phase 1 weighs each user's items by ``C / sqrt(n_u)``, so the
+release's prior ranks items by a sum that favours light users. Each row of the
+co-occurrence upload sums to ``C m / sqrt(m (m + 1) / 2) ~ sqrt(2) C`` per item the user
+has in ``K``, so the row sums of the recovered Gram estimate plain item counts over
+``K`` (:func:`gram_counts`).
 """
 
 from __future__ import annotations
@@ -36,18 +45,23 @@ from fedrec.models.ease import ease_weights
 TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # names in a DP-EASE run's model.npz
 
 
-def recovered_gram(weights: np.ndarray) -> np.ndarray:
+def recovered_gram(weights: np.ndarray, *, target: np.ndarray | None = None) -> np.ndarray:
     """``G + lam I`` up to one positive factor, from EASE weights ``B`` alone.
 
     ``(I - B)^-1 = D (G + lam I)``; the diagonal ``D`` follows from the symmetry of
     ``G``: ``log D_j - log D_i = log |B_ji / B_ij|`` for every pair with both weights
     nonzero, solved in least squares (a graph-Laplacian system, its constant fixed by
     ``sum log D = 0``), which also averages out the float32 rounding of the release.
+
+    With the (K, K) ``target`` the weights were shrunk towards, the result is exactly
+    ``(G + lam I) / lam`` (:func:`_recovered_towards`).
     """
     b = np.asarray(weights, dtype=np.float64)
     k = b.shape[0]
     if k == 0:
         return np.zeros((0, 0))
+    if target is not None:
+        return _recovered_towards(b, np.asarray(target, dtype=np.float64))
     inverse = np.linalg.inv(np.eye(k) - b)  # D (G + lam I)
     magnitude = np.abs(b)
     usable = (magnitude > 0) & (magnitude.T > 0)
@@ -59,16 +73,53 @@ def recovered_gram(weights: np.ndarray) -> np.ndarray:
     return (gram + gram.T) / 2
 
 
-def refit_weights(weights: np.ndarray, *, extra_ridge: float) -> np.ndarray:
+def _recovered_towards(b: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``(G + lam I) / lam`` from weights ``B = I - P (lam (I - T) + diag(mu))`` (EASE
+    shrunk towards ``T``, :func:`fedrec.dpease.fit.ease_weights_towards`).
+
+    With ``Q = (I - B)^-1``, ``G + lam I = A Q`` for ``A = lam (I - T) + diag(mu)``; at
+    ``lam = 1`` the symmetry of ``A Q`` is linear in ``mu``: ``mu_i Q_ij - mu_j Q_ji =
+    R_ji - R_ij`` with ``R = (I - T) Q``, for every pair, solved in least squares.
+    """
+    k = b.shape[0]
+    q = np.linalg.inv(np.eye(k) - b)  # (K, K)
+    r = (np.eye(k) - target) @ q  # (K, K)
+    normal = -(q * q.T)  # normal equations of the pair equations: off-diagonal -Q_ij Q_ji
+    np.fill_diagonal(normal, (q**2).sum(axis=1) - np.diag(q) ** 2)  # sum over j != i of Q_ij^2
+    mu = np.linalg.solve(normal, (q * (r.T - r)).sum(axis=1))  # (K,)
+    gram = (np.eye(k) - target + np.diag(mu)) @ q
+    return (gram + gram.T) / 2
+
+
+def refit_weights(weights: np.ndarray, *, extra_ridge: float, target: np.ndarray | None = None) -> np.ndarray:
     """EASE weights re-solved from released weights with ``extra_ridge`` more mean
-    diagonals of ridge (0: the released weights, as float64)."""
+    diagonals of ridge (0: the released weights, as float64); ``target``: the content
+    target the release was shrunk towards (the re-solve is plain EASE)."""
     b = np.asarray(weights, dtype=np.float64)
     if extra_ridge < 0:
         raise FedrecError(f"extra ridge must be >= 0, got {extra_ridge}")
     if extra_ridge == 0 or b.shape[0] == 0:
         return b.copy()
-    gram = recovered_gram(b)
+    gram = recovered_gram(b, target=target)
     return ease_weights(gram, extra_ridge * float(np.trace(gram)) / b.shape[0])
+
+
+def gram_counts(weights: np.ndarray, *, counts: np.ndarray, top_items: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+    """(n_items,) item counts: the row sums of the recovered Gram on ``top_items``, fitted
+    (least squares through 0) to the scale of ``counts``; ``counts`` elsewhere.
+
+    A user with ``m`` items in ``K`` adds about ``sqrt(2) C`` to each of their items' row
+    sums whatever ``m`` (module docstring), so the row sums rank by plain counts. Without
+    ``target`` the recovered matrix is ``G + lam I`` with ``lam`` unknown: the row sums
+    carry one common offset, which keeps their order.
+    """
+    out = np.asarray(counts, dtype=np.float64).copy()
+    if top_items.shape[0] == 0:
+        return out
+    sums = recovered_gram(weights, target=target).sum(axis=1)  # (K,)
+    scale = float(sums @ out[top_items]) / max(float(sums @ sums), 1e-300)
+    out[top_items] = scale * sums
+    return out
 
 
 def _unit(scores: np.ndarray) -> np.ndarray:
@@ -77,15 +128,30 @@ def _unit(scores: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    """What the fit used besides the arrays, all public: the run's ``ease-prior-weight``
+    and the (K, K) content target it shrank EASE towards (None: plain EASE)."""
+
+    prior_weight: float
+    target: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class ReleasedEase:
     """The public DP-EASE arrays the fallback scores with: nothing else is kept."""
 
     top_items: np.ndarray  # (K,) item indices
     weights: np.ndarray  # (K, K) EASE weights over top_items (possibly re-solved)
-    prior: np.ndarray  # (n_items,) the release's DP popularity prior
+    prior: np.ndarray  # (n_items,) the release's DP popularity prior, or the Gram-count prior
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], *, extra_ridge: float = 0.0) -> ReleasedEase:
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], *, extra_ridge: float = 0.0, settings: ReleaseSettings | None = None,
+        gram_prior: bool = False,
+    ) -> ReleasedEase:
+        """The release, its weights re-solved with ``extra_ridge``; with ``gram_prior`` the
+        prior is ``prior_weight * asinh(count)`` of :func:`gram_counts` (counts in units of
+        the phase-1 noise std, read back from the release's prior) instead of the release's."""
         missing = sorted({TOP_ITEMS, WEIGHTS, PRIOR} - set(arrays))
         if missing:
             raise FedrecError(f"not a DP-EASE release (missing {', '.join(missing)}): give the model.npz of a model = dp-ease run")
@@ -93,8 +159,14 @@ class ReleasedEase:
         weights = np.asarray(arrays[WEIGHTS], dtype=np.float64)
         if weights.shape != (top.shape[0], top.shape[0]):
             raise FedrecError(f"DP-EASE weights of shape {weights.shape} do not match {top.shape[0]} top items")
-        return cls(top_items=top, weights=refit_weights(weights, extra_ridge=extra_ridge),
-                   prior=np.asarray(arrays[PRIOR], dtype=np.float64))
+        target = None if settings is None else settings.target
+        prior = np.asarray(arrays[PRIOR], dtype=np.float64)
+        if gram_prior:
+            if settings is None or not settings.prior_weight > 0:
+                raise FedrecError("the Gram prior needs the run's ease-prior-weight (> 0): pass ReleaseSettings")
+            counts = np.sinh(prior / settings.prior_weight)  # (n_items,) the noisy counts / their noise std
+            prior = settings.prior_weight * np.arcsinh(gram_counts(weights, counts=counts, top_items=top, target=target))
+        return cls(top_items=top, weights=refit_weights(weights, extra_ridge=extra_ridge, target=target), prior=prior)
 
     @classmethod
     def from_run(cls, run_dir: Path, *, extra_ridge: float = 0.0) -> ReleasedEase:

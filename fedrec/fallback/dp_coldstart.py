@@ -4,7 +4,8 @@ The training users (never the held-out ones) run DP-EASE with its own signed led
 under the evaluation's folder; the cold-start scorers then read only the run's released
 ``model.npz`` (:class:`fedrec.fallback.collaborative.ReleasedEase`). The re-solve ridge
 and the blend weights are chosen on the validation users, one stage at a time as
-:func:`fedrec.fallback.evaluation.tune_blend` does: the ridge and the prior weight for
+:func:`fedrec.fallback.evaluation.tune_blend` does: the prior (the release's, or counts
+from the row sums of the recovered Gram) at n = 0, the ridge and the prior weight for
 DP-EASE fold-in, then the content weight on top of them.
 """
 
@@ -22,7 +23,8 @@ import numpy as np
 from fedrec.config import CALIBRATE, DPMode, ModelFamily, RunConfig, parse_run_config
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import leave_one_out
-from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase, blend_scores
+from fedrec.dpease.fit import content_target, public_item_content
+from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase, ReleaseSettings, blend_scores
 from fedrec.fallback.content import ContentRecommender
 from fedrec.fallback.evaluation import WEIGHT_GRID, ColdStartUser, Scorer, evaluate
 
@@ -56,8 +58,17 @@ def run_training_release(
     return run_ease_and_report(config, run_dir, engine="inprocess", transport=transport)
 
 
+def release_settings(config: RunConfig, top_items: np.ndarray) -> ReleaseSettings:
+    """The public settings the run's fit used (:func:`fedrec.dpease.fit.fit_release`):
+    its prior weight and content target, from its config and the item metadata alone."""
+    content = public_item_content(config)
+    target = None if content is None else config.ease.content_weight * content_target(content[top_items])
+    return ReleaseSettings(prior_weight=config.ease.prior_weight, target=target)
+
+
 @dataclass(frozen=True)
 class CollaborativeChoice:
+    gram_prior: bool  # the prior from the recovered Gram's row sums instead of the release's
     extra_ridge: float
     fold_in: CollaborativeBlend  # DP-EASE with its prior (w_c = 0)
     with_content: CollaborativeBlend  # the same plus content
@@ -100,17 +111,31 @@ def _value(
 
 def tune_collaborative(
     arrays: dict[str, np.ndarray], users: Sequence[ColdStartUser], *, content: ContentRecommender | None,
-    reveal: Sequence[int], metric: str = "full_ndcg@10",
+    reveal: Sequence[int], metric: str = "full_ndcg@10", settings: ReleaseSettings | None = None,
 ) -> CollaborativeChoice:
-    """Choose the ridge and ``w_p``, then ``w_c``, that maximise ``metric`` averaged over
-    the n > 0 in ``reveal`` on ``users`` (the validation users: the caller never passes
-    test users); and, apart, the prior weight of content + DP prior without EASE."""
+    """Choose the prior (at n = 0; the Gram prior only with ``settings``), then the ridge
+    and ``w_p``, then ``w_c``, that maximise ``metric`` averaged over the n > 0 in
+    ``reveal`` on ``users`` (the validation users: the caller never passes test users);
+    and, apart, the prior weight of content + DP prior without EASE."""
     revealed = [n for n in reveal if n > 0] or [0]
     grid: list[dict[str, float]] = []
+    best_prior = (-1.0, False)
+    for gram_prior in (False, True) if settings is not None else (False,):
+        prior = ReleasedEase.from_arrays(arrays, settings=settings, gram_prior=gram_prior).prior_scores()
+        value = _value(CollaborativeBlend(ease_weight=0.0, prior_weight=1.0), ease=None, prior=prior, text=None,
+                       users=users, revealed=[0], metric=metric)
+        grid.append({"gram_prior": float(gram_prior), "reveal": 0, metric: value})
+        if value > best_prior[0]:
+            best_prior = (value, gram_prior)
+    gram_prior = best_prior[1]
+
+    def release(ridge: float) -> ReleasedEase:
+        return ReleasedEase.from_arrays(arrays, extra_ridge=ridge, settings=settings, gram_prior=gram_prior)
+
     best: tuple[float, float, float] = (-1.0, 0.0, 0.0)  # (value, ridge, w_p)
-    prior = ReleasedEase.from_arrays(arrays).prior_scores()
+    prior = release(0.0).prior_scores()
     for ridge in RIDGE_GRID:
-        ease = _cached(ReleasedEase.from_arrays(arrays, extra_ridge=ridge), users, revealed)
+        ease = _cached(release(ridge), users, revealed)
         for w_p in PRIOR_GRID:
             blend = CollaborativeBlend(ease_weight=1.0 - w_p, prior_weight=w_p)
             value = _value(blend, ease=ease, prior=prior, text=None, users=users, revealed=revealed, metric=metric)
@@ -121,7 +146,7 @@ def tune_collaborative(
     fold_in = CollaborativeBlend(ease_weight=1.0 - w_p, prior_weight=w_p)
     with_content, content_prior = fold_in, CollaborativeBlend(ease_weight=0.0, prior_weight=1.0)
     if content is not None:
-        ease = _cached(ReleasedEase.from_arrays(arrays, extra_ridge=ridge), users, revealed)
+        ease = _cached(release(ridge), users, revealed)
         text = {(u.index, n): content.content_scores(u.query(n)) for u in users for n in revealed}
         best_c = (-1.0, 0.0)
         for w_c in CONTENT_GRID:
@@ -139,6 +164,6 @@ def tune_collaborative(
             if value > best_p[0]:
                 best_p = (value, w)
         content_prior = CollaborativeBlend(ease_weight=0.0, prior_weight=best_p[1], content_weight=1.0 - best_p[1])
-    logger.info("DP-EASE cold start tuned on %d validation users: extra ridge %g, prior weight %.1f, content weight %.2f",
-                len(users), ridge, w_p, with_content.content_weight)
-    return CollaborativeChoice(extra_ridge=ridge, fold_in=fold_in, with_content=with_content, content_prior=content_prior, grid=grid)
+    logger.info("DP-EASE cold start tuned on %d validation users: Gram prior %s, extra ridge %g, prior weight %.1f, content weight %.2f",
+                len(users), gram_prior, ridge, w_p, with_content.content_weight)
+    return CollaborativeChoice(gram_prior=gram_prior, extra_ridge=ridge, fold_in=fold_in, with_content=with_content, content_prior=content_prior, grid=grid)

@@ -14,19 +14,27 @@ import pytest
 
 from fedrec.config import RunConfig
 from fedrec.data.interactions import Interactions
-from fedrec.dpease.fit import EaseRelease
+from fedrec.dpease.fit import EaseRelease, content_target, ease_weights_towards
 from fedrec.errors import FedrecError
 from fedrec.experiments import coldstart as coldstart_run
-from fedrec.experiments.coldstart import DP_FOLD_IN, DP_POPULARITY, ColdStartConfig, run_coldstart_eval
+from fedrec.experiments.coldstart import (
+    DP_FOLD_IN,
+    DP_GRAM_POPULARITY,
+    DP_POPULARITY,
+    ColdStartConfig,
+    run_coldstart_eval,
+)
 from fedrec.experiments.results import MODEL, RESULTS, read_arrays
 from fedrec.fallback.collaborative import (
     CollaborativeBlend,
     ReleasedEase,
+    ReleaseSettings,
     blend_scores,
+    gram_counts,
     recovered_gram,
     refit_weights,
 )
-from fedrec.fallback.dp_coldstart import RELEASE_DIR
+from fedrec.fallback.dp_coldstart import RELEASE_DIR, release_config, release_settings
 from fedrec.fallback.profile import Query
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import OK, audit_run
@@ -45,6 +53,44 @@ def test_the_gram_recovered_from_ease_weights_is_the_regularised_gram_up_to_scal
     expected = gram + lam * np.eye(gram.shape[0])
     scale = recovered[0, 0] / expected[0, 0]
     np.testing.assert_allclose(recovered, scale * expected, rtol=1e-3, atol=1e-3 * scale * expected.max())
+
+
+def test_the_gram_recovered_from_weights_shrunk_towards_content_is_exact_in_units_of_lambda() -> None:
+    rng = np.random.default_rng(3)
+    gram = _gram(rng, items=10)
+    target = content_target(rng.normal(size=(10, 4)))
+    lam = 5.0
+    weights = ease_weights_towards(gram, lam, target).astype(np.float32)
+    recovered = recovered_gram(weights, target=target)
+    np.testing.assert_allclose(lam * recovered, gram + lam * np.eye(10), atol=1e-3 * gram.max())
+
+
+def test_gram_counts_rank_the_top_items_by_row_sums_and_keep_the_counts_elsewhere() -> None:
+    # K = items (1, 0, 2) in that order. User A has all three, user B item 1 alone. Phase 2
+    # weighs A's 9 values by C / sqrt(6) and B's one value by C: with C = 1 the Gram's row
+    # sums are (3 / sqrt(6) + 1, 3 / sqrt(6), 3 / sqrt(6)).
+    a, b = np.array([1.0, 1, 1]), np.array([1.0, 0, 0])
+    gram = np.outer(a, a) / np.sqrt(6) + np.outer(b, b)
+    lam = 0.5
+    target = content_target(np.array([[1.0, 0.2], [0.6, 0.8], [0.3, 1.0]]))  # every pair similar
+    weights = ease_weights_towards(gram, lam, target)
+    counts = np.array([2.0, 1.0, 3.0, 0.4, 0.1])  # noisy phase-1 counts: they rank item 1 second
+    top = np.array([1, 0, 2])
+    out = gram_counts(weights, counts=counts, top_items=top, target=target)
+    sums = np.array([3 / np.sqrt(6) + 1, 3 / np.sqrt(6), 3 / np.sqrt(6)]) + lam  # of (G + lam I), in units of lam
+    scale = (sums / lam) @ counts[top] / ((sums / lam) @ (sums / lam))
+    np.testing.assert_allclose(out[top], scale * sums / lam, rtol=1e-6)
+    np.testing.assert_array_equal(out[[3, 4]], counts[[3, 4]])
+    assert out[1] > out[0] == pytest.approx(out[2])  # item 1 is in both users' histories
+
+
+def test_the_gram_prior_needs_the_release_settings() -> None:
+    rng = np.random.default_rng(4)
+    release = EaseRelease(top_items=np.array([0, 1, 2]), weights=ease_weights(_gram(rng, items=3), 1.0), prior=rng.random(4))
+    with pytest.raises(FedrecError, match="ease-prior-weight"):
+        ReleasedEase.from_arrays(release.to_arrays(), gram_prior=True)
+    ours = ReleasedEase.from_arrays(release.to_arrays(), settings=ReleaseSettings(prior_weight=0.5), gram_prior=True)
+    assert ours.prior.shape == (4,) and ours.prior[3] == pytest.approx(release.prior[3], rel=1e-6)
 
 
 def test_refit_adds_ridge_in_mean_diagonals_of_the_regularised_gram() -> None:
@@ -105,7 +151,7 @@ def test_the_release_comes_from_training_users_with_its_own_audited_ledger(
     assert results["release"]["epsilon"] == pytest.approx(report.epsilon_prv)
     rows = results["rows"]
     methods = {r["method"] for r in rows}
-    assert {DP_POPULARITY, DP_FOLD_IN, "DP-EASE + content (tfidf)", "blend (tfidf, DP prior)"} <= methods
+    assert {DP_POPULARITY, DP_GRAM_POPULARITY, DP_FOLD_IN, "DP-EASE + content (tfidf)", "blend (tfidf, DP prior)"} <= methods
     assert all(r["epsilon"] == results["release"]["epsilon"] for r in rows if r["method"] in results["release"]["methods"])
     # the scorer is built from the release file alone and keeps nothing else
     held = ReleasedEase.from_run(run)
@@ -114,6 +160,13 @@ def test_the_release_comes_from_training_users_with_its_own_audited_ledger(
     np.testing.assert_array_equal(held.top_items, arrays["top_items"])
     assert held.weights.shape == (held.top_items.shape[0],) * 2 and held.prior.shape == (small.n_items,)
     assert json.loads((tmp_path / "eval" / RESULTS).read_text())["targets"][DP_FOLD_IN]["ratio_to_popularity"]
+    # the public settings reproduce the fit: re-solving EASE towards the content target
+    # from the recovered Gram gives back the released weights
+    settings = release_settings(release_config(tiny_config, epsilon=8.0, delta=1e-5, seed=tiny_config.seed), held.top_items)
+    assert held.top_items.shape[0] > 0 and settings.target is not None
+    recovered = recovered_gram(held.weights, target=settings.target)  # (G + lam I) / lam
+    k = held.top_items.shape[0]
+    np.testing.assert_allclose(ease_weights_towards(recovered - np.eye(k), 1.0, settings.target), held.weights, atol=1e-4)
 
 
 def test_the_blend_choice_never_reads_the_test_users(
