@@ -5,19 +5,84 @@ steps)``, as in Opacus; epsilon is a pure function of it, so anyone can recomput
 from the ledger. PRV (Gopi et al. 2021) is the headline; RDP (Mironov 2017;
 Mironov et al. 2019 for the subsampled Gaussian) is reported beside it. Both assume
 Poisson sampling, which is exactly what :class:`fedrec.privacy.sampling.PoissonSampler` does.
+
+Opacus' accountants are numpy and scipy, but ``import opacus.accountants`` first runs
+``opacus/__init__``, which imports the privacy engine and with it torch: seconds of an
+audit that needs no model. :func:`load_opacus_accountants` loads Opacus' own
+``opacus/accountants`` package, unchanged, without running ``opacus/__init__``, so an
+auditor's ``fedrec audit`` never imports torch; tests check that its epsilon equals the
+normal import's.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
 
 from fedrec.errors import PrivacyError
+
+ACCOUNTANTS_MODULE = "fedrec.privacy._opacus_accountants"  # where Opacus' accountant package is loaded
+
+
+def load_opacus_accountants() -> ModuleType:
+    """Opacus' accountant package ``opacus/accountants``, its PRV and RDP modules loaded
+    from Opacus' installed files under the name :data:`ACCOUNTANTS_MODULE`, without
+    running ``opacus/__init__`` (which imports torch) or ``opacus/accountants/__init__``
+    (which adds the Gaussian accountant and with it scipy.stats).
+
+    ``prv.py``, ``rdp.py``, ``accountant.py`` and ``analysis/`` import each other
+    relatively and need only numpy and scipy, except ``accountant.py``'s ``from
+    opacus.optimizers import DPOptimizer``, a type annotation of the optimizer hook (never
+    used here). While the modules load, and only if Opacus is not imported already,
+    ``opacus`` and ``opacus.optimizers`` are stand-ins in ``sys.modules`` that hold just
+    that name; they are removed after, so a later ``import opacus`` imports the real one.
+    The code is Opacus' own, unchanged, so epsilon equals that of ``from
+    opacus.accountants import ...`` (tests/privacy/test_accountant_loading.py).
+    """
+    loaded = sys.modules.get(ACCOUNTANTS_MODULE)
+    if loaded is not None and hasattr(loaded, "prv") and hasattr(loaded, "rdp"):
+        return loaded
+    found = importlib.util.find_spec("opacus")  # finds the package without importing it
+    if found is None or not found.submodule_search_locations:
+        raise PrivacyError("Opacus is not installed; pip install opacus")
+    folder = Path(next(iter(found.submodule_search_locations))) / "accountants"
+    # the package itself, its __init__ not run: submodules are found in Opacus' folder
+    package = importlib.util.module_from_spec(ModuleSpec(ACCOUNTANTS_MODULE, None, is_package=True))
+    package.__path__ = [str(folder)]
+    stand_ins: dict[str, ModuleType] = {}
+    if "opacus" not in sys.modules:
+        opacus, optimizers = ModuleType("opacus"), ModuleType("opacus.optimizers")
+        opacus.__path__ = []  # a package that finds no submodule but the stand-in below
+        optimizers.DPOptimizer = type("DPOptimizer", (), {})  # type: ignore[attr-defined]
+        stand_ins = {"opacus": opacus, "opacus.optimizers": optimizers}
+    sys.modules.update(stand_ins)
+    sys.modules[ACCOUNTANTS_MODULE] = package
+    try:
+        importlib.import_module(f"{ACCOUNTANTS_MODULE}.prv")
+        importlib.import_module(f"{ACCOUNTANTS_MODULE}.rdp")
+    except BaseException:
+        for name in [n for n in sys.modules if n == ACCOUNTANTS_MODULE or n.startswith(ACCOUNTANTS_MODULE + ".")]:
+            del sys.modules[name]
+        raise
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+    return package
+
+
+_opacus = load_opacus_accountants()
+PRVAccountant = _opacus.prv.PRVAccountant
+RDPAccountant = _opacus.rdp.RDPAccountant
+rdp_analysis: ModuleType = _opacus.analysis.rdp
 
 ACCOUNTANTS = ("prv", "rdp")
 PRV_EPS_ERROR = 0.01  # Opacus' default; get_epsilon returns the upper end of the interval
@@ -97,6 +162,8 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     """
     if not target_epsilon > 0:
         raise PrivacyError(f"target epsilon must be > 0, got {target_epsilon}")
+    from opacus.accountants.utils import get_noise_multiplier  # imports torch: only where a run calibrates
+
     kwargs = {"eps_error": PRV_EPS_ERROR} if accountant == "prv" else {}
     try:
         with warnings.catch_warnings():
