@@ -184,10 +184,11 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
 
 def calibrate_releases(
     *, target_epsilon: float, delta: float, shares: Sequence[float], sample_rate: float = 1.0, accountant: str,
-    prior: History = (), tolerance: float = 1e-3,
+    prior: History = (), after: History = (), tolerance: float = 1e-3,
 ) -> tuple[float, ...]:
     """Noise multipliers for a run of several Gaussian releases (one step each) whose
-    composition, after the ``prior`` history, spends at most ``target_epsilon``.
+    composition, after the ``prior`` history and followed by the ``after`` history (fixed
+    releases planned for later, such as evaluations), spends at most ``target_epsilon``.
 
     Release ``k`` gets ``z_k = s / sqrt(shares[k])``: for unsampled Gaussian mechanisms
     the composition is a Gaussian mechanism with ``1 / z^2 = sum 1 / z_k^2`` (Dong, Roth
@@ -203,13 +204,13 @@ def calibrate_releases(
         raise PrivacyError(f"release shares must be positive, got {list(shares)}")
 
     def history(scale: float) -> History:
-        return tuple(prior) + tuple((scale / math.sqrt(s), float(sample_rate), 1) for s in shares)
+        return tuple(prior) + tuple((scale / math.sqrt(s), float(sample_rate), 1) for s in shares) + tuple(after)
 
     def spent(scale: float) -> float:
         return epsilon(history(scale), delta=delta, accountant=accountant)
 
     if spent(1e4) > target_epsilon:
-        raise PrivacyError(f"epsilon {target_epsilon} cannot be reached: the earlier releases already spend it; raise the budget")
+        raise PrivacyError(f"epsilon {target_epsilon} cannot be reached: the other releases already spend it; raise the budget")
     low, high = 1e-3, 1.0
     while spent(high) > target_epsilon:  # grow until the budget holds
         low, high = high, high * 2
@@ -222,4 +223,4 @@ def calibrate_releases(
             high = middle
     if spent(high) > target_epsilon:  # never: bisection keeps ``high`` within budget
         raise PrivacyError(f"calibration overshot: scale {high} gives epsilon {spent(high)} > {target_epsilon}")
-    return tuple(z for z, _, _ in history(high)[len(prior):])
+    return tuple(z for z, _, _ in history(high)[len(prior) : len(prior) + len(shares)])
