@@ -1,4 +1,9 @@
-"""The ``fedrec`` command (Typer + Rich, like Flower's own CLI)."""
+"""The ``fedrec`` command (Typer + Rich, like Flower's own CLI).
+
+Commands import what they need when they run: ``fedrec audit`` must stay fast for an
+auditor (no torch, no pandas), so only Typer, Rich and light modules load here
+(tests/privacy/test_accountant_loading.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fedrec.config import DPMode, ModelFamily, RunConfig, load_config_file, parse_overrides, parse_run_config
-from fedrec.data.location import resolve_data_dir
 from fedrec.deploy.commands import deploy_app, recommend
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from fedrec.config import RunConfig
 
 app = typer.Typer(help="fedrec: privacy-preserving federated recommendation.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Get and check data sets.", no_args_is_help=True)
@@ -60,6 +66,7 @@ def _setup_logging(verbose: bool) -> None:
     # slows down by a large factor; see benchmarks/README.md). The
     # vectorised engine, whose kernels are big, raises it again for itself.
     import torch
+    from rich.logging import RichHandler
 
     torch.set_num_threads(1)
     handler = RichHandler(console=console, show_path=False)
@@ -71,6 +78,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _load_config(config: Path | None, overrides: list[str] | None, data: Path | None) -> RunConfig:
+    from fedrec.config import load_config_file, parse_overrides, parse_run_config
+    from fedrec.data.location import resolve_data_dir
+
     values: dict[str, Any] = load_config_file(config) if config else {}
     values.update(parse_overrides(overrides or []))
     if values.get("dataset", "ml-100k") == "ml-100k" or data:
@@ -88,6 +98,15 @@ def _data_note(run_config: RunConfig) -> None:
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -131,6 +150,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Federated training on simulated devices (one per user); writes OUT/results.json."""
+    from fedrec.config import ModelFamily, parse_run_config
+
     _setup_logging(verbose)
     with _errors():
         if resume is not None:
@@ -413,6 +434,8 @@ def coldstart_eval(
     """
     _setup_logging(verbose)
     with _errors():
+        from fedrec.config import DPMode, load_config_file, parse_overrides, parse_run_config
+        from fedrec.data.location import resolve_data_dir
         from fedrec.data.sources import load_dataset
         from fedrec.experiments.coldstart import CSV_NAME, PLOT_NAME, ColdStartConfig, Collaborative, run_coldstart_eval
 

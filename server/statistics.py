@@ -39,9 +39,10 @@ class GridStatistics:
         self, grid: Grid, config: RunConfig, *, n_items: int, expected_nodes: int, timeout: float = 600.0,
         patience: float = 120.0, client_order: bool = True, batch: int = 128, private_evaluation: bool = False,
     ) -> None:
-        """``private_evaluation`` (real devices with DP on): no device's metrics may reach
-        the server outside a DP release, and DP-EASE has none for them yet, so the
-        devices are not asked and the run reports no metrics."""
+        """``private_evaluation`` (real devices with DP on): the devices' metrics leave only
+        through a DP release; :func:`fedrec.dpease.run.run_dp_ease` reads this flag and
+        releases each evaluation through :mod:`fedrec.privacy.eval_release`, checked
+        against the budget before the devices are asked."""
         self.links = GridTransport(
             grid, config, expected_nodes=expected_nodes, timeout=timeout, patience=patience, client_order=client_order
         )
@@ -85,9 +86,6 @@ class GridStatistics:
             )
 
     def evaluate(self, clients: Sequence[int], release: Arrays, which: str) -> list[dict[str, float]]:
-        if self.private_evaluation:
-            logger.info("%s metrics are not collected: real devices' metrics leave only through a DP release", which)
-            return []
         out: list[dict[str, float]] = []
         for start in range(0, len(clients), self.batch):
             replies = self.links.send(

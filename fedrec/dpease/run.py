@@ -5,14 +5,21 @@ again by the server, the sum is noised, recorded in the ledger, and only then us
 Phase 1 releases item counts; the noisy counts choose the top items (post-processing).
 Phase 2 releases the co-occurrence over them. The run stops before a release that would
 exceed the budget: without phase 2 it releases the popularity prior alone.
+
+On real devices with DP on (a transport whose ``private_evaluation`` is true) the
+devices' validation and test metrics are two more releases, through the Gaussian sum
+of :mod:`fedrec.privacy.eval_release` as in DP-FedAvg runs; simulations evaluate
+exactly and their ledger says so.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -22,13 +29,13 @@ from fedrec.config import RunConfig
 from fedrec.data.split import ClientData, LeaveOneOutSplit
 from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items
 from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size
-from fedrec.errors import FedrecError
+from fedrec.errors import FedrecError, PrivacyError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.models import Arrays
-from fedrec.privacy.accountant import Accountant, calibrate_releases
+from fedrec.privacy.accountant import Accountant, History, calibrate_releases, epsilon
 from fedrec.privacy.dp_fedavg import Part, clipped_sum
-from fedrec.privacy.eval_release import NOT_PRIVATE
+from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE, evaluation_generator, release_metrics
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import add_gaussian_noise, noise_generator
 from fedrec.privacy.session import PrivacySession
@@ -44,6 +51,7 @@ PURPOSES = {
 TOP_ITEMS_REQUEST, PAIR_DECAY_REQUEST = "top_items", "pair_decay"
 STATISTIC_NAMES = {"counts": COUNTS, "gram": GRAM}  # the array each phase's reply carries
 REQUEST_NAMES = {"counts": (), "gram": (TOP_ITEMS_REQUEST, PAIR_DECAY_REQUEST)}  # the arrays each phase's request carries
+EVALUATIONS = ("val", "test")  # after the fit, each a release of its own when evaluation is private
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
@@ -126,16 +134,25 @@ class EaseHistory:
     privacy: dict[str, object] = field(default_factory=dict)
 
 
-def phase_noise(config: RunConfig) -> tuple[float, float]:
-    """(z_counts, z_gram): given, or calibrated so the two releases spend the budget."""
+def phase_noise(config: RunConfig, *, evaluations: int = 0) -> tuple[float, float]:
+    """(z_counts, z_gram): given, or calibrated so that the two releases, followed by
+    ``evaluations`` metric releases at ``eval-noise-multiplier`` (private evaluation on
+    real devices), spend the budget: the history calibrated is the ledger's, in its order."""
     p, e = config.privacy, config.ease
     if not p.enabled:
         return 0.0, 0.0
     fixed = p.fixed_noise
     if fixed is not None:  # > 0: the config refuses 0 for DP-EASE
         return fixed, fixed
+    after: History = ((p.eval_noise_multiplier, 1.0, evaluations),) if evaluations else ()
+    if after and epsilon(after, delta=p.delta, accountant=p.accountant) >= p.epsilon:
+        raise PrivacyError(
+            f"{evaluations} evaluation releases at eval-noise-multiplier {p.eval_noise_multiplier} alone spend epsilon "
+            f">= {p.epsilon:.3g}: raise eval-noise-multiplier or epsilon"
+        )
     z1, z2 = calibrate_releases(
         target_epsilon=p.epsilon, delta=p.delta, shares=(e.count_share, 1 - e.count_share), accountant=p.accountant,
+        after=after,
     )
     return z1, z2
 
@@ -173,11 +190,17 @@ def run_dp_ease(
 ) -> tuple[EaseRelease, EaseHistory, dict[str, float], dict[str, float]]:
     """Both releases, the fit, and the devices' validation and test metrics.
 
+    With private evaluation each metric set is a ledger release checked against the
+    budget before the devices are asked; one that would exceed it is not asked for, the
+    run stops there (``stopped_by_budget``) and its metrics are NaN.
+
     Returns (release, history, validation metrics, test metrics).
     """
     p, e = config.privacy, config.ease
     clients = transport.clients()
-    z_counts, z_gram = phase_noise(config)
+    # real devices' metrics leave only through a DP release; simulations evaluate exactly
+    private_eval = p.enabled and bool(getattr(transport, "private_evaluation", False))
+    z_counts, z_gram = phase_noise(config, evaluations=len(EVALUATIONS) if private_eval else 0)
     history = EaseHistory(noise_multipliers=(z_counts, z_gram))
     session: PrivacySession | None = None
     rng: np.random.Generator | None = None
@@ -186,7 +209,7 @@ def run_dp_ease(
         session = PrivacySession(
             run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
             population=len(clients), sample_rate=1.0, noise_multiplier=z_gram, clipping_norm=p.clipping_norm,
-            config_hash=config.digest(), evaluation=NOT_PRIVATE,  # devices report exact metrics in a simulation
+            config_hash=config.digest(), evaluation=PRIVATE if private_eval else NOT_PRIVATE,
         )
         rng = noise_generator(seed=config.seed, secure=p.secure_noise)
     n_items = transport.n_items
@@ -233,6 +256,20 @@ def run_dp_ease(
         content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
     )
     history.top_items = int(release.top_items.shape[0])
+    arrays = release.to_arrays()
+    metrics: dict[str, dict[str, float]] = {}
+    if session is not None and private_eval:
+        eval_rng = evaluation_generator(seed=config.seed, secure=p.secure_noise, resumes=0)
+        for which in EVALUATIONS:
+            released = release_metrics(
+                session, partial(transport.evaluate, clients, arrays, which), names=METRIC_NAMES,
+                purpose=f"evaluation: {which} metrics of the DP-EASE release", noise_multiplier=p.eval_noise_multiplier,
+                expected_users=len(clients), rng=eval_rng,
+            )
+            if released is None:  # it would exceed the budget: nothing asked, nothing released
+                history.stopped_by_budget = True
+                break
+            metrics[which] = released
     if session is not None:
         session.close(stopped_by_budget=history.stopped_by_budget)
         history.privacy = {
@@ -246,10 +283,10 @@ def run_dp_ease(
             "epsilon": float("inf"), "delta": None, "accountant": None, "noise_multiplier": 0.0,
             "noise_multipliers": [0.0, 0.0], "clipping_norm": None, "budget": None, "stopped_by_budget": False,
         }
-    arrays = release.to_arrays()
-    val = _mean(transport.evaluate(clients, arrays, "val"))
-    test = _mean(transport.evaluate(clients, arrays, "test"))
-    return release, history, val, test
+    if not private_eval:
+        metrics = {which: _mean(transport.evaluate(clients, arrays, which)) for which in EVALUATIONS}
+    unreleased = {name: math.nan for name in METRIC_NAMES}
+    return release, history, metrics.get("val", unreleased), metrics.get("test", unreleased)
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -20,10 +20,8 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from opacus.accountants import RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
-from fedrec.privacy.accountant import Accountant, compress, epsilon
+from fedrec.privacy.accountant import Accountant, RDPAccountant, compress, epsilon, rdp_analysis
 
 Step = tuple[float, float]  # (noise multiplier z, sample rate q) of one application of the mechanism
 

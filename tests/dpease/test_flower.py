@@ -2,13 +2,15 @@
 (``tests.deploy.test_secagg.InlineGrid``), only the network is left out.
 
 The Grid transport must give exactly the releases, ledger and metrics of the in-process
-transport (same seed, same noise), a real device must send nothing but its statistic, and
-SecAgg+ must give the sum of the devices' statistics without any single one.
+transport (same seed, same noise), a real device must send nothing but its statistic,
+SecAgg+ must give the sum of the devices' statistics without any single one, and real
+devices' metrics must leave only through DP releases in the ledger, within the budget.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,13 @@ from fedrec.dpease.fit import select_top_items
 from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import InProcessStatistics, SecureSum, device_evaluate, device_statistic, run_dp_ease
 from fedrec.dpease.statistics import COUNTS
+from fedrec.evaluation.metrics import METRIC_NAMES
+from fedrec.experiments.results import MODEL, read_arrays
 from fedrec.federation.device import simulated_population
 from fedrec.privacy.audit import OK, audit_run
+from fedrec.privacy.eval_release import MECHANISM, PRIVATE, clipped_metrics, evaluation_generator
 from fedrec.privacy.ledger import LEDGER, read_entries
+from fedrec.privacy.report import audit_document
 from server.secagg import SecAggStatistics
 from server.statistics import GridStatistics
 from tests.deploy.test_secagg import InlineGrid
@@ -184,16 +190,57 @@ def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
     assert 0.0 <= test["ndcg@10"] <= 1.0 and release.prior.shape == (1682,)
 
 
-def test_with_private_evaluation_no_device_metrics_reach_the_server(
+def _evaluations(grid: InlineGrid) -> int:
+    """Evaluation replies the server has received."""
+    return sum(r.metadata.message_type == protocol.EASE_EVALUATE for r in grid.sent)
+
+
+def test_real_devices_release_their_metrics_through_the_ledger(
     fleet: tuple[RunConfig, dict[int, dict[str, Any]]], tmp_path: Path
 ) -> None:
     config, nodes = fleet
     inline = InlineGrid(nodes)
     grid = GridStatistics(inline, config, n_items=1682, expected_nodes=3, patience=1, client_order=False, private_evaluation=True)
-    release: dict[str, np.ndarray] = {"top_items": np.arange(2), "weights": np.zeros((2, 2), np.float32), "prior": np.zeros(1682, np.float32)}
-    asked = len(inline.sent)
-    assert grid.evaluate(grid.clients(), release, "test") == [] and len(inline.sent) == asked
-    # a whole deployment-style run: both releases audited, no metrics reported
     results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid)
-    assert math.isnan(results["ndcg@10"]) and results["clients"] == 3
-    assert audit_run(tmp_path / "run").code == OK
+    assert _evaluations(inline) == 6  # validation and test, each device asked once
+    entries = read_entries(tmp_path / "run" / LEDGER).entries
+    releases = [e for e in entries if e.get("kind") == "release"]
+    assert entries[0]["evaluation"] == PRIVATE and entries[-1]["kind"] == "close" and not entries[-1]["stopped_by_budget"]
+    assert [e["purpose"] for e in releases[2:]] == [
+        "evaluation: val metrics of the DP-EASE release", "evaluation: test metrics of the DP-EASE release"]
+    d = len(METRIC_NAMES)
+    assert all(e["mechanism"] == MECHANISM and e["clipping_norm"] == math.sqrt(d) and e["sample_rate"] == 1.0
+               and e["noise_multiplier"] == config.privacy.eval_noise_multiplier and e["clients"] == 3 for e in releases[2:])
+    # the released metrics are the Gaussian sum of the devices' own metrics over the devices asked
+    model = read_arrays(tmp_path / "run" / MODEL)
+    data = [LocalDevice.open(cfg["data-path"], config).device.data for cfg in nodes.values()]
+    rng = evaluation_generator(seed=config.seed, secure=False, resumes=0)
+    for which, released in (("val", results["validation"]), ("test", results)):
+        exact = clipped_metrics([device_evaluate(x, release=model, which=which) for x in data], METRIC_NAMES)
+        noise = rng.normal(0.0, config.privacy.eval_noise_multiplier * math.sqrt(d), size=d)
+        np.testing.assert_allclose([released[m] for m in METRIC_NAMES], (exact.sum(axis=0) + noise) / 3, rtol=1e-12)
+    # epsilon composes the two phases and both evaluations, calibrated to the budget in the ledger's order
+    report = audit_run(tmp_path / "run")
+    assert report.code == OK and report.releases == 4 and not results["stopped_by_budget"]
+    assert results["epsilon"] == report.epsilon_prv and 0.95 * config.privacy.epsilon < report.epsilon_prv <= config.privacy.epsilon
+    doc = audit_document(tmp_path / "run", prv_points=0)
+    assert doc["evaluation"]["private"] is True and doc["evaluation"]["releases"] == [3, 4]
+
+
+def test_an_evaluation_over_the_budget_asks_no_device_and_the_run_stops(
+    fleet: tuple[RunConfig, dict[int, dict[str, Any]]], tmp_path: Path
+) -> None:
+    # fixed z = 1.5 for both phases (epsilon 4.10), then z = 2 per evaluation: the validation
+    # fits a budget of 5 (4.73), the test would not (5.31)
+    config, nodes = fleet
+    config = replace(config, privacy=replace(config.privacy, epsilon=5.0, noise_multiplier=1.5, eval_noise_multiplier=2.0))
+    inline = InlineGrid(nodes)
+    grid = GridStatistics(inline, config, n_items=1682, expected_nodes=3, patience=1, client_order=False, private_evaluation=True)
+    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid)
+    assert _evaluations(inline) == 3  # the validation only: no device was asked for test metrics
+    assert all(math.isfinite(results["validation"][m]) for m in METRIC_NAMES)
+    assert all(math.isnan(results[m]) for m in METRIC_NAMES) and results["stopped_by_budget"]
+    entries = read_entries(tmp_path / "run" / LEDGER).entries
+    assert [e["purpose"] for e in entries if e.get("kind") == "release"][2:] == ["evaluation: val metrics of the DP-EASE release"]
+    report = audit_run(tmp_path / "run")
+    assert report.code == OK and report.stopped_by_budget and report.releases == 3 and report.epsilon_prv <= 5.0

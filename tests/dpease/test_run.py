@@ -16,12 +16,13 @@ from fedrec.config import RunConfig, parse_run_config
 from fedrec.dpease.central import simulate_release
 from fedrec.dpease.fit import EaseRelease, ease_lambda, select_top_items
 from fedrec.dpease.report import run_ease_and_report
-from fedrec.dpease.run import InProcessStatistics, run_dp_ease
-from fedrec.errors import FedrecError
+from fedrec.dpease.run import InProcessStatistics, device_evaluate, phase_noise, run_dp_ease
+from fedrec.errors import FedrecError, PrivacyError
 from fedrec.experiments.results import MODEL, read_arrays
 from fedrec.federation.device import simulated_population
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import OK, audit_run
+from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE
 from fedrec.privacy.ledger import LEDGER, read_entries
 
 
@@ -148,6 +149,50 @@ def test_a_budget_too_small_for_any_release_records_none(tmp_path: Path) -> None
         run_dp_ease(config, _transport(config), run_dir=tmp_path / "run")
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     assert [e["kind"] for e in entries if e["kind"] in ("release", "round")] == []
+
+
+class DeviceFleet(InProcessStatistics):
+    """In-process devices standing in for a real fleet: their metrics must be private."""
+
+    private_evaluation = True
+
+
+def test_a_simulation_evaluates_exactly_and_says_so(tmp_path: Path) -> None:
+    config = _config(tmp_path, epsilon=4.0)
+    release, history, _, test = run_dp_ease(config, _transport(config), run_dir=tmp_path / "run")
+    entries = read_entries(tmp_path / "run" / LEDGER).entries
+    assert entries[0]["evaluation"] == NOT_PRIVATE and len([e for e in entries if e.get("kind") == "release"]) == 2
+    split = simulated_population(config).split
+    exact = [device_evaluate(split.client(c), release=release.to_arrays(), which="test") for c in range(split.n_users)]
+    assert test["ndcg@10"] == pytest.approx(float(np.mean([m["ndcg@10"] for m in exact])), abs=1e-12)
+    assert history.noise_multipliers == phase_noise(config)
+
+
+def test_private_evaluation_is_two_more_releases_within_the_calibrated_budget(tmp_path: Path) -> None:
+    config = _config(tmp_path, epsilon=4.0, **{"eval-noise-multiplier": 5.0})
+    split = simulated_population(config).split
+    _, history, val, test = run_dp_ease(config, DeviceFleet(split, clipping_norm=config.privacy.clipping_norm),
+                                        run_dir=tmp_path / "run")
+    entries = read_entries(tmp_path / "run" / LEDGER).entries
+    releases = [e for e in entries if e.get("kind") == "release"]
+    assert entries[0]["evaluation"] == PRIVATE and len(releases) == 4 and not history.stopped_by_budget
+    assert [e["noise_multiplier"] for e in releases[2:]] == [5.0, 5.0]
+    # the phases leave room for both evaluations: more noise than without them
+    z1, z2 = history.noise_multipliers
+    assert (z1, z2) == phase_noise(config, evaluations=2) and z1 > phase_noise(config)[0] and z2 > phase_noise(config)[1]
+    report = audit_run(tmp_path / "run")
+    direct = PRVAccountant()
+    direct.history = [(z1, 1.0, 1), (z2, 1.0, 1), (5.0, 1.0, 2)]
+    assert report.code == OK and report.releases == 4
+    assert report.epsilon_prv == pytest.approx(direct.get_epsilon(delta=1e-5, eps_error=0.01), rel=1e-9)
+    assert 0.95 * 4.0 < report.epsilon_prv <= 4.0
+    assert all(math.isfinite(v) for v in (*val.values(), *test.values()))
+
+
+def test_evaluations_that_alone_exceed_the_budget_are_refused_before_any_release(tmp_path: Path) -> None:
+    config = _config(tmp_path, epsilon=1.0, **{"eval-noise-multiplier": 1.0})
+    with pytest.raises(PrivacyError, match="raise eval-noise-multiplier or epsilon"):
+        phase_noise(config, evaluations=2)
 
 
 def test_fedrec_simulate_runs_dp_ease_and_fedrec_audit_verifies_it(tmp_path: Path) -> None:
