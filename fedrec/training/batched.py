@@ -10,9 +10,9 @@ is exactly its own.
 
 It is the same computation as :func:`local_update`, client by client: the same
 examples in the same order (drawn from the same per-client generator by
-:func:`fedrec.training.local.epoch_examples`), the same mean loss per mini-batch and the same
-Adam/SGD arithmetic with per-client step counts, so results agree to float rounding
-(a test checks it). Clients are sorted by how many steps they take, so the clients
+:func:`fedrec.training.steps.device_epochs`), the same mean loss per mini-batch, learning
+rates and Adam constants (:mod:`fedrec.training.steps`) and the same Adam/SGD arithmetic
+with per-client step counts, so results agree to float rounding (a test checks it). Clients are sorted by how many steps they take, so the clients
 still training at step t are a prefix of the stack and finished ones cost nothing.
 """
 
@@ -23,16 +23,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.adam import adam
 
 from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, shared_spec
 from fedrec.models.neumf import stacked_logits
-from fedrec.training.local import TrainConfig, epoch_examples
-
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the per-device path uses
-ADAM_EPS = 1e-8
+from fedrec.training.steps import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    TrainConfig,
+    client_batch_losses,
+    device_epochs,
+    learning_rate,
+    minibatches,
+)
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,7 @@ class Schedule:
     ) -> Schedule:
         per_client: list[tuple[np.ndarray, np.ndarray]] = []
         for client, rng in zip(data, rngs):
-            excluded = client.training_exclusions()
-            epochs = [
-                epoch_examples(
-                    positives=client.train_items, excluded=excluded, n_items=model.n_items,
-                    num_negatives=train.num_negatives, rng=rng,
-                )
-                for _ in range(train.local_epochs)
-            ]
+            epochs = list(device_epochs(data=client, n_items=model.n_items, train=train, rng=rng))
             per_client.append((np.concatenate([e[0] for e in epochs]), np.concatenate([e[1] for e in epochs])))
         b, epochs_ = train.batch_size, train.local_epochs
         # An epoch's last mini-batch may be short: batches never straddle epochs.
@@ -86,10 +83,10 @@ class Schedule:
             items[c, : unique.shape[0]] = unique
             step = 0
             for offset in range(0, n * epochs_, n) if n else ():
-                for start in range(offset, offset + n, b):
-                    size = min(b, offset + n - start)
-                    slots[c, step, :size] = inverse[start : start + size]
-                    labels[c, step, :size] = client_labels[start : start + size]
+                for part in minibatches(n, b, offset=offset):
+                    size = part.stop - part.start
+                    slots[c, step, :size] = inverse[part]
+                    labels[c, step, :size] = client_labels[part]
                     mask[c, step, :size] = 1.0
                     step += 1
         examples = np.array([len(i) for i, _ in per_client], dtype=np.int64)
@@ -229,7 +226,7 @@ def local_update_batched(
     tensors = net.tensors()
     groups: dict[float, list[str]] = {}  # learning rate -> tensors (shared weights, private user vectors)
     for name in tensors:
-        groups.setdefault(train.lr * (train.user_lr_scale if name in net.user else 1.0), []).append(name)
+        groups.setdefault(learning_rate(train, user=name in net.user), []).append(name)
     moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == "adam" else {}
     # An item table's gradient is non-zero only on the mini-batch's rows: it lives in a
     # buffer that is zero between steps, gets those rows added and is cleared again
@@ -248,10 +245,8 @@ def local_update_batched(
         # Leaves viewing the active prefix: gradients are (a, ...) and updates land in place.
         leaves = {name: value[:a].detach().requires_grad_(True) for name, value in tensors.items() if name not in tables}
         rows = {name: tensors[name][index].requires_grad_(True) for name in tables}  # (a, B, d) copies
-        m = mask[:a, t]
-        count = m.sum(dim=1)  # (a,) the size of each client's mini-batch
-        per_example = F.binary_cross_entropy_with_logits(net.logits(leaves, rows), labels[:a, t], reduction="none")
-        per_client = (per_example * m).sum(dim=1) / count  # (a,) each client's mean batch loss
+        per_client, count = client_batch_losses(net.logits(leaves, rows), labels[:a, t], mask[:a, t])
+        # per_client: (a,) each client's mean batch loss; count: (a,) its mini-batch size
         per_client.sum().backward()
         with torch.no_grad():
             loss_sum[:a] += (per_client * count).double()
