@@ -46,7 +46,7 @@ from fedrec.federation.device import simulated_population
 from fedrec.federation.fedavg import client_rng
 from fedrec.federation.rounds import PoissonSampler
 from fedrec.models import SharedTower, UserEmbeddings, init_shared, shared_spec
-from fedrec.training.local import epoch_examples, make_optimizer
+from fedrec.training.steps import epoch_examples, make_optimizer
 from server.app import build_server_app
 from server.simulation import backend_config
 from server.simulation import run as run_flower
@@ -89,7 +89,7 @@ def centralized_floor(config: RunConfig, rounds: int) -> list[float]:
     gen = torch.Generator().manual_seed(config.seed)
     tower = SharedTower(model, generator=gen)
     users = UserEmbeddings(model, split.n_users, generator=gen)
-    optimizer = make_optimizer([{"params": list(tower.parameters()) + list(users.parameters())}], train)
+    optimizer = make_optimizer(train, shared=list(tower.parameters()) + list(users.parameters()))
     loss_fn = nn.BCEWithLogitsLoss()
     seconds = []
     for round_ in range(1, rounds + 1):

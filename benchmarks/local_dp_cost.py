@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.federation.device import Device, client_rng
 from fedrec.models import Arrays, SharedTower, init_shared, load_shared
-from fedrec.training.local import PrivateState, epoch_examples, make_optimizer
+from fedrec.training.local import PrivateState
+from fedrec.training.steps import epoch_examples, make_optimizer
 
 
 class _ReferenceNet(nn.Module):
@@ -55,7 +56,7 @@ def reference_epoch(device: Device, shared: Arrays, config: RunConfig, mode: str
     tower = SharedTower(device.model, generator=None)
     load_shared(tower, shared)
     net = _ReferenceNet(tower, device.fresh_private(config.seed))
-    optimizer = make_optimizer([{"params": list(net.parameters())}], train)
+    optimizer = make_optimizer(train, shared=list(net.parameters()))
     items, labels = epoch_examples(
         positives=device.data.train_items, excluded=device.data.training_exclusions(), n_items=device.model.n_items,
         num_negatives=train.num_negatives, rng=rng,

@@ -12,9 +12,10 @@ runner's, shared with the Flower path. Private user vectors live in one
 
 A round's clients are cut into groups of similar history lengths (fixed by the sampled
 clients alone), and *lanes*, one per usable core (``$FEDREC_LANES``), take the next
-group as soon as they are free: this process and forked worker processes, each with
-one intra-op thread; a worker sends back its group's compact, clipped updates. A
-client's result does not depend on the lane it trained in.
+group as soon as they are free: this process and forked worker processes
+(:mod:`fedrec.engine.lanes`), each with one intra-op thread; a worker sends back its
+group's compact, clipped updates. A client's result does not depend on the lane it
+trained in.
 
 Record-level local DP (Opacus) is per device by nature: with ``local-dp`` on, the
 engine runs the devices one after the other (:class:`fedrec.federation.rounds.InProcessTransport`).
@@ -22,28 +23,21 @@ engine runs the devices one after the other (:class:`fedrec.federation.rounds.In
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
-import pickle
-import platform
 import queue
-import sys
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import fields, replace
-from multiprocessing.connection import Connection
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import torch
 
 from fedrec.config import ModelFamily, RunConfig
 from fedrec.data.split import LeaveOneOutSplit
+from fedrec.engine.lanes import LANES_ENV, Lane, default_lanes, intra_op_threads, keep_freed_memory
 from fedrec.errors import FedrecError
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.experiments.results import RESULTS
@@ -62,52 +56,9 @@ MIN_CHUNK = 16  # ... and groups are cut to about GROUPS_PER_ROUND parts, but no
 GROUPS_PER_ROUND = 8
 LENGTH_RATIO = 4.0  # ... and only clients whose histories differ by less than this factor (little padding)
 SCORE_PAIRS = 1 << 21  # (user, item) pairs scored at once in evaluation
-LANES_ENV = "FEDREC_LANES"  # how many processes train a round's clients (default: one per usable core)
 
+__all__ = ["LANES_ENV", "VectorisedTransport", "default_lanes", "make_transport", "run"]
 
-def default_lanes() -> int:
-    """``$FEDREC_LANES``, else one lane per core this process may use on Linux and one
-    elsewhere; always 1 where processes cannot be forked (the lanes' workers inherit the
-    data set instead of reloading it; macOS allows fork, but its system frameworks are
-    not safe to use after one, so lanes there are opt-in)."""
-    value = os.environ.get(LANES_ENV, "").strip()
-    if value:
-        if not value.isdigit() or int(value) < 1:
-            raise FedrecError(f"{LANES_ENV} must be a whole number >= 1, got {value!r}")
-        lanes = int(value)
-    elif sys.platform.startswith("linux"):
-        lanes = len(os.sched_getaffinity(0))
-    else:
-        lanes = 1
-    return lanes if "fork" in multiprocessing.get_all_start_methods() else 1
-
-
-# glibc's malloc settings (mallopt(3)) for the engine's process and its lanes: every
-# training step allocates and frees the same few-MB activation and gradient buffers, and
-# by default glibc returns them to the kernel (mmap/munmap above a threshold, heap trims)
-# and takes page faults to get them back every round, which is slow, in a VM especially
-# (benchmarks/README.md).
-_MALLOPT = {-3: 16 << 20, -1: 512 << 20, -2: 64 << 20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc keep freed buffers for reuse (see ``_MALLOPT``); False where the C
-    library is not glibc (nothing changes)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = ctypes.CDLL(None).mallopt
-    return all(mallopt(option, value) == 1 for option, value in _MALLOPT.items())
-
-
-@contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _chunks(clients: Sequence[int], size: int) -> Iterator[list[int]]:
@@ -125,7 +76,7 @@ class VectorisedTransport:
         self.lanes = default_lanes() if lanes is None else lanes
         if self.lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {self.lanes}")
-        self._lane_workers: list[_Lane] = []
+        self._lane_workers: list[Lane] = []
         keep_freed_memory()  # before any lane is forked: the workers inherit it
         self.split = split if split is not None else simulated_population(config).split
         self.model = config.model.build(self.split.n_items)
@@ -205,7 +156,7 @@ class VectorisedTransport:
                 group = pending.popleft()
                 return group, self.user_gmf[group], self.user_mlp[group]
 
-        def drive(worker: _Lane) -> None:
+        def drive(worker: Lane) -> None:
             try:
                 worker.send(kind="round", shared=shared, round_=round_)
                 while (job := take()) is not None:
@@ -237,7 +188,7 @@ class VectorisedTransport:
         for thread in drivers:
             thread.start()
         try:
-            with _intra_op_threads(1):  # one thread per lane (two did less than one here: small kernels)
+            with intra_op_threads(1):  # one thread per lane (two did less than one here: small kernels)
                 while (job := take()) is not None:
                     group, user_gmf, user_mlp = job
                     store(group, self._train_group(shared, round_, group, user_gmf, user_mlp))
@@ -287,10 +238,10 @@ class VectorisedTransport:
             )
         return replies
 
-    def _workers(self, n: int) -> list[_Lane]:
+    def _workers(self, n: int) -> list[Lane]:
         """The first ``n`` lane workers, forked (with this transport's data) on first use."""
         while len(self._lane_workers) < n:
-            self._lane_workers.append(_Lane(self))
+            self._lane_workers.append(Lane(self._train_group, siblings=self._lane_workers))
         return self._lane_workers[:n]
 
     def close(self) -> None:
@@ -317,119 +268,6 @@ class VectorisedTransport:
             per_user = metrics_from_scores(scores, [self.split.client(c) for c in chunk], which)
             out += [{name: float(values[k]) for name, values in per_user.items()} for k in range(len(chunk))]
         return out
-
-
-class _Lane:
-    """A forked worker process that trains the groups it is handed, one at a time, with
-    one intra-op thread (on this workload one process with two OpenMP threads did less
-    than with one: small kernels, serial Python overhead; a second single-threaded
-    process puts the second core to work).
-
-    Forked from the transport, it holds the same data set and settings; only a group's
-    shared parameters, client ids and private vectors travel to it, and the group's
-    result (compact updates, already clipped) travels back.
-    """
-
-    def __init__(self, transport: VectorisedTransport) -> None:
-        context = multiprocessing.get_context("fork")
-        self.conn, child = context.Pipe()
-        # the worker closes every parent end it inherits, so that it sees EOF when this process dies
-        parent_ends = [self.conn] + [lane.conn for lane in transport._lane_workers]
-        self.process = context.Process(
-            target=_serve_lane, args=(child, parent_ends, transport), daemon=True, name="fedrec-lane"
-        )
-        self.process.start()
-        child.close()
-        self._stop = weakref.finalize(self, _stop_lane, self.conn, self.process)
-        self.jobs = 0  # groups handed to it so far
-
-    def send(self, **message: object) -> None:
-        self.jobs += message["kind"] == "group"
-        try:
-            self.conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError as error:
-            raise self._died() from error
-
-    def receive(self) -> tuple[list[int], BatchedResult]:
-        try:
-            status, payload = pickle.loads(self.conn.recv_bytes())
-        except (EOFError, OSError) as error:
-            raise self._died() from error
-        if status != "ok":
-            raise FedrecError(f"an in-process engine lane failed: {payload}")
-        group, result = payload
-        return group, _from_wire(result)
-
-    def _died(self) -> FedrecError:
-        self.process.join(timeout=5)
-        return FedrecError(
-            f"an in-process engine lane (pid {self.process.pid}) died, exit code {self.process.exitcode}; "
-            "the run can be resumed from its last checkpoint (fedrec simulate --resume RUN_DIR)"
-        )
-
-    def stop(self) -> None:
-        self._stop()
-
-
-def _to_wire(result: BatchedResult) -> dict[str, Any]:
-    """A result with numpy arrays for tensors (pickled as plain buffers, not torch storages)."""
-    return {
-        **{field.name: getattr(result, field.name) for field in fields(result)},
-        "update": {name: t.numpy() for name, t in result.update.items()},
-        "user_gmf": result.user_gmf.numpy(),
-        "user_mlp": result.user_mlp.numpy(),
-    }
-
-
-def _from_wire(wire: dict[str, Any]) -> BatchedResult:
-    return BatchedResult(
-        **{
-            **wire,
-            "update": {name: torch.from_numpy(a) for name, a in wire["update"].items()},
-            "user_gmf": torch.from_numpy(wire["user_gmf"]),
-            "user_mlp": torch.from_numpy(wire["user_mlp"]),
-        }
-    )
-
-
-def _serve_lane(conn: Connection, parent_ends: list[Connection], transport: VectorisedTransport) -> None:
-    """The worker's loop: a "round" message brings the model, each "group" message a group
-    to train, answered before the next is sent."""
-    for end in parent_ends:
-        end.close()
-    torch.set_num_threads(1)
-    shared: Arrays = {}
-    round_ = 0
-    while True:
-        try:
-            message = pickle.loads(conn.recv_bytes())
-        except EOFError:  # the engine's process is gone
-            return
-        if message is None:
-            return
-        if message["kind"] == "round":
-            shared, round_ = message["shared"], message["round_"]
-            continue
-        group = message["group"]
-        try:
-            user_gmf, user_mlp = torch.from_numpy(message["user_gmf"]), torch.from_numpy(message["user_mlp"])
-            result = transport._train_group(shared, round_, group, user_gmf, user_mlp)
-            payload: tuple[str, object] = ("ok", (group, _to_wire(result)))
-        except Exception as error:  # noqa: BLE001 - any failure is reported to the engine, which raises it
-            payload = ("error", f"{type(error).__name__}: {error}")
-        conn.send_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _stop_lane(conn: Connection, process: multiprocessing.process.BaseProcess) -> None:
-    try:
-        conn.send_bytes(pickle.dumps(None))
-    except OSError:
-        pass
-    process.join(timeout=5)
-    if process.is_alive():
-        process.kill()
-        process.join()
-    conn.close()
 
 
 def make_transport(config: RunConfig) -> Transport:

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrec.data.split import sample_negatives
 from fedrec.fallback.profile import Query
 from fedrec.fallback.recommender import Recommendation, top_k
 from fedrec.models import Arrays, ModelConfig, ModelKind, SharedTower, load_shared
-from fedrec.training.local import PrivateState, TrainConfig, make_optimizer
+from fedrec.training.local import PrivateState
+from fedrec.training.steps import TrainConfig, batch_loss, descend, make_optimizer, with_negatives
 
 
 def load_tower(shared: Arrays, model: ModelConfig) -> SharedTower:
@@ -92,18 +92,15 @@ def fold_in(
         p.requires_grad_(False)
     user_gmf = nn.Parameter(torch.from_numpy(private.user_gmf.copy()))
     user_mlp = nn.Parameter(torch.from_numpy(private.user_mlp.copy()))
-    optimizer = make_optimizer([{"params": [user_gmf, user_mlp], "lr": train.lr * train.user_lr_scale}], train)
-    loss_fn = nn.BCEWithLogitsLoss()
+    optimizer = make_optimizer(train, users=[user_gmf, user_mlp])
     excluded = np.unique(items)
-    for _ in range(epochs):
-        negatives = sample_negatives(n_items=model.n_items, excluded=excluded, count=items.shape[0] * train.num_negatives, rng=rng)
-        batch = torch.from_numpy(np.concatenate([items, negatives]))
-        labels = torch.cat([torch.ones(items.shape[0]), torch.zeros(negatives.shape[0])])
-        b = batch.shape[0]
-        loss = loss_fn(tower(user_gmf.expand(b, -1), user_mlp.expand(b, -1), batch), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    for _ in range(epochs):  # one full batch per epoch: a new user has few items
+        examples, labels = with_negatives(
+            positives=items, excluded=excluded, n_items=model.n_items, num_negatives=train.num_negatives, rng=rng
+        )
+        b = examples.shape[0]
+        logits = tower(user_gmf.expand(b, -1), user_mlp.expand(b, -1), torch.from_numpy(examples))
+        descend(optimizer, batch_loss(logits, torch.from_numpy(labels)))
     return PrivateState(
         user_gmf=user_gmf.detach().numpy().copy(), user_mlp=user_mlp.detach().numpy().copy(),
         rounds_trained=private.rounds_trained,

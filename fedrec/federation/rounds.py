@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fedrec.config import RunConfig
+from fedrec.config import FederationSettings, RunConfig
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.federation.checkpoint import Checkpoint, StatefulTransport, load_checkpoint, save_checkpoint
@@ -24,7 +24,7 @@ from fedrec.federation.compression import decode_update, payload_bytes
 from fedrec.federation.device import Device
 from fedrec.federation.fedavg import ServerOptimizer
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
-from fedrec.privacy.aggregator import make_aggregator
+from fedrec.privacy.aggregator import Aggregator, make_aggregator
 from fedrec.privacy.dp_fedavg import Part
 from fedrec.privacy.eval_release import evaluation_generator, release_metrics
 from fedrec.privacy.sampling import PoissonSampler
@@ -127,114 +127,210 @@ def run_federated(
     last checkpoint in ``run_dir``, with every round in the ledger still counted.
     """
     fed = config.federation
-    rng = np.random.default_rng([config.seed, 3])
-    shared = init_shared(model, seed=config.seed)
-    spec = shared_spec(model)
     clients = transport.clients()  # in the transport's order: the sampler draws over positions
     sampler = PoissonSampler(expected_clients=fed.clients_per_round, population=len(clients))
-    optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
-    buffer: Arrays | None = None
-    history = RunHistory(sample_rate=sampler.rate, expected_clients=sampler.expected_clients)
-    checkpoint = load_checkpoint(run_dir) if resume else None
-    if checkpoint is not None and checkpoint.config_hash != config.digest():
-        raise FedrecError(f"the checkpoint in {run_dir} belongs to a different configuration; resume with the run's own")
+    server = _ServerState.fresh(config, model, sampler)
+    checkpoint = _matching_checkpoint(config, run_dir) if resume else None
     # Real devices release their evaluation metrics through a DP mechanism; simulations
     # evaluate exactly, and their ledger says so.
     private_eval = config.privacy.enabled and bool(getattr(transport, "private_evaluation", False))
     aggregator = make_aggregator(config, run_dir=run_dir, sampler=sampler, resume=resume, private_evaluation=private_eval)
-    session: PrivacySession | None = getattr(aggregator, "session", None) if private_eval else None
-    first = 1
     if checkpoint is not None:
-        shared, buffer, first = checkpoint.shared, checkpoint.buffer, checkpoint.round + 1
-        rng.bit_generator.state = checkpoint.sampler_rng
-        aggregator.restore_rng(checkpoint.noise_rng)
-        history = RunHistory(**checkpoint.history)
-        if isinstance(transport, StatefulTransport) and checkpoint.clients:
-            transport.restore_client_state(checkpoint.clients)
+        server.restore(checkpoint, aggregator=aggregator, transport=transport)
     if resume:
-        history.resumes += 1
-        aggregator.mark_resume(checkpoint_round=first - 1)
-        logger.info("resuming at round %d of %d", first, fed.num_rounds)
-    eval_clients = clients
-    if 0 < fed.eval_users < len(clients):
-        chosen = np.sort(np.random.default_rng([config.seed, 5]).choice(len(clients), size=fed.eval_users, replace=False))
-        eval_clients = [clients[i] for i in chosen]
+        server.history.resumes += 1
+        aggregator.mark_resume(checkpoint_round=server.first - 1)
+        logger.info("resuming at round %d of %d", server.first, fed.num_rounds)
+    evaluation = _Evaluation.of(
+        config, transport, clients, session=getattr(aggregator, "session", None) if private_eval else None,
+        resumes=server.history.resumes,
+    )
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
-    eval_rng = evaluation_generator(seed=config.seed, secure=config.privacy.secure_noise, resumes=history.resumes)
-
-    def evaluate(params: Arrays, which: str, round_: int) -> dict[str, float] | None:
-        """Mean metrics of the evaluation users; None if releasing them would exceed the budget."""
-        if session is None:
-            return mean_client_metrics(transport.evaluate(eval_clients, params, which, round_))
-        return release_metrics(
-            session, lambda: transport.evaluate(eval_clients, params, which, round_), names=METRIC_NAMES,
-            purpose=f"evaluation: {which} metrics after round {round_}", noise_multiplier=config.privacy.eval_noise_multiplier,
-            expected_users=len(eval_clients), rng=eval_rng,
+    optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
+    spec = shared_spec(model)
+    for round_ in range(server.first, fed.num_rounds + 1):
+        if not _may_run(aggregator, server.history):
+            break
+        info = _train_round(
+            round_, server=server, transport=transport, clients=clients, sampler=sampler, aggregator=aggregator,
+            optimizer=optimizer, spec=spec, upload_bits=fed.upload_bits,
         )
-
-    for round_ in range(first, fed.num_rounds + 1):
-        if aggregator.finished:  # resumed after the run's end was recorded
-            history.stopped_by_budget = aggregator.stopped_by_budget
-            break
-        if not aggregator.allows_next_round():
-            history.stopped_by_budget = True
-            break
-        started = time.perf_counter()
-        sampled = sampler.sample(clients, rng)
-        replies = transport.train(sampled, shared, round_) if sampled else []
-        good, failed, invalid, upload_sizes = _accept_replies(replies, spec=spec, upload_bits=fed.upload_bits, round_=round_)
-        history.rejected += failed + invalid
-        round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
-        history.local_epsilon = max(history.local_epsilon, round_local_epsilon)
-        # a secure-aggregation reply is already the sum of its contributors' clipped updates
-        parts = [Part(r.update, r.contributors) for r in good if r.update is not None]
-        delta = aggregator.aggregate(parts, like=shared, round_=round_, local_epsilon=round_local_epsilon)
-        if delta is not None:
-            shared, buffer = optimizer.step(shared, delta, buffer)
-        info = {
-            "round": float(round_),
-            "sampled": float(len(sampled)),
-            "aggregated": float(sum(p.contributors for p in parts)),
-            "rejected": float(failed + invalid),  # replies left out of the aggregate ...
-            "invalid": float(invalid),  # ... of which updates that failed check_update
-            "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
-            # mean bytes of the arrays one device uploaded (not the secure-aggregation sum)
-            "upload_bytes": float(np.mean(upload_sizes)) if upload_sizes else float("nan"),
-            "seconds": time.perf_counter() - started,
-        }
-        info.update(aggregator.round_info())
-        history.rounds.append(info)
-        history.rounds_run = round_
         # The new model exists only here until the checkpoint is on disk: nothing derived
         # from it (evaluation, progress) leaves the server before.
+        server.save(run_dir, round_, config=config, aggregator=aggregator, transport=transport)
+        released = _evaluate_round(round_, info, server=server, evaluation=evaluation, fed=fed)
+        if on_round is not None:
+            on_round(round_, info)
+        if released is None:  # the evaluation would exceed the budget: the run stops before releasing it
+            server.history.stopped_by_budget = True
+            break
+    test = _finish(config, server, aggregator=aggregator, evaluation=evaluation)
+    return server.shared, server.history, test
+
+
+@dataclass
+class _ServerState:
+    """What the server carries from one round to the next; all of it is checkpointed."""
+
+    shared: Arrays
+    buffer: Arrays | None  # the server optimizer's momentum
+    rng: np.random.Generator  # the sampler's
+    history: RunHistory
+    first: int = 1  # the next round to run
+
+    @classmethod
+    def fresh(cls, config: RunConfig, model: ModelConfig, sampler: PoissonSampler) -> _ServerState:
+        """A new run's state: the seeded initial model, no rounds run."""
+        return cls(
+            shared=init_shared(model, seed=config.seed), buffer=None, rng=np.random.default_rng([config.seed, 3]),
+            history=RunHistory(sample_rate=sampler.rate, expected_clients=sampler.expected_clients),
+        )
+
+    def restore(self, checkpoint: Checkpoint, *, aggregator: Aggregator, transport: Transport) -> None:
+        """Continue from ``checkpoint``: the model, the generators, the history and the
+        simulated devices' private state."""
+        self.shared, self.buffer, self.first = checkpoint.shared, checkpoint.buffer, checkpoint.round + 1
+        self.rng.bit_generator.state = checkpoint.sampler_rng
+        aggregator.restore_rng(checkpoint.noise_rng)
+        self.history = RunHistory(**checkpoint.history)
+        if isinstance(transport, StatefulTransport) and checkpoint.clients:
+            transport.restore_client_state(checkpoint.clients)
+
+    def save(self, run_dir: Path, round_: int, *, config: RunConfig, aggregator: Aggregator, transport: Transport) -> None:
+        """Checkpoint the state after ``round_`` (atomically, :func:`save_checkpoint`)."""
         save_checkpoint(
             run_dir,
             Checkpoint(
-                round=round_, shared=shared, buffer=buffer, sampler_rng=dict(rng.bit_generator.state),
-                noise_rng=aggregator.rng_state(), history=asdict(history), ledger_rounds=aggregator.ledger_rounds,
+                round=round_, shared=self.shared, buffer=self.buffer, sampler_rng=dict(self.rng.bit_generator.state),
+                noise_rng=aggregator.rng_state(), history=asdict(self.history), ledger_rounds=aggregator.ledger_rounds,
                 config_hash=config.digest(),
                 clients=transport.client_state() if isinstance(transport, StatefulTransport) else {},
             ),
         )
-        released: dict[str, float] | None = {}
-        if fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds:
-            released = evaluate(shared, "val", round_)
-            if released is not None:
-                info.update(released)
-                history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
-        if on_round is not None:
-            on_round(round_, info)
-        if released is None:  # the evaluation would exceed the budget: the run stops before releasing it
-            history.stopped_by_budget = True
-            break
+
+
+def _matching_checkpoint(config: RunConfig, run_dir: Path) -> Checkpoint | None:
+    """The last checkpoint in ``run_dir`` (None if there is none); an error if it belongs
+    to another configuration."""
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is not None and checkpoint.config_hash != config.digest():
+        raise FedrecError(f"the checkpoint in {run_dir} belongs to a different configuration; resume with the run's own")
+    return checkpoint
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """How the server learns the model's metrics: the evaluation users' mean, released
+    through the privacy session when devices evaluate privately."""
+
+    transport: Transport
+    clients: list[int]  # the evaluation users (all, or ``eval-users`` of them)
+    session: PrivacySession | None  # set when metrics are DP releases
+    noise_multiplier: float
+    rng: np.random.Generator  # the releases' noise
+
+    @classmethod
+    def of(
+        cls, config: RunConfig, transport: Transport, clients: list[int], *, session: PrivacySession | None, resumes: int
+    ) -> _Evaluation:
+        """The run's evaluation: ``eval-users`` clients drawn once from the run's seed."""
+        eval_clients = clients
+        if 0 < config.federation.eval_users < len(clients):
+            rng = np.random.default_rng([config.seed, 5])
+            chosen = np.sort(rng.choice(len(clients), size=config.federation.eval_users, replace=False))
+            eval_clients = [clients[i] for i in chosen]
+        return cls(
+            transport=transport, clients=eval_clients, session=session,
+            noise_multiplier=config.privacy.eval_noise_multiplier,
+            rng=evaluation_generator(seed=config.seed, secure=config.privacy.secure_noise, resumes=resumes),
+        )
+
+    def __call__(self, params: Arrays, which: str, round_: int) -> dict[str, float] | None:
+        """Mean metrics of the evaluation users; None if releasing them would exceed the budget."""
+        if self.session is None:
+            return mean_client_metrics(self.transport.evaluate(self.clients, params, which, round_))
+        return release_metrics(
+            self.session, lambda: self.transport.evaluate(self.clients, params, which, round_), names=METRIC_NAMES,
+            purpose=f"evaluation: {which} metrics after round {round_}", noise_multiplier=self.noise_multiplier,
+            expected_users=len(self.clients), rng=self.rng,
+        )
+
+
+def _may_run(aggregator: Aggregator, history: RunHistory) -> bool:
+    """Whether another round may start; if not, the history says why the run stopped."""
+    if aggregator.finished:  # resumed after the run's end was recorded
+        history.stopped_by_budget = aggregator.stopped_by_budget
+        return False
+    if not aggregator.allows_next_round():
+        history.stopped_by_budget = True
+        return False
+    return True
+
+
+def _train_round(
+    round_: int, *, server: _ServerState, transport: Transport, clients: list[int], sampler: PoissonSampler,
+    aggregator: Aggregator, optimizer: ServerOptimizer, spec: dict[str, tuple[int, ...]], upload_bits: int,
+) -> dict[str, float]:
+    """One round's training: sample, train on the devices, accept their replies,
+    aggregate, and step the server's model. Returns the round's info, also appended to
+    the history."""
+    history = server.history
+    started = time.perf_counter()
+    sampled = sampler.sample(clients, server.rng)
+    replies = transport.train(sampled, server.shared, round_) if sampled else []
+    good, failed, invalid, upload_sizes = _accept_replies(replies, spec=spec, upload_bits=upload_bits, round_=round_)
+    history.rejected += failed + invalid
+    round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
+    history.local_epsilon = max(history.local_epsilon, round_local_epsilon)
+    # a secure-aggregation reply is already the sum of its contributors' clipped updates
+    parts = [Part(r.update, r.contributors) for r in good if r.update is not None]
+    delta = aggregator.aggregate(parts, like=server.shared, round_=round_, local_epsilon=round_local_epsilon)
+    if delta is not None:
+        server.shared, server.buffer = optimizer.step(server.shared, delta, server.buffer)
+    info = {
+        "round": float(round_),
+        "sampled": float(len(sampled)),
+        "aggregated": float(sum(p.contributors for p in parts)),
+        "rejected": float(failed + invalid),  # replies left out of the aggregate ...
+        "invalid": float(invalid),  # ... of which updates that failed check_update
+        "train_loss": float(np.mean([r.loss for r in good])) if good else float("nan"),
+        # mean bytes of the arrays one device uploaded (not the secure-aggregation sum)
+        "upload_bytes": float(np.mean(upload_sizes)) if upload_sizes else float("nan"),
+        "seconds": time.perf_counter() - started,
+    }
+    info.update(aggregator.round_info())
+    history.rounds.append(info)
+    history.rounds_run = round_
+    return info
+
+
+def _evaluate_round(
+    round_: int, info: dict[str, float], *, server: _ServerState, evaluation: _Evaluation, fed: FederationSettings,
+) -> dict[str, float] | None:
+    """The validation metrics every ``eval-every`` rounds (but the last, which
+    :func:`_finish` evaluates), added to ``info`` and the history; ``{}`` when none are
+    due, None when releasing them would exceed the budget."""
+    if not (fed.eval_every and round_ % fed.eval_every == 0 and round_ != fed.num_rounds):
+        return {}
+    released = evaluation(server.shared, "val", round_)
+    if released is not None:
+        info.update(released)
+        server.history.evals.append({"round": float(round_), **{k: info[k] for k in METRIC_NAMES}})
+    return released
+
+
+def _finish(config: RunConfig, server: _ServerState, *, aggregator: Aggregator, evaluation: _Evaluation) -> dict[str, float]:
+    """The final validation and test metrics, then the run's close entry; returns the
+    test metrics (NaN where they could not be released)."""
+    history = server.history
     final_round = history.rounds_run
     # the final metrics come before the close entry: on real devices they are releases
     unreleased = {name: float("nan") for name in METRIC_NAMES}
     final_val: dict[str, float] | None = unreleased
     test: dict[str, float] | None = unreleased
-    if not (session is not None and session.closed):  # a closed ledger takes no more releases
-        final_val = evaluate(shared, "val", final_round)
-        test = evaluate(shared, "test", final_round) if final_val is not None else None
+    if not (evaluation.session is not None and evaluation.session.closed):  # a closed ledger takes no more releases
+        final_val = evaluation(server.shared, "val", final_round)
+        test = evaluation(server.shared, "test", final_round) if final_val is not None else None
         if final_val is None or test is None:
             history.stopped_by_budget = True
     history.evals.append({"round": float(final_round), **(final_val or unreleased)})
@@ -242,7 +338,7 @@ def run_federated(
     if config.privacy.local_dp:
         history.privacy["local_dp_epsilon_max"] = history.local_epsilon
         history.privacy["local_dp_delta"] = config.privacy.local_delta
-    return shared, history, test or unreleased
+    return test or unreleased
 
 
 def _accept_replies(

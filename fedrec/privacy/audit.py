@@ -27,6 +27,7 @@ from fedrec.privacy.ledger import (
     PUBLIC_KEY,
     RELEASE_FIELDS,
     ROUND_FIELDS,
+    ParsedLedger,
     canonical,
     decode_epsilon,
     fingerprint,
@@ -110,35 +111,59 @@ def _check_release(entry: dict[str, Any], header: dict[str, Any]) -> list[tuple[
 def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
     """Verify ``run_dir/privacy_ledger.jsonl``; never raises for bad content."""
     report = AuditReport(run_dir=str(run_dir))
+    opened = _open_ledger(run_dir, public_key, report)
+    if opened is None:
+        return report
+    parsed, key = opened
+    entries = parsed.entries
+    _check_chain(parsed, key, report)  # 1. chain and signatures
+    spent = _mechanism_steps(entries, report)  # 2. the rounds and their mechanism parameters
+    if spent is None:
+        return report
+    steps, spends = spent
+    if not _check_epsilon(steps, spends, report):  # 3. epsilon
+        return report
+    _check_end(entries, report)  # 4. the run's end
+    _check_results(run_dir, parsed, report)
+    return report
+
+
+def _open_ledger(run_dir: Path, public_key: Path | None, report: AuditReport) -> tuple[ParsedLedger, Any] | None:
+    """The parsed ledger and the public key, with the header's delta, budget and
+    accountant filled into ``report``; None (``report`` says why) if unusable."""
     try:
         parsed = read_entries(run_dir / LEDGER)
         key = load_public_key(public_key or run_dir / PUBLIC_KEY)
     except LedgerError as err:
         report.fail(MALFORMED, str(err))
-        return report
+        return None
     entries = parsed.entries
     if not entries or entries[0].get("kind") != "header":
         report.fail(MALFORMED, "the ledger does not start with a header entry")
-        return report
+        return None
     header = entries[0]
     missing = [k for k in HEADER_FIELDS if k not in header]
     if missing:
         report.fail(MALFORMED, f"header lacks {', '.join(missing)}")
-        return report
+        return None
     try:  # a hostile ledger can put any JSON value in any field
         report.delta, report.accountant = _number(header, "delta"), str(header["accountant"])
         report.budget = _number(header, "budget") if header["budget"] is not None else math.inf
     except LedgerError as err:
         report.fail(MALFORMED, f"header: {err}")
-        return report
+        return None
     if report.accountant not in ACCOUNTANTS:
         report.fail(MALFORMED, f"unknown accountant {report.accountant!r}")
-        return report
+        return None
     if header["key_fingerprint"] != fingerprint(key):
         report.fail(TAMPERED, "the public key is not the one named in the ledger header")
-    # 1. chain and signatures
+    return parsed, key
+
+
+def _check_chain(parsed: ParsedLedger, key: Any, report: AuditReport) -> None:
+    """Every entry names its predecessor's hash and carries a valid signature."""
     previous = GENESIS
-    for n, (entry, digest) in enumerate(zip(entries, parsed.hashes), start=1):
+    for n, (entry, digest) in enumerate(zip(parsed.entries, parsed.hashes), start=1):
         if entry.get("prev_hash") != previous:
             report.fail(TAMPERED, f"line {n}: hash chain broken (an entry was edited, removed or reordered before it)")
         try:
@@ -146,10 +171,17 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
         except (InvalidSignature, ValueError):
             report.fail(TAMPERED, f"line {n}: signature does not verify")
         previous = digest
-    # 2. the rounds and their mechanism parameters
+
+
+def _mechanism_steps(
+    entries: list[dict[str, Any]], report: AuditReport
+) -> tuple[list[tuple[float, float]], list[dict[str, Any]]] | None:
+    """Every mechanism step (z, q) in order, and the round and release entries that spent
+    them; checks their numbering and the resume entries' counts. None if an entry is
+    malformed."""
+    header = entries[0]
     steps: list[tuple[float, float]] = []
     rounds = [e for e in entries[1:] if e.get("kind") == "round"]
-    closes = [e for e in entries[1:] if e.get("kind") == "close"]
     seen = 0  # a resume entry states how many rounds came before it: removing one shows
     for entry in entries[1:]:
         if entry.get("kind") == "round":
@@ -171,54 +203,66 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
             steps += [_check_round(entry, header)] if entry["kind"] == "round" else _check_release(entry, header)
     except LedgerError as err:
         report.fail(MALFORMED, str(err))
-        return report
+        return None
     report.rounds, report.releases = len(rounds), len(releases)
-    # 3. epsilon, recomputed independently with both accountants -- only from entries
-    # whose signatures verify: forged parameters (z = 1e-300, 1e300, ...) can make an
-    # accountant overflow, exhaust memory or run for hours, and the verdict is already in.
+    return steps, spends
+
+
+def _check_epsilon(steps: list[tuple[float, float]], spends: list[dict[str, Any]], report: AuditReport) -> bool:
+    """Epsilon recomputed independently with both accountants against the recorded one
+    and the budget; False if the entries are malformed (stop auditing)."""
+    # Only from entries whose signatures verify: forged parameters (z = 1e-300, 1e300, ...)
+    # can make an accountant overflow, exhaust memory or run for hours, and the verdict is already in.
     if report.code != OK:
         report.warnings.append("epsilon not recomputed: the entries are not the ones the server signed")
-    else:
-        history = compress(steps)
+        return True
+    history = compress(steps)
+    try:
+        report.epsilon_prv = epsilon(history, delta=report.delta, accountant=Accountant.PRV)
+        report.epsilon_rdp = epsilon(history, delta=report.delta, accountant=Accountant.RDP)
+    except (PrivacyError, ArithmeticError, MemoryError, RuntimeError, ValueError) as err:
+        report.fail(MALFORMED, f"the accountant cannot evaluate these mechanism parameters ({err})")
+        return False
+    headline = report.epsilon_prv if report.accountant == Accountant.PRV else report.epsilon_rdp
+    if spends:
         try:
-            report.epsilon_prv = epsilon(history, delta=report.delta, accountant=Accountant.PRV)
-            report.epsilon_rdp = epsilon(history, delta=report.delta, accountant=Accountant.RDP)
-        except (PrivacyError, ArithmeticError, MemoryError, RuntimeError, ValueError) as err:
-            report.fail(MALFORMED, f"the accountant cannot evaluate these mechanism parameters ({err})")
-            return report
-        headline = report.epsilon_prv if report.accountant == Accountant.PRV else report.epsilon_rdp
-        if spends:
-            try:
-                report.recorded_epsilon = decode_epsilon(spends[-1].get("epsilon"))
-            except LedgerError as err:
-                report.fail(MALFORMED, f"{spends[-1]['kind']} entry {len(spends)}: {err}")
-                return report
-            if report.recorded_epsilon < headline * (1 - TOLERANCE):
-                report.fail(TAMPERED, f"recorded epsilon {report.recorded_epsilon:.6g} is below the recomputed {headline:.6g}")
-        if headline > report.budget * (1 + TOLERANCE):
-            report.fail(OVER_BUDGET, f"epsilon {headline:.4g} exceeds the budget {report.budget:.4g}")
-    # 4. the run's end
-    if closes:
-        close = closes[-1]
-        report.closed = entries[-1] is close
-        report.stopped_by_budget = bool(close.get("stopped_by_budget", False))
-        if not report.closed or close.get("rounds") != len(rounds) or close.get("releases", 0) != len(releases):
-            report.fail(TAMPERED, "the close entry is not last or counts a different number of rounds or releases")
-    else:
+            report.recorded_epsilon = decode_epsilon(spends[-1].get("epsilon"))
+        except LedgerError as err:
+            report.fail(MALFORMED, f"{spends[-1]['kind']} entry {len(spends)}: {err}")
+            return False
+        if report.recorded_epsilon < headline * (1 - TOLERANCE):
+            report.fail(TAMPERED, f"recorded epsilon {report.recorded_epsilon:.6g} is below the recomputed {headline:.6g}")
+    if headline > report.budget * (1 + TOLERANCE):
+        report.fail(OVER_BUDGET, f"epsilon {headline:.4g} exceeds the budget {report.budget:.4g}")
+    return True
+
+
+def _check_end(entries: list[dict[str, Any]], report: AuditReport) -> None:
+    """The close entry, if any, is last and counts every round and release."""
+    closes = [e for e in entries[1:] if e.get("kind") == "close"]
+    if not closes:
         report.warnings.append("no close entry: the run crashed or is still running (every recorded round counts)")
+        return
+    close = closes[-1]
+    report.closed = entries[-1] is close
+    report.stopped_by_budget = bool(close.get("stopped_by_budget", False))
+    if not report.closed or close.get("rounds") != report.rounds or close.get("releases", 0) != report.releases:
+        report.fail(TAMPERED, "the close entry is not last or counts a different number of rounds or releases")
+
+
+def _check_results(run_dir: Path, parsed: ParsedLedger, report: AuditReport) -> None:
+    """results.json, when present, names the ledger's last entry."""
     results_path = run_dir / RESULTS
-    if results_path.is_file():
-        try:
-            results = json.loads(results_path.read_bytes())
-        except (OSError, ValueError, RecursionError):
-            results = None
-        if isinstance(results, dict):
-            head = results.get("ledger_head")
-        else:
-            head = None
-            report.warnings.append("results.json is unreadable; skipped the cross-check")
-        if head is not None and head != parsed.hashes[-1]:
-            report.fail(TAMPERED, "results.json names a different last ledger entry (entries were removed from the end?)")
-    return report
-
-
+    if not results_path.is_file():
+        return
+    try:
+        results = json.loads(results_path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        results = None
+    if isinstance(results, dict):
+        head = results.get("ledger_head")
+    else:
+        head = None
+        report.warnings.append("results.json is unreadable; skipped the cross-check")
+    if head is not None and head != parsed.hashes[-1]:
+        report.fail(TAMPERED, "results.json names a different last ledger entry (entries were removed from the end?)")

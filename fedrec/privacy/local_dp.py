@@ -63,7 +63,8 @@ from fedrec.data.split import ClientData
 from fedrec.errors import PrivacyError
 from fedrec.models import Arrays, ModelConfig, ModelKind, SharedTower, load_shared, shared_arrays
 from fedrec.privacy.accountant import device_epsilon
-from fedrec.training.local import LocalResult, PrivateState, TrainConfig, epoch_examples, make_optimizer
+from fedrec.training.local import LocalResult, PrivateState
+from fedrec.training.steps import TrainConfig, descend, device_epochs, example_loss, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -350,22 +351,10 @@ def local_update_dp(
         net.user_gmf.weight.copy_(torch.from_numpy(private.user_gmf)[None, :])
         net.user_mlp.weight.copy_(torch.from_numpy(private.user_mlp)[None, :])
     tower = net.tower
-    optimizer = make_optimizer(
-        [
-            {"params": list(tower.parameters())},
-            {"params": [net.user_gmf.weight, net.user_mlp.weight], "lr": train.lr * train.user_lr_scale},
-        ],
-        train,
-    )
-    excluded = data.training_exclusions()
-
-    def examples() -> tuple[torch.Tensor, torch.Tensor]:
-        items, labels = epoch_examples(
-            positives=data.train_items, excluded=excluded, n_items=model.n_items, num_negatives=train.num_negatives, rng=rng
-        )
-        return torch.from_numpy(items), torch.from_numpy(labels)
-
-    items, labels = examples()
+    optimizer = make_optimizer(train, shared=list(tower.parameters()), users=[net.user_gmf.weight, net.user_mlp.weight])
+    # Lazy: the first epoch is drawn before the sampling seed, every later one after it.
+    epochs = device_epochs(data=data, n_items=model.n_items, train=train, rng=rng)
+    items, labels = map(torch.from_numpy, next(epochs))
     n = items.shape[0]
     steps = batches_per_epoch(n, train.batch_size)
     rate = 1.0 / steps
@@ -382,21 +371,18 @@ def local_update_dp(
     accountant = RDPAccountant()
     accountant.history = list(private.dp_history)
     dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
-    criterion = BookkeepingDPLoss(module, dp_optimizer, nn.BCEWithLogitsLoss(), "mean")
+    criterion = BookkeepingDPLoss(module, dp_optimizer, example_loss(), "mean")
     total, seen = 0.0, 0
     try:
         for epoch in range(train.local_epochs):
             if epoch:  # fresh negatives each epoch, same number of examples
-                items, labels = examples()
+                items, labels = map(torch.from_numpy, next(epochs))
             for batch in poisson_batches(n, steps, sampling):
-                dp_optimizer.zero_grad(set_to_none=True)
                 if batch.shape[0] == 0:
                     noise_only_step(dp_optimizer)
                     continue
-                batch_items, batch_labels = items[batch], labels[batch]
-                loss = criterion(module(batch_items), batch_labels)
-                loss.backward()
-                dp_optimizer.step()
+                loss = criterion(module(items[batch]), labels[batch])
+                descend(dp_optimizer, loss)
                 total += float(loss.detach()) * batch.shape[0]
                 seen += batch.shape[0]
     except BaseException:

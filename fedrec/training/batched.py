@@ -10,9 +10,9 @@ is exactly its own.
 
 It is the same computation as :func:`local_update`, client by client: the same
 examples in the same order (drawn from the same per-client generator by
-:func:`fedrec.training.local.epoch_examples`), the same mean loss per mini-batch and the same
-Adam/SGD arithmetic with per-client step counts, so results agree to float rounding
-(a test checks it). Clients are sorted by how many steps they take, so the clients
+:func:`fedrec.training.steps.device_epochs`), the same mean loss per mini-batch, learning
+rates and Adam constants (:mod:`fedrec.training.steps`) and the same Adam/SGD arithmetic
+with per-client step counts, so results agree to float rounding (a test checks it). Clients are sorted by how many steps they take, so the clients
 still training at step t are a prefix of the stack and finished ones cost nothing.
 """
 
@@ -23,16 +23,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.adam import adam
 
 from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, shared_spec
 from fedrec.models.neumf import stacked_logits
-from fedrec.training.local import Optimizer, TrainConfig, epoch_examples
-
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the per-device path uses
-ADAM_EPS = 1e-8
+from fedrec.training.steps import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    Optimizer,
+    TrainConfig,
+    client_batch_losses,
+    device_epochs,
+    learning_rate,
+    minibatches,
+)
 
 
 @dataclass(frozen=True)
@@ -62,14 +67,7 @@ class Schedule:
     ) -> Schedule:
         per_client: list[tuple[np.ndarray, np.ndarray]] = []
         for client, rng in zip(data, rngs):
-            excluded = client.training_exclusions()
-            epochs = [
-                epoch_examples(
-                    positives=client.train_items, excluded=excluded, n_items=model.n_items,
-                    num_negatives=train.num_negatives, rng=rng,
-                )
-                for _ in range(train.local_epochs)
-            ]
+            epochs = list(device_epochs(data=client, n_items=model.n_items, train=train, rng=rng))
             per_client.append((np.concatenate([e[0] for e in epochs]), np.concatenate([e[1] for e in epochs])))
         b, epochs_ = train.batch_size, train.local_epochs
         # An epoch's last mini-batch may be short: batches never straddle epochs.
@@ -86,10 +84,10 @@ class Schedule:
             items[c, : unique.shape[0]] = unique
             step = 0
             for offset in range(0, n * epochs_, n) if n else ():
-                for start in range(offset, offset + n, b):
-                    size = min(b, offset + n - start)
-                    slots[c, step, :size] = inverse[start : start + size]
-                    labels[c, step, :size] = client_labels[start : start + size]
+                for part in minibatches(n, b, offset=offset):
+                    size = part.stop - part.start
+                    slots[c, step, :size] = inverse[part]
+                    labels[c, step, :size] = client_labels[part]
                     mask[c, step, :size] = 1.0
                     step += 1
         examples = np.array([len(i) for i, _ in per_client], dtype=np.int64)
@@ -218,68 +216,124 @@ def local_update_batched(
     ``rngs[k]`` is client k's generator (the one the per-device path would get).
     """
     schedule = Schedule.build(data=data, model=model, train=train, rngs=rngs)
-    order = np.argsort(-schedule.steps, kind="stable")  # most steps first: active clients form a prefix
-    # The clients' compact item tables, one after the other in that order, as one flat
-    # (R, d) table: the rows of the clients still training are a prefix of it too, and
-    # no client pays for another's longer history (no padding).
-    n_used = schedule.n_used[order]
-    offsets = np.concatenate([[0], np.cumsum(n_used)]).astype(np.int64)
-    flat_items = np.concatenate([schedule.items[c, :n] for c, n in zip(order, n_used)]) if len(order) else np.zeros(0, np.int64)
-    net = StackedNeuMF(model, shared, flat_items, user_gmf[order], user_mlp[order])
+    layout = _FlatLayout.of(schedule)
+    net = StackedNeuMF(model, shared, layout.items, user_gmf[layout.order], user_mlp[layout.order])
+    loss_sum = _train(net, schedule, layout, train)
+    return _result(net, shared, schedule, layout, loss_sum)
+
+
+@dataclass(frozen=True)
+class _FlatLayout:
+    """Where each client sits while the stack trains.
+
+    Clients are ordered by how many steps they take, most first, so that the clients
+    still training at any step are a prefix of the stack. Their compact item tables
+    follow one another in that order as one flat ``(R, d)`` table: the rows of the
+    clients still training are a prefix of it too, and no client pays for another's
+    longer history (no padding).
+    """
+
+    order: np.ndarray  # (K,) the caller's index of the client at each stack position
+    n_used: np.ndarray  # (K,) rows of each client's compact table, in stack order
+    offsets: np.ndarray  # (K + 1,) first flat row of each client; offsets[a]: rows of the first a
+    items: np.ndarray  # (R,) the item of each flat row
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> _FlatLayout:
+        """The layout of ``schedule``'s clients."""
+        order = np.argsort(-schedule.steps, kind="stable")
+        n_used = schedule.n_used[order]
+        offsets = np.concatenate([[0], np.cumsum(n_used)]).astype(np.int64)
+        items = np.concatenate([schedule.items[c, :n] for c, n in zip(order, n_used)]) if len(order) else np.zeros(0, np.int64)
+        return cls(order=order, n_used=n_used, offsets=offsets, items=items)
+
+
+class _StackedOptimizer:
+    """Adam or SGD over the stacked tensors, with per-client step counts.
+
+    One optimizer group per learning rate (shared weights, private user vectors:
+    :func:`fedrec.training.steps.learning_rate`). An item table's gradient is non-zero
+    only on the mini-batch's rows: it lives in a buffer that is zero between steps, gets
+    those rows added and is cleared again (instead of a fresh zero tensor the size of
+    the table every step).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], *, users: dict[str, torch.Tensor], tables: list[str],
+                 train: TrainConfig) -> None:
+        self.tensors = tensors
+        self.tables = tables
+        self.groups: dict[float, list[str]] = {}  # learning rate -> tensors
+        for name in tensors:
+            self.groups.setdefault(learning_rate(train, user=name in users), []).append(name)
+        self.moments = (
+            {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == Optimizer.ADAM else {}
+        )
+        self.table_grads = {name: torch.zeros_like(tensors[name]) for name in tables}
+
+    @torch.no_grad()
+    def step(self, *, t: int, a: int, active_rows: int, index: torch.Tensor, leaves: dict[str, torch.Tensor],
+             rows: dict[str, torch.Tensor]) -> None:
+        """Step ``t`` (from 0) of the first ``a`` clients, whose tables are the first
+        ``active_rows`` flat rows, from the gradients that backward left on ``leaves``
+        (dense tensors) and ``rows`` (the mini-batch's table rows at ``index``)."""
+        grads = {name: leaf.grad for name, leaf in leaves.items()}
+        for name in self.tables:  # what autograd's backward of the row lookup computes
+            grads[name] = self.table_grads[name][:active_rows].index_put_((index,), rows[name].grad, accumulate=True)  # type: ignore[arg-type]
+        # a 0-d branch (user_mlp of a GMF model) takes no part and has no gradient
+        trained = [n for n in self.tensors if grads[n] is not None]
+        if self.moments:
+            for lr, names in self.groups.items():
+                _adam_step(*_adam_pieces([n for n in names if n in trained], a=a, rows=active_rows, params=self.tensors,
+                                         leaves=leaves, grads=grads, moments=self.moments), step=t + 1, lr=lr)
+        else:
+            for lr, names in self.groups.items():
+                names = [n for n in names if n in trained]
+                params = [leaves[n] if n in leaves else self.tensors[n][:active_rows] for n in names]
+                torch._foreach_add_(params, [grads[n] for n in names], alpha=-lr)  # type: ignore[misc]
+        for name in self.tables:
+            self.table_grads[name][index] = 0.0
+
+
+def _train(net: StackedNeuMF, schedule: Schedule, layout: _FlatLayout, train: TrainConfig) -> torch.Tensor:
+    """Every client's mini-batches, step by step, the finished clients dropping off the
+    end of the stack; ``net``'s tensors are updated in place. Returns each client's
+    summed training loss (K,), in stack order."""
     tensors = net.tensors()
-    groups: dict[float, list[str]] = {}  # learning rate -> tensors (shared weights, private user vectors)
-    for name in tensors:
-        groups.setdefault(train.lr * (train.user_lr_scale if name in net.user else 1.0), []).append(name)
-    moments = {name: (torch.zeros_like(t), torch.zeros_like(t)) for name, t in tensors.items()} if train.optimizer == Optimizer.ADAM else {}
-    # An item table's gradient is non-zero only on the mini-batch's rows: it lives in a
-    # buffer that is zero between steps, gets those rows added and is cleared again
-    # (instead of a fresh zero tensor the size of the table every step).
     tables = [name for name in EMBEDDINGS if name in tensors]
-    table_grads = {name: torch.zeros_like(tensors[name]) for name in tables}
+    optimizer = _StackedOptimizer(tensors, users=net.user, tables=tables, train=train)
+    order, offsets = layout.order, layout.offsets
     steps = schedule.steps[order]
     flat_slots = torch.from_numpy(schedule.slots[order] + offsets[:-1, None, None])  # (K, T, B) rows of the flat tables
     labels = torch.from_numpy(schedule.labels[order])
     mask = torch.from_numpy(schedule.mask[order])
-    loss_sum = torch.zeros(len(data), dtype=torch.float64)
+    loss_sum = torch.zeros(len(order), dtype=torch.float64)
     for t in range(int(steps.max(initial=0))):
         a = int(np.count_nonzero(steps > t))
-        active_rows = int(offsets[a])
         index = flat_slots[:a, t]  # (a, B): each example's row (padding: its client's first row, masked out)
         # Leaves viewing the active prefix: gradients are (a, ...) and updates land in place.
         leaves = {name: value[:a].detach().requires_grad_(True) for name, value in tensors.items() if name not in tables}
         rows = {name: tensors[name][index].requires_grad_(True) for name in tables}  # (a, B, d) copies
-        m = mask[:a, t]
-        count = m.sum(dim=1)  # (a,) the size of each client's mini-batch
-        per_example = F.binary_cross_entropy_with_logits(net.logits(leaves, rows), labels[:a, t], reduction="none")
-        per_client = (per_example * m).sum(dim=1) / count  # (a,) each client's mean batch loss
+        per_client, count = client_batch_losses(net.logits(leaves, rows), labels[:a, t], mask[:a, t])
+        # per_client: (a,) each client's mean batch loss; count: (a,) its mini-batch size
         per_client.sum().backward()
         with torch.no_grad():
             loss_sum[:a] += (per_client * count).double()
-            grads = {name: leaf.grad for name, leaf in leaves.items()}
-            for name in tables:  # what autograd's backward of the row lookup computes
-                grads[name] = table_grads[name][:active_rows].index_put_((index,), rows[name].grad, accumulate=True)  # type: ignore[arg-type]
-            # a 0-d branch (user_mlp of a GMF model) takes no part and has no gradient
-            trained = [n for n in tensors if grads[n] is not None]
-            if moments:
-                for lr, names in groups.items():
-                    _adam_step(*_adam_pieces([n for n in names if n in trained], a=a, rows=active_rows, params=tensors,
-                                             leaves=leaves, grads=grads, moments=moments), step=t + 1, lr=lr)
-            else:
-                for lr, names in groups.items():
-                    names = [n for n in names if n in trained]
-                    params = [leaves[n] if n in leaves else tensors[n][:active_rows] for n in names]
-                    torch._foreach_add_(params, [grads[n] for n in names], alpha=-lr)  # type: ignore[misc]
-            for name in tables:
-                table_grads[name][index] = 0.0
+        optimizer.step(t=t, a=a, active_rows=int(offsets[a]), index=index, leaves=leaves, rows=rows)
+    return loss_sum
+
+
+def _result(net: StackedNeuMF, shared: Arrays, schedule: Schedule, layout: _FlatLayout, loss_sum: torch.Tensor) -> BatchedResult:
+    """The trained stack back in the callers' order, item tables in the compact (K, S, d)
+    form per client."""
+    order, n_used, offsets = layout.order, layout.n_used, layout.offsets
     inverse = np.argsort(order)
     examples = schedule.examples
-    # back to the compact (K, S, d) form per client, in the callers' order
     owner = torch.from_numpy(np.repeat(order, n_used))  # flat row -> client
     slot = torch.from_numpy(np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], n_used))  # flat row -> its slot
     update = {}
     for name, value in net.updates(shared).items():
-        if name in tables:
-            compact = value.new_zeros((len(data), schedule.items.shape[1], value.shape[1]))
+        if name in EMBEDDINGS:
+            compact = value.new_zeros((len(order), schedule.items.shape[1], value.shape[1]))
             compact[owner, slot] = value
             update[name] = compact
         else:

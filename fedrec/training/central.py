@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from fedrec.data.split import LeaveOneOutSplit, sample_negatives
 from fedrec.evaluation.scoring import evaluate_scorer
 from fedrec.models import ModelConfig, SharedTower, UserEmbeddings
-from fedrec.training.local import TrainConfig, make_optimizer
+from fedrec.training.steps import TrainConfig, batch_loss, batches, descend, labelled_examples, make_optimizer, shuffled
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,8 @@ class CentralResult:
 
 def _epoch_examples(
     split: LeaveOneOutSplit, exclusions: list[np.ndarray], num_negatives: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ...]:
+    """Every user's positives and fresh negatives, (users, items, labels) in one random order."""
     users, items = split.train_pairs()
     neg_users = np.repeat(users, num_negatives)
     neg_items = np.concatenate(
@@ -40,11 +40,8 @@ def _epoch_examples(
             for u in range(split.n_users)
         ]
     )
-    all_users = np.concatenate([users, neg_users])
-    all_items = np.concatenate([items, neg_items])
-    labels = np.concatenate([np.ones(users.shape[0]), np.zeros(neg_users.shape[0])]).astype(np.float32)
-    order = rng.permutation(all_users.shape[0])
-    return all_users[order], all_items[order], labels[order]
+    all_items, labels = labelled_examples(items, neg_items)
+    return shuffled(rng, np.concatenate([users, neg_users]), all_items, labels)
 
 
 def train_centralized(
@@ -61,11 +58,7 @@ def train_centralized(
     gen = torch.Generator().manual_seed(seed)
     tower = SharedTower(model, generator=gen)
     users_table = UserEmbeddings(model, split.n_users, generator=gen)
-    optimizer = make_optimizer(
-        [{"params": list(tower.parameters())}, {"params": list(users_table.parameters()), "lr": train.lr * train.user_lr_scale}],
-        train,
-    )
-    loss_fn = nn.BCEWithLogitsLoss()
+    optimizer = make_optimizer(train, shared=list(tower.parameters()), users=list(users_table.parameters()))
     exclusions = [split.client(u).training_exclusions() for u in range(split.n_users)]
 
     @torch.no_grad()
@@ -78,15 +71,9 @@ def train_centralized(
     best = (-1.0, 0, {k: v.detach().clone() for k, v in {**tower.state_dict(), **{"u." + k: v for k, v in users_table.state_dict().items()}}.items()})
     for epoch in range(1, epochs + 1):
         tower.train()
-        users, items, labels = _epoch_examples(split, exclusions, train.num_negatives, rng)
-        for start in range(0, users.shape[0], train.batch_size):
-            sl = slice(start, start + train.batch_size)
-            u_gmf, u_mlp = users_table(torch.from_numpy(users[sl]))
-            logits = tower(u_gmf, u_mlp, torch.from_numpy(items[sl]))
-            loss = loss_fn(logits, torch.from_numpy(labels[sl]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for users, items, labels in batches(_epoch_examples(split, exclusions, train.num_negatives, rng), train.batch_size):
+            u_gmf, u_mlp = users_table(users)
+            descend(optimizer, batch_loss(tower(u_gmf, u_mlp, items), labels))
         val = evaluate_scorer(score, split, which="val")
         curve.append({"epoch": float(epoch), **val})
         logger.info("epoch %d: val ndcg@10 %.4f hr@10 %.4f", epoch, val["ndcg@10"], val["hr@10"])

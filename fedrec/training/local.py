@@ -10,33 +10,29 @@ injected generators.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedrec.data.split import ClientData, sample_negatives
+from fedrec.data.split import ClientData
 from fedrec.models import Arrays, ModelConfig, SharedTower, load_shared, shared_arrays
+from fedrec.training.steps import (
+    Optimizer,
+    TrainConfig,
+    batch_loss,
+    batches,
+    descend,
+    device_epochs,
+    epoch_examples,
+    make_optimizer,
+)
 
+# TrainConfig and epoch_examples are defined in steps and re-exported here, where callers found them first
 
-class Optimizer(StrEnum):
-    """The local optimiser (config key ``optimizer``); its state is fresh every round."""
-
-    ADAM = "adam"
-    SGD = "sgd"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local training hyper-parameters (same meaning in federated and central runs)."""
-
-    local_epochs: int = 1
-    lr: float = 0.01
-    batch_size: int = 64
-    num_negatives: int = 4
-    optimizer: Optimizer = Optimizer.ADAM
-    user_lr_scale: float = 1.0  # private user vectors may learn faster than shared weights
+__all__ = [
+    "LocalResult", "Optimizer", "PrivateState", "TrainConfig", "epoch_examples", "fresh_private", "init_private", "local_update",
+]
 
 
 @dataclass(frozen=True)
@@ -72,22 +68,6 @@ def fresh_private(model: ModelConfig, *, seed: int, client: int) -> PrivateState
     return init_private(model, rng=np.random.default_rng([seed, client, 11]))
 
 
-def make_optimizer(params: list[dict[str, object]], train: TrainConfig) -> torch.optim.Optimizer:
-    factories = {Optimizer.ADAM: torch.optim.Adam, Optimizer.SGD: torch.optim.SGD}
-    return factories[train.optimizer](params, lr=train.lr)  # type: ignore[arg-type]
-
-
-def epoch_examples(
-    *, positives: np.ndarray, excluded: np.ndarray, n_items: int, num_negatives: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of (item, label) examples in random order."""
-    negatives = sample_negatives(n_items=n_items, excluded=excluded, count=positives.shape[0] * num_negatives, rng=rng)
-    items = np.concatenate([positives, negatives])
-    labels = np.concatenate([np.ones(positives.shape[0]), np.zeros(negatives.shape[0])]).astype(np.float32)
-    order = rng.permutation(items.shape[0])
-    return items[order], labels[order]
-
-
 def local_update(
     *,
     shared: Arrays,
@@ -102,30 +82,13 @@ def local_update(
     load_shared(tower, shared)
     user_gmf = nn.Parameter(torch.from_numpy(private.user_gmf.copy()))
     user_mlp = nn.Parameter(torch.from_numpy(private.user_mlp.copy()))
-    optimizer = make_optimizer(
-        [
-            {"params": list(tower.parameters())},
-            {"params": [user_gmf, user_mlp], "lr": train.lr * train.user_lr_scale},
-        ],
-        train,
-    )
-    excluded = data.training_exclusions()
-    loss_fn = nn.BCEWithLogitsLoss()
+    optimizer = make_optimizer(train, shared=list(tower.parameters()), users=[user_gmf, user_mlp])
     total, seen = 0.0, 0
-    for _ in range(train.local_epochs):
-        items, labels = epoch_examples(
-            positives=data.train_items, excluded=excluded, n_items=model.n_items,
-            num_negatives=train.num_negatives, rng=rng,
-        )
-        for start in range(0, items.shape[0], train.batch_size):
-            batch_items = torch.from_numpy(items[start : start + train.batch_size])
-            batch_labels = torch.from_numpy(labels[start : start + train.batch_size])
+    for items, labels in device_epochs(data=data, n_items=model.n_items, train=train, rng=rng):
+        for batch_items, batch_labels in batches((items, labels), train.batch_size):
             b = batch_items.shape[0]
-            logits = tower(user_gmf.expand(b, -1), user_mlp.expand(b, -1), batch_items)
-            loss = loss_fn(logits, batch_labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = batch_loss(tower(user_gmf.expand(b, -1), user_mlp.expand(b, -1), batch_items), batch_labels)
+            descend(optimizer, loss)
             total += float(loss.detach()) * b
             seen += b
     new_shared = shared_arrays(tower)

@@ -26,6 +26,7 @@ from torch import nn
 
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.evaluation.scoring import evaluate_scorer
+from fedrec.training.steps import ADAM_BETAS, ADAM_EPS, minibatches
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class _Adam:
     """Adam (Kingma & Ba 2015, Algorithm 1) on a few dense tensors. torch.optim would do
     the same but imports torch._dynamo on its first step, seconds of a short run."""
 
-    def __init__(self, params: list[torch.Tensor], *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: list[torch.Tensor], *, lr: float, betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS):
         self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
@@ -163,8 +164,8 @@ def train_mf(
         negatives = negative_counts(neg_users, excluded, generator=generator)  # (U, I)
         weights = positives + negatives  # examples per cell
         order = torch.randperm(split.n_users, generator=generator)
-        for start in range(0, split.n_users, config.batch_users):
-            users = order[start : start + config.batch_users]
+        for batch in minibatches(split.n_users, config.batch_users):
+            users = order[batch]
             logits = model.score_all(users)  # (B, I)
             w = weights[users]
             loss = nn.functional.binary_cross_entropy_with_logits(logits, positives[users], weight=w, reduction="sum")
