@@ -120,9 +120,20 @@ class Plan:
         return _history(self.releases)
 
     def to_json(self) -> dict[str, Any]:
+        """Plain JSON: a non-finite number (no DP: epsilon, noise/signal) becomes null."""
         out = {k: v for k, v in asdict(self).items() if k != "releases"}
         out["releases"] = [r.to_json() for r in self.releases]
-        return out
+        return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def plan_run(config: RunConfig, *, users: int = 0, items: int = 0, split: LeaveOneOutSplit | None = None) -> Plan:
