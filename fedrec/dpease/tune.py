@@ -128,7 +128,7 @@ def tune(
     grid({k: [v] for c in candidates for k, v in c.items()})  # only ease-* keys
     configs = [parse_run_config({**base, **c}) for c in candidates]
     p = configs[0].privacy
-    if p.enabled and p.noise_multiplier > 0:
+    if p.enabled and p.fixed_noise is not None:
         raise FedrecError("tune calibrates the noise so that all tries spend the budget: drop noise-multiplier")
     hidden = without_test_items(split)
     devices = InProcessStatistics(hidden, clipping_norm=p.clipping_norm)

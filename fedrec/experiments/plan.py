@@ -176,8 +176,8 @@ def _plan_rounds(config: RunConfig, *, users: int, items: int, data: bool) -> Pl
     q = PoissonSampler(expected_clients=fed.clients_per_round, population=users).rate
     if not p.enabled:
         z = 0.0
-    elif p.noise_multiplier > 0:
-        z = p.noise_multiplier
+    elif p.fixed_noise is not None:
+        z = p.fixed_noise
     else:
         z = calibrate_noise(target_epsilon=p.epsilon, delta=p.delta, sample_rate=q, rounds=fed.num_rounds, accountant=p.accountant)
     d = sum(int(np.prod(shape, dtype=np.int64)) for shape in shared_spec(config.model.build(items)).values())
@@ -205,8 +205,8 @@ def _plan_rounds(config: RunConfig, *, users: int, items: int, data: bool) -> Pl
         *_budget_notes(config, eps, "the planned rounds end"),
     ]
     return Plan(
-        model=config.model.model, population=users, items=items, dp=p.enabled, epsilon_target=p.epsilon if p.enabled else math.inf,
-        delta=p.delta, accountant=p.accountant, epsilon=eps, epsilon_rdp=eps_rdp, releases=releases,
+        model=str(config.model.model), population=users, items=items, dp=p.enabled, epsilon_target=p.epsilon if p.enabled else math.inf,
+        delta=p.delta, accountant=str(p.accountant), epsilon=eps, epsilon_rdp=eps_rdp, releases=releases,
         source=PREVIEW if data else PUBLIC, verdict=verdict, notes=tuple(notes),
     )
 
@@ -287,8 +287,8 @@ def _plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneO
                    "C); plan with the data for the expected regime")
     notes += _budget_notes(config, eps, "the co-occurrence release (it publishes the popularity prior alone)")
     return Plan(
-        model=config.model.model, population=users, items=items, dp=p.enabled, epsilon_target=p.epsilon if p.enabled else math.inf,
-        delta=p.delta, accountant=p.accountant, epsilon=eps, epsilon_rdp=eps_rdp, releases=releases,
+        model=str(config.model.model), population=users, items=items, dp=p.enabled, epsilon_target=p.epsilon if p.enabled else math.inf,
+        delta=p.delta, accountant=str(p.accountant), epsilon=eps, epsilon_rdp=eps_rdp, releases=releases,
         source=PREVIEW if split is not None else PUBLIC, verdict=verdict, notes=tuple(notes),
         top_items=top_expected, top_items_bound=k_bound, signal_directions=directions,
     )
