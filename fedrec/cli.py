@@ -306,6 +306,124 @@ def sweep(
 
 
 @app.command()
+def plan(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    users: Annotated[int, typer.Option(help="Plan for N users without reading data (public numbers only; needs --items).")] = 0,
+    items: Annotated[int, typer.Option(help="Catalogue size, with --users.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Before training: the noise, the signal it must beat and the expected regime (spends no privacy, writes nothing).
+
+    With the data set (the default) the plan reads every user's history: a non-private
+    preview for the operator. With --users N --items M it uses public numbers only.
+    """
+    with _errors():
+        from fedrec.experiments.plan import plan_run
+
+        if users or items:
+            if users < 1 or items < 1:
+                raise FedrecError("--users and --items go together, both >= 1 (or drop both to plan on the data set)")
+            if data is not None:
+                raise FedrecError("--users/--items plan without data; drop --data (or drop --users/--items to read it)")
+            values: dict[str, Any] = load_config_file(config) if config else {}
+            values.update(parse_overrides(set_ or []))
+            result = plan_run(parse_run_config(values), users=users, items=items)
+        else:
+            from fedrec.federation.device import simulated_population
+
+            run_config = _load_config(config, set_, data)
+            if not as_json:
+                _data_note(run_config)
+            result = plan_run(run_config, split=simulated_population(run_config).split)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    console.print(_plan_tables(result))
+    console.print(f"[bold]verdict:[/] {result.verdict}")
+    for note in result.notes:
+        console.print(f"[dim]- {note}[/]")
+    console.print(f"[dim]source: {result.source}. Nothing was released, spent or written.[/]")
+
+
+def _plan_tables(result: Any) -> Table:
+    def num(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    eps = "no DP" if not result.dp else f"{result.epsilon:.4f} ({result.accountant}), RDP {result.epsilon_rdp:.4f}"
+    target = "no DP" if not result.dp else f"epsilon {result.epsilon_target:g}, delta {result.delta:g}"
+    k = (f"{result.top_items:.0f} expected" if result.top_items is not None
+         else f"<= {result.top_items_bound} can carry signal (bound)" if result.top_items_bound is not None else "-")
+    title = (f"plan: {result.model}, N = {result.population} users, {result.items} items; budget {target}; "
+             f"planned epsilon {eps}; top items K: {k}")
+    table = Table(title=title)
+    for col in ("release", "z", "q", "steps", "values d", "noise std zC", "noise norm", "signal <= nC", "signal norm",
+                "noise/signal >=", "noise/signal", "entry SNR"):
+        table.add_column(col, justify="left" if col == "release" else "right")
+    for r in result.releases:
+        table.add_row(r.name, num(r.noise_multiplier), num(r.sample_rate), str(r.steps), str(r.values), num(r.noise_std),
+                      num(r.noise_norm), num(r.signal_bound), num(r.signal_norm), num(r.noise_to_signal_bound, 3),
+                      num(r.noise_to_signal, 3), num(r.entry_snr, 3))
+    return table
+
+
+@app.command()
+def tune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data: DataOpt = None,
+    grid_: Annotated[
+        list[str] | None, typer.Option("--grid", "-g", help="A DP-EASE setting and its values: KEY=V1,V2 (repeatable).")
+    ] = None,
+    eval_share: Annotated[float, typer.Option(help="Part of each try's budget for its validation-metric release.")] = 0.1,
+    out: OutOpt = Path("runs/tune"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Choose DP-EASE settings on validation users with every try in the ledger (docs/tuning.md).
+
+    Each combination of the --grid values is released on the population (item counts,
+    co-occurrence) and its validation metrics are released with DP too; all of them go
+    into one ledger whose epsilon (the --set epsilon budget) covers the whole tuning.
+    The chosen try's release is the model: `fedrec audit OUT` verifies it all.
+    """
+    _setup_logging(verbose)
+    with _errors():
+        from fedrec.dpease.tune import grid, parse_grid, tune_and_report
+        from fedrec.federation.device import simulated_population
+
+        run_config = _load_config(config, [*(set_ or []), "model=dp-ease"], data)
+        _data_note(run_config)
+        candidates = grid(parse_grid(grid_ or []))
+        base = run_config.to_flat()
+        with console.status(f"tuning: {len(candidates)} tries, 3 releases each"):
+            results = tune_and_report(
+                base, simulated_population(run_config).split, candidates, out_dir=out.resolve(), eval_share=eval_share,
+            )
+    dp = results["epsilon"] != float("inf")
+    table = Table(title=f"tuning tries ({'epsilon ' + format(results['epsilon'], '.4g') + ' for all of them' if dp else 'no DP'}; "
+                        "validation metrics as released)")
+    for col in ("try", "settings", "z counts", "z gram", "z val", "K", "val ndcg@10", "val full_ndcg@10", "criterion", "ledger releases"):
+        table.add_column(col, justify="left" if col == "settings" else "right")
+    for t in results["tries"]:
+        mark = " [bold green]<- chosen[/]" if t["try"] == results["chosen_try"] else ""
+        z = t["noise_multipliers"]
+        table.add_row(str(t["try"]), " ".join(f"{k}={v}" for k, v in t["overrides"].items()) + mark,
+                      *(f"{v:.3g}" for v in z), str(t["top_items"]), f"{t['validation']['ndcg@10']:.4f}",
+                      f"{t['validation']['full_ndcg@10']:.4f}", f"{t['criterion']:.4f}", ",".join(map(str, t["releases"])) or "-")
+    console.print(table)
+    rows: dict[str, dict[str, Any]] = {"chosen DP-EASE release": results}
+    rows.update({name: ref["test"] for name, ref in results["references"].items()})
+    console.print(_table("test metrics of the chosen try (references: no DP, same split)", rows))
+    if "popularity" in results["references"]:
+        console.print(_versus_popularity(results, results["references"]["popularity"]["test"]))
+    if dp:
+        console.print(f"epsilon {results['epsilon']:.4f} ({results['accountant']}, RDP {results['epsilon_rdp']:.4f}), "
+                      f"delta {results['delta']:g}: {results['releases']} releases in one ledger; check with `fedrec audit {out}`")
+    console.print(f"{results['seconds']:.1f} s. Wrote {out / 'results.json'} and {out / 'model.npz'}")
+
+
+@app.command()
 def audit(
     run_dir: Annotated[Path, typer.Argument(help="A run's folder (holds privacy_ledger.jsonl).")],
     public_key: Annotated[Path | None, typer.Option(help="Trusted copy of the server's public key (PEM).")] = None,

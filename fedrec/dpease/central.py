@@ -10,6 +10,8 @@ goes through ``run_dp_ease``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -85,17 +87,31 @@ def population_sums(
 
 def simulate_release(config: RunConfig, split: LeaveOneOutSplit) -> EaseRelease:
     """The release ``run_dp_ease`` would make for ``config`` on ``split`` (same noise)."""
-    p, e = config.privacy, config.ease
-    z_counts, z_gram = phase_noise(config)
-    rng = noise_generator(seed=config.seed, secure=False) if p.enabled else None
-    c = p.clipping_norm
+    rng = noise_generator(seed=config.seed, secure=False) if config.privacy.enabled else None
+    return noisy_release(config, split, noise_multipliers=phase_noise(config), rng=rng)
+
+
+def noisy_release(
+    config: RunConfig, split: LeaveOneOutSplit, *, noise_multipliers: tuple[float, float],
+    rng: np.random.Generator | None, before_use: Callable[[str, float], None] | None = None,
+) -> EaseRelease:
+    """Both sums with noise ``(z_counts, z_gram)`` drawn from ``rng`` (None: no noise),
+    then the fit. ``before_use(phase, z)`` is called once each noisy sum exists and
+    before anything reads it: where the ledger records the release."""
+    e = config.ease
+    z_counts, z_gram = noise_multipliers
+    c = config.privacy.clipping_norm
     counts = population_sums(split, clipping_norm=c, top_items=None)
     if rng is not None:
         counts = counts + rng.normal(0.0, z_counts * c, size=counts.shape)
+    if before_use is not None:
+        before_use("counts", z_counts)
     top = select_top_items(counts, noise_std=z_counts * c, threshold=e.item_threshold, max_items=e.max_items)
     gram = population_sums(split, clipping_norm=c, top_items=top, pair_decay=e.pair_decay)
     if rng is not None:
         gram = gram + rng.normal(0.0, z_gram * c, size=gram.shape)
+    if before_use is not None:
+        before_use("gram", z_gram)
     return fit_release(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * c, gram_noise_std=z_gram * c,
         noise_scale=e.lambda_noise, base_scale=e.lambda_base, eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,

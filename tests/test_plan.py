@@ -1,0 +1,131 @@
+"""`fedrec plan`: its numbers are the ones the run computes, its epsilon is the one the
+ledger records, defaults never exceed the budget, and it writes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+from fedrec.config import parse_run_config
+from fedrec.dpease.fit import noise_edge, signal_directions
+from fedrec.dpease.report import run_ease_and_report
+from fedrec.dpease.run import phase_noise
+from fedrec.experiments.plan import PREVIEW, PUBLIC, plan_run, spike_detectable
+from fedrec.federation.device import simulated_population
+from fedrec.models import shared_spec
+from fedrec.privacy.accountant import calibrate_noise, epsilon
+from fedrec.privacy.audit import OK, audit_run
+from fedrec.privacy.ledger import LEDGER, read_entries
+
+EXAMPLE = Path(__file__).resolve().parent / "data" / "example"
+runner = CliRunner()
+
+
+def _example(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "dp-ease", "dataset": "ratings.csv", "data-dir": str(EXAMPLE), "item-file": "books.csv",
+        "rating-threshold": 3.5, "num-eval-negatives": 20, "ledger-key": str(tmp_path / "keys" / "ledger.pem"), **extra,
+    }
+
+
+def test_dp_ease_numbers_are_phase_noise_and_the_accountant() -> None:
+    config = parse_run_config({"model": "dp-ease", "epsilon": 2.0, "clipping-norm": 3.0})
+    plan = plan_run(config, users=500, items=800)
+    z1, z2 = phase_noise(config)
+    counts, gram = plan.releases
+    assert (counts.noise_multiplier, gram.noise_multiplier) == (z1, z2)
+    assert plan.epsilon == epsilon(((z1, 1.0, 1), (z2, 1.0, 1)), delta=1e-5, accountant="prv")
+    assert plan.epsilon_rdp == epsilon(((z1, 1.0, 1), (z2, 1.0, 1)), delta=1e-5, accountant="rdp")
+    assert counts.values == 800 and gram.values == 800 * 801 // 2  # K capped by the catalogue (max-items 1500)
+    assert counts.noise_std == pytest.approx(3.0 * z1)
+    assert counts.noise_norm == pytest.approx(math.sqrt(800) * 3.0 * z1)
+    assert counts.signal_bound == pytest.approx(500 * 3.0)
+    assert counts.noise_to_signal_bound == pytest.approx(math.sqrt(800) * z1 / 500)
+    assert plan.source == PUBLIC and plan.top_items is None
+
+
+def test_neural_numbers_are_the_calibration_of_q_and_rounds() -> None:
+    config = parse_run_config({"model": "neumf", "epsilon": 4.0, "clients-per-round": 50, "num-rounds": 30})
+    plan = plan_run(config, users=1000, items=300)
+    (rounds,) = plan.releases
+    z = calibrate_noise(target_epsilon=4.0, delta=1e-5, sample_rate=0.05, rounds=30, accountant="prv")
+    assert (rounds.noise_multiplier, rounds.sample_rate, rounds.steps) == (z, 0.05, 30)
+    assert plan.epsilon == epsilon(((z, 0.05, 30),), delta=1e-5, accountant="prv")
+    d = sum(int(np.prod(s)) for s in shared_spec(config.model.build(300)).values())
+    assert rounds.values == d and rounds.signal_bound == pytest.approx(50 * 2.0)
+    assert rounds.noise_to_signal_bound == pytest.approx(math.sqrt(d) * z * 2.0 / 100)
+    assert ("mostly noise" in plan.verdict) == (rounds.noise_to_signal_bound >= 1)
+
+
+def test_planned_epsilon_and_noise_are_what_the_run_records(tmp_path: Path) -> None:
+    config = parse_run_config(_example(tmp_path, epsilon=4.0))
+    plan = plan_run(config, split=simulated_population(config).split)
+    assert plan.source == PREVIEW and plan.population == 200 and plan.items == 300
+    results = run_ease_and_report(config, tmp_path / "run", engine="inprocess")
+    assert results["epsilon"] == plan.epsilon
+    assert results["noise_multipliers"] == [r.noise_multiplier for r in plan.releases]
+    report = audit_run(tmp_path / "run")
+    assert report.code == OK and report.epsilon_prv == pytest.approx(plan.epsilon, rel=1e-9)
+    recorded = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in read_entries(tmp_path / "run" / LEDGER).entries
+                if e.get("kind") == "release"]
+    assert tuple(recorded) == plan.history
+
+
+@pytest.mark.parametrize("model", ["dp-ease", "neumf"])
+@pytest.mark.parametrize("users", [40, 943, 50_000])
+def test_defaults_for_a_new_population_never_exceed_the_budget(model: str, users: int) -> None:
+    for target in (0.5, 2.0, 8.0):
+        plan = plan_run(parse_run_config({"model": model, "epsilon": target}), users=users, items=2000)
+        assert plan.epsilon <= target
+        assert plan.epsilon > 0.9 * target  # and the budget is used, not wasted
+
+
+def test_spike_prediction_agrees_with_the_noise_edge_rule() -> None:
+    """A rank-one Gram with a spike well above (below) sigma sqrt(K) keeps (loses) its
+    direction under symmetric noise, as fit.signal_directions sees it."""
+    rng = np.random.default_rng(0)
+    k, sigma = 300, 1.0
+    v = rng.normal(size=k)
+    v /= np.linalg.norm(v)
+    for theta, expected in ((2.0 * sigma * math.sqrt(k), True), (0.7 * sigma * math.sqrt(k), False)):
+        assert bool(spike_detectable(np.array([theta]), noise_std=sigma, k=k)[0]) is expected
+        noise = rng.normal(0.0, sigma, size=(k, k))
+        noisy = theta * np.outer(v, v) + np.triu(noise) + np.triu(noise, 1).T
+        assert (signal_directions(noisy, noise_std=sigma) > 0) is expected
+        assert bool(np.linalg.eigvalsh(noisy)[-1] > noise_edge(sigma, k)) is expected
+
+
+def test_a_tiny_population_falls_back_to_the_prior() -> None:
+    plan = plan_run(parse_run_config({"model": "dp-ease", "epsilon": 0.5}), users=5, items=100)
+    assert plan.top_items_bound == 0 and "falls back to the DP popularity prior" in plan.verdict
+
+
+def test_no_dp_plan_is_infinite_and_json_stays_plain() -> None:
+    plan = plan_run(parse_run_config({"model": "dp-ease", "dp": "off"}), users=100, items=50)
+    assert math.isinf(plan.epsilon) and plan.verdict.startswith("no DP")
+    doc = json.loads(json.dumps(plan.to_json(), allow_nan=False))
+    assert doc["epsilon"] is None
+
+
+def test_cli_plan_spends_nothing_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = runner.invoke(app, ["plan", "--users", "943", "--items", "1682", "--set", "model=dp-ease", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["population"] == 943 and doc["source"] == PUBLIC and len(doc["releases"]) == 2
+    args = ["plan", "--data", str(EXAMPLE), "--set", "dataset=ratings.csv", "--set", "item-file=books.csv",
+            "--set", "model=dp-ease", "--set", "epsilon=4"]
+    result = runner.invoke(app, args, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "verdict:" in result.output and "non-private preview" in result.output
+    assert list(tmp_path.iterdir()) == []  # no ledger, no key, no results
+    bad = runner.invoke(app, ["plan", "--users", "10"])
+    assert bad.exit_code == 2 and "--items" in bad.output
