@@ -320,6 +320,7 @@ def plan(
     preview for the operator. With --users N --items M it uses public numbers only.
     """
     with _errors():
+        from fedrec.config import load_config_file, parse_overrides, parse_run_config
         from fedrec.experiments.plan import plan_run
 
         if users or items:
