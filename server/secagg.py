@@ -62,6 +62,18 @@ class _MeteredGrid:
                 self.received[node] = self.received.get(node, 0) + _payload_bytes(reply)
         return replies
 
+    def usage(self, number: int, *, started: float, seconds: str) -> dict[str, float] | None:
+        """One round's (or phase's) upload record: devices heard from, mean bytes per
+        device, and the elapsed time since ``started`` under the key ``seconds``; None
+        when no device replied."""
+        if not self.received:
+            return None
+        sizes = list(self.received.values())
+        return {
+            "round": float(number), "devices": float(len(sizes)), "bytes_per_device": float(np.mean(sizes)),
+            seconds: time.perf_counter() - started,
+        }
+
 
 def _payload_bytes(msg: Message) -> int:
     size = sum(len(a.data) for r in msg.content.array_records.values() for a in r.values())
@@ -160,14 +172,9 @@ class SecAggTransport(GridTransport):
         if strategy.mean is not None:
             total = {n: (m * strategy.contributors).astype(np.float32) for n, m in zip(names, strategy.mean)}
             replies.append(TrainReply(client=-1, update=total, contributors=strategy.contributors))
-        if metered.received:
-            sizes = list(metered.received.values())
-            self.uploads.append(
-                {
-                    "round": float(round_), "devices": float(len(sizes)), "bytes_per_device": float(np.mean(sizes)),
-                    "train_seconds": time.perf_counter() - started,
-                }
-            )
+        usage = metered.usage(round_, started=started, seconds="train_seconds")
+        if usage is not None:
+            self.uploads.append(usage)
         logger.info("round %d: secure aggregation of %d of %d devices", round_, strategy.contributors, len(clients))
         return replies
 
@@ -202,14 +209,9 @@ class SecAggStatistics(GridStatistics):
             round_=number, clipping_range=self.clipping_range, timeout=self.links.timeout,
             share_fraction=self.share_fraction, threshold_fraction=self.threshold_fraction,
         )
-        if metered.received:
-            sizes = list(metered.received.values())
-            self.uploads.append(
-                {
-                    "round": float(number), "devices": float(len(sizes)), "bytes_per_device": float(np.mean(sizes)),
-                    "seconds": time.perf_counter() - started,
-                }
-            )
+        usage = metered.usage(number, started=started, seconds="seconds")
+        if usage is not None:
+            self.uploads.append(usage)
         logger.info("phase %s: secure aggregation of %d of %d devices", phase, strategy.contributors, len(clients))
         for _ in range(len(clients) - strategy.contributors):
             yield None  # dropped out of secure aggregation
