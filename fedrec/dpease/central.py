@@ -19,7 +19,7 @@ from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items
 from fedrec.dpease.run import phase_noise
-from fedrec.dpease.statistics import last_positions, pair_values, recency_weights
+from fedrec.dpease.statistics import last_positions, pair_entries, recency_weights
 from fedrec.privacy.noise import noise_generator
 
 
@@ -50,17 +50,10 @@ def _decayed_gram(split: LeaveOneOutSplit, *, clipping_norm: float, top_items: n
     where[top_items] = np.arange(k)
     gram = np.zeros((k, k), dtype=np.float64)
     for user in range(split.n_users):
-        distinct, position = last_positions(split.train_of(user))
+        distinct, times = last_positions(split.train_of(user))
         keep = where[distinct] >= 0
-        mine, position = where[distinct[keep]], position[keep]
-        if mine.shape[0] == 0:
-            continue
-        order = np.argsort(mine, kind="stable")
-        mine, position = mine[order], position[order]
-        values = pair_values(position, decay=decay)
-        values = (values * (clipping_norm / np.linalg.norm(values) * (1 - 1e-6))).astype(np.float32)
-        rows, cols = np.triu_indices(mine.shape[0])
-        gram[mine[rows], mine[cols]] += values
+        rows, cols, values = pair_entries(where[distinct[keep]], times[keep], clipping_norm=clipping_norm, pair_decay=decay)
+        gram[rows, cols] += values
     rows, cols = np.triu_indices(k)
     return gram[rows, cols]
 

@@ -86,6 +86,26 @@ def pair_values(positions: np.ndarray, *, decay: float) -> np.ndarray:
     return np.power(decay, np.abs(positions[rows] - positions[cols]).astype(np.float64))
 
 
+def pair_entries(
+    places: np.ndarray, times: np.ndarray, *, clipping_norm: float, pair_decay: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One user's nonzero co-occurrence entries: (row, col, float32 value) with row <= col
+    places in K, the values scaled so the packed upper triangle has norm C (shrunk by one
+    part in a million, as :func:`_normalised`). ``places`` are the K positions of the
+    user's distinct items in K and ``times`` their last positions in the history."""
+    order = np.argsort(places, kind="stable")
+    places, times = places[order], times[order]
+    rows, cols = np.triu_indices(places.shape[0])
+    if rows.shape[0] == 0:
+        return places[rows], places[cols], np.zeros(0, dtype=np.float32)
+    if pair_decay == 1.0:
+        values = np.full(rows.shape[0], np.float32(clipping_norm / np.sqrt(rows.shape[0]) * (1 - 1e-6)))
+    else:
+        weights = pair_values(times, decay=pair_decay)
+        values = (weights * (clipping_norm / np.linalg.norm(weights) * (1 - 1e-6))).astype(np.float32)
+    return places[rows], places[cols], values
+
+
 def gram_statistic(
     train_items: np.ndarray, *, top_items: np.ndarray, clipping_norm: float, pair_decay: float = 1.0,
 ) -> dict[str, np.ndarray]:
@@ -94,17 +114,10 @@ def gram_statistic(
     of them. ``train_items`` is the user's history in time order."""
     k = int(top_items.shape[0])
     where = {int(item): p for p, item in enumerate(top_items)}
-    distinct, position = last_positions(train_items)
+    distinct, times = last_positions(train_items)
     keep = np.array([int(i) in where for i in distinct], dtype=bool)
-    mine = np.array([where[int(i)] for i in distinct[keep]], dtype=np.int64)  # places in K
-    order = np.argsort(mine, kind="stable")
-    mine, position = mine[order], position[keep][order]
-    rows, cols = np.triu_indices(mine.shape[0])
-    index = packed_index(mine[rows], mine[cols], k)
-    if pair_decay == 1.0:
-        return _normalised(index, size=packed_size(k), name=GRAM, clipping_norm=clipping_norm)
-    values = pair_values(position, decay=pair_decay)
+    places = np.array([where[int(i)] for i in distinct[keep]], dtype=np.int64)
+    rows, cols, values = pair_entries(places, times[keep], clipping_norm=clipping_norm, pair_decay=pair_decay)
     out = np.zeros(packed_size(k), dtype=np.float32)
-    if values.shape[0]:
-        out[index] = (values * (clipping_norm / np.linalg.norm(values) * (1 - 1e-6))).astype(np.float32)
+    out[packed_index(rows, cols, k)] = values
     return {GRAM: out}
