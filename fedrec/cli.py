@@ -211,11 +211,28 @@ def simulate(
 
 
 def _versus_popularity(model: dict[str, Any], popularity: dict[str, float]) -> str:
-    """The ratio a private model is judged by: it must beat "most popular items"."""
+    """The ratio a private model is judged by: it must beat "most popular items". With
+    the paired per-user differences (``versus_popularity``, simulations of DP-EASE), a
+    difference within two standard errors is called a tie."""
     ratio = model["ndcg@10"] / popularity["ndcg@10"] if popularity["ndcg@10"] > 0 else float("inf")
     full = model["full_ndcg@10"] / popularity["full_ndcg@10"] if popularity["full_ndcg@10"] > 0 else float("inf")
-    verdict = "[green]beats[/]" if min(ratio, full) > 1 else "[bold red]does not beat[/]"
-    return f"vs popularity: {ratio:.2f}x NDCG@10, {full:.2f}x full NDCG@10: the model {verdict} popularity"
+    paired = model.get("versus_popularity")
+    if paired is None:
+        verdict = "[green]beats[/]" if min(ratio, full) > 1 else "[bold red]does not beat[/]"
+        return f"vs popularity: {ratio:.2f}x NDCG@10, {full:.2f}x full NDCG@10: the model {verdict} popularity"
+    z = [paired[m]["difference"] / paired[m]["standard_error"] if paired[m]["standard_error"] > 0 else 0.0
+         for m in ("ndcg@10", "full_ndcg@10")]
+    if min(z) > 2:
+        verdict = "[green]beats[/] popularity"
+    elif min(z) < -2:
+        verdict = "[bold red]is below[/] popularity"
+    else:
+        verdict = "[yellow]is not clearly better than[/] popularity (within 2 standard errors)"
+    diffs = ", ".join(
+        f"{paired[m]['difference']:+.4f} +- {paired[m]['standard_error']:.4f}" for m in ("ndcg@10", "full_ndcg@10")
+    )
+    return (f"vs popularity: {ratio:.2f}x NDCG@10, {full:.2f}x full NDCG@10 (per-user difference {diffs}): "
+            f"the model {verdict}")
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """Privacy-utility sweep of DP-EASE on one data set: epsilon in {1, 2, 4, 8, 16, inf}.
 
 For each epsilon, the settings are chosen from a small fixed grid by looking at
-validation users only (test items hidden, :mod:`fedrec.dpease.select`); the chosen
+validation users only (test items hidden, :mod:`fedrec.dpease.select`), each candidate
+scored by its mean over several noise draws (its expected quality, not the luck of one
+draw); the chosen
 configuration is then run as a real federated DP-EASE run (every device's clipped
 upload, the noise, the signed ledger) and audited, and its test metrics are reported
 beside popularity and non-private EASE on the same split.
@@ -44,10 +46,11 @@ PRIVATE_GRID = [
     {"ease-item-threshold": t, "ease-lambda-noise": a} for t in (1.0, 2.0, 4.0) for a in (2.0, 4.0)
 ]
 NON_PRIVATE_GRID = [{"ease-lambda-base": b} for b in (2.0, 5.0, 10.0)]
+NOISE_DRAWS = 4  # releases simulated per private candidate, their validation metrics averaged
 EASE_LAMBDAS = (100.0, 200.0, 500.0, 1000.0)  # non-private EASE on raw counts (Steck 2019 used 500 on ML-20M)
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 COLUMNS = (
-    "epsilon_target", "epsilon", "audit", "candidates_tried", "chosen", "top_items", *METRICS,
+    "epsilon_target", "epsilon", "audit", "candidates_tried", "noise_draws", "chosen", "top_items", *METRICS,
     *(f"val_{m}" for m in METRICS), "seconds", "run_dir",
 )
 
@@ -97,13 +100,14 @@ def main() -> None:
     for target in EPSILONS:
         point = {**base, **({"dp": "off"} if math.isinf(target) else {"epsilon": target})}
         grid = NON_PRIVATE_GRID if math.isinf(target) else PRIVATE_GRID
-        choice = choose(point, split, grid)
+        draws = 1 if math.isinf(target) else NOISE_DRAWS
+        choice = choose(point, split, grid, draws=draws)
         run_dir = args.out / f"eps-{target:g}"
         started = time.perf_counter()
         results = run_ease_and_report(parse_run_config({**point, **choice.overrides}), run_dir, engine="inprocess")
         audit = audit_run(run_dir).status if not math.isinf(target) else "no DP"
         row = {
-            "epsilon_target": target, "epsilon": results["epsilon"], "audit": audit, "candidates_tried": len(grid),
+            "epsilon_target": target, "epsilon": results["epsilon"], "audit": audit, "candidates_tried": len(grid), "noise_draws": draws,
             "chosen": " ".join(f"{k}={v:g}" for k, v in choice.overrides.items()), "top_items": results["top_items"],
             **{m: results[m] for m in METRICS}, **{f"val_{m}": choice.validation[m] for m in METRICS},
             "seconds": time.perf_counter() - started, "run_dir": str(run_dir),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from fedrec.evaluation.metrics import full_rank, rank_of, user_metrics
 
@@ -33,3 +34,33 @@ def test_full_rank_masks_training_items() -> None:
     # item 2 is the target; items 0 and 1 are training items and must not count.
     assert full_rank(scores, target=np.array([2]), exclude=[np.array([0, 1])]).tolist() == [0]
     assert full_rank(scores, target=np.array([2]), exclude=[np.array([0])]).tolist() == [1]
+
+
+def test_paired_difference_against_a_hand_computed_case() -> None:
+    from fedrec.evaluation.scoring import paired_difference
+
+    model = {"ndcg@10": np.array([1.0, 0.5, 0.0, 0.5])}
+    reference = {"ndcg@10": np.array([0.0, 0.5, 0.0, 0.0])}
+    out = paired_difference(model, reference)["ndcg@10"]
+    # differences 1, 0, 0, 0.5: mean 0.375, sample std sqrt(((0.625)^2 + 2 (0.375)^2 + (0.125)^2) / 3)
+    assert out["difference"] == pytest.approx(0.375)
+    assert out["standard_error"] == pytest.approx(np.sqrt((0.625**2 + 2 * 0.375**2 + 0.125**2) / 3) / 2)
+
+
+@pytest.mark.parametrize(
+    ("sampled", "full", "verdict"),
+    [((0.11, 0.01), (0.027, 0.006), "beats"), ((0.002, 0.009), (-0.003, 0.005), "not clearly better"),
+     ((-0.05, 0.01), (0.02, 0.005), "is below")],
+)
+def test_the_verdict_against_popularity_uses_the_paired_standard_error(
+    sampled: tuple[float, float], full: tuple[float, float], verdict: str
+) -> None:
+    from fedrec.cli import _versus_popularity
+
+    paired = {"ndcg@10": {"difference": sampled[0], "standard_error": sampled[1]},
+              "full_ndcg@10": {"difference": full[0], "standard_error": full[1]}}
+    popularity = {"ndcg@10": 0.2, "full_ndcg@10": 0.04}
+    model = {"ndcg@10": 0.2 + sampled[0], "full_ndcg@10": 0.04 + full[0], "versus_popularity": paired}
+    assert verdict in _versus_popularity(model, popularity)
+    # without the paired differences (a NeuMF run) the ratio alone decides
+    assert "beats" in _versus_popularity({"ndcg@10": 0.3, "full_ndcg@10": 0.05}, popularity)

@@ -43,6 +43,13 @@ def recency_history(split: LeaveOneOutSplit, *, decay: float) -> sp.csr_matrix:
     return sp.csr_matrix((values, (rows, cols)), shape=(split.n_users, split.n_items))
 
 
+def device_scorer(release: EaseRelease, split: LeaveOneOutSplit) -> Callable[[np.ndarray], np.ndarray]:
+    """``users -> (U, n_items)`` scores of ``release`` for users of ``split``, each user
+    scored as its device scores (its own recency-weighted history)."""
+    history = recency_history(split, decay=release.score_decay)
+    return lambda users: release.score(history[users].toarray())
+
+
 def _decayed_gram(split: LeaveOneOutSplit, *, clipping_norm: float, top_items: np.ndarray, decay: float) -> np.ndarray:
     """The phase-2 sum with pair weights ``decay ** gap``, one user at a time."""
     k = int(top_items.shape[0])
@@ -78,9 +85,11 @@ def population_sums(
     return np.asarray(gram[rows, cols])
 
 
-def simulate_release(config: RunConfig, split: LeaveOneOutSplit) -> EaseRelease:
-    """The release ``run_dp_ease`` would make for ``config`` on ``split`` (same noise)."""
-    rng = noise_generator(seed=config.seed, secure=False) if config.privacy.enabled else None
+def simulate_release(config: RunConfig, split: LeaveOneOutSplit, *, draw: int = 0) -> EaseRelease:
+    """The release ``run_dp_ease`` would make for ``config`` on ``split`` (same noise);
+    ``draw`` k > 0 draws the noise from seed ``config.seed + k`` instead: another
+    release the same run could have made."""
+    rng = noise_generator(seed=config.seed + draw, secure=False) if config.privacy.enabled else None
     return noisy_release(config, split, noise_multipliers=phase_noise(config), rng=rng)
 
 

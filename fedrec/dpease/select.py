@@ -18,7 +18,7 @@ from typing import Any
 
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data.split import LeaveOneOutSplit
-from fedrec.dpease.central import recency_history, simulate_release
+from fedrec.dpease.central import device_scorer, simulate_release
 from fedrec.evaluation.scoring import evaluate_scorer
 
 
@@ -43,19 +43,29 @@ def without_test_items(split: LeaveOneOutSplit) -> LeaveOneOutSplit:
     return replace(split, test_item=first_train.copy(), test_negatives=split.val_negatives.copy())
 
 
-def validation_metrics(config: RunConfig, split: LeaveOneOutSplit) -> dict[str, float]:
+def validation_metrics(config: RunConfig, split: LeaveOneOutSplit, *, draws: int = 1) -> dict[str, float]:
+    """Validation metrics of ``config``'s release, averaged over ``draws`` noise draws
+    (the run's own and ``draws - 1`` others, :func:`simulate_release`): the expected
+    quality of the settings rather than that of one draw of the noise."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
     split = without_test_items(split)
-    release = simulate_release(config, split)
-    history = recency_history(split, decay=release.score_decay)
-    return evaluate_scorer(lambda u: release.score(history[u].toarray()), split, which="val")
+    per_draw = []
+    for draw in range(draws if config.privacy.enabled else 1):  # without noise every draw is the same
+        scorer = device_scorer(simulate_release(config, split, draw=draw), split)
+        per_draw.append(evaluate_scorer(scorer, split, which="val"))
+    return {name: float(sum(m[name] for m in per_draw) / len(per_draw)) for name in per_draw[0]}
 
 
-def choose(base: Mapping[str, Any], split: LeaveOneOutSplit, candidates: Sequence[Mapping[str, Any]]) -> Choice:
-    """The candidate (flat overrides of ``base``) with the best validation criterion;
-    the first one wins ties."""
+def choose(
+    base: Mapping[str, Any], split: LeaveOneOutSplit, candidates: Sequence[Mapping[str, Any]], *, draws: int = 1,
+) -> Choice:
+    """The candidate (flat overrides of ``base``) with the best validation criterion,
+    each averaged over ``draws`` noise draws (:func:`validation_metrics`); the first one
+    wins ties."""
     tried: list[dict[str, Any]] = []
     for overrides in candidates:
-        metrics = validation_metrics(parse_run_config({**base, **overrides}), split)
+        metrics = validation_metrics(parse_run_config({**base, **overrides}), split, draws=draws)
         tried.append({**overrides, **{f"val_{k}": v for k, v in metrics.items()}, "criterion": criterion(metrics)})
     best = max(range(len(tried)), key=lambda k: (tried[k]["criterion"], -k))
     chosen = dict(candidates[best])

@@ -52,6 +52,17 @@ def evaluate_client(
     return mean_metrics(metrics_from_scores(scores, [data], which))
 
 
+def per_user_scores(
+    score_users: Callable[[np.ndarray], np.ndarray], split: LeaveOneOutSplit, *, which: str = "test", chunk: int = 256
+) -> dict[str, np.ndarray]:
+    """Per-user metric arrays (split order) for any scorer ``users -> (U, n_items)``."""
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, split.n_users, chunk):
+        users = np.arange(start, min(start + chunk, split.n_users))
+        parts.append(metrics_from_scores(score_users(users), [split.client(int(u)) for u in users], which))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def evaluate_scorer(
     score_users: Callable[[np.ndarray], np.ndarray], split: LeaveOneOutSplit, *, which: str = "test", chunk: int = 256
 ) -> dict[str, float]:
@@ -59,8 +70,17 @@ def evaluate_scorer(
 
     Used for the central model and for the baselines, with the very same protocol.
     """
-    parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, split.n_users, chunk):
-        users = np.arange(start, min(start + chunk, split.n_users))
-        parts.append(metrics_from_scores(score_users(users), [split.client(int(u)) for u in users], which))
-    return {name: float(np.mean(np.concatenate([p[name] for p in parts]))) for name in parts[0]}
+    per_user = per_user_scores(score_users, split, which=which, chunk=chunk)
+    return {name: float(np.mean(values)) for name, values in per_user.items()}
+
+
+def paired_difference(model: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per metric, the mean over users of ``model - reference`` and its standard error
+    (the same users score both, so the difference is paired: far less noisy than two
+    separate means)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, values in model.items():
+        diff = np.asarray(values, dtype=np.float64) - np.asarray(reference[name], dtype=np.float64)
+        se = float(np.std(diff, ddof=1) / np.sqrt(diff.shape[0])) if diff.shape[0] > 1 else float("nan")
+        out[name] = {"difference": float(np.mean(diff)), "standard_error": se}
+    return out

@@ -57,6 +57,12 @@ def test_both_releases_are_in_the_ledger_and_the_audit_recomputes_epsilon(tmp_pa
     assert [e["mechanism"] for e in releases] == ["gaussian-sum/item-counts", "gaussian-sum/item-cooccurrence-upper"]
     assert all(e["sample_rate"] == 1.0 and e["clients"] == results["clients"] for e in releases)
     assert set(json.loads((out / "results.json").read_text())) >= {"hr@10", "full_ndcg@10", "validation", "top_items"}
+    # the paired comparison with popularity: model minus popularity per user, whose mean
+    # is the difference of the two means the table prints (the devices' own metrics)
+    paired, popularity = results["versus_popularity"], results["references"]["popularity"]["test"]
+    for name in ("ndcg@10", "full_ndcg@10", "hr@10"):
+        assert paired[name]["difference"] == pytest.approx(results[name] - popularity[name], abs=1e-12)
+        assert 0 < paired[name]["standard_error"] < 0.5
 
 
 def test_without_noise_the_federated_release_is_central_ease_on_the_same_items(tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from fedrec.config import parse_run_config
-from fedrec.dpease.select import choose
+from fedrec.dpease.select import choose, validation_metrics
 from fedrec.federation.device import simulated_population
 
 BASE = {
@@ -35,3 +36,19 @@ def test_the_choice_never_reads_test_items() -> None:
     assert again.tried == honest.tried
     # while the validation items do decide it
     assert len({row["criterion"] for row in honest.tried}) == len(CANDIDATES)
+
+
+def test_several_noise_draws_average_other_releases_of_the_same_run() -> None:
+    split = simulated_population(parse_run_config(BASE)).split
+    config = parse_run_config({**BASE, "ease-item-threshold": 1.0})
+    one = validation_metrics(config, split)
+    two = validation_metrics(config, split, draws=2)
+    other = validation_metrics(replace(config, seed=config.seed + 1), split)  # the second draw's noise seed
+    for name in one:
+        assert two[name] == pytest.approx((one[name] + other[name]) / 2)
+    assert one != other  # the draws differ, so the average is not the run's own draw
+    # without noise every draw is the same release
+    plain = parse_run_config({**BASE, "dp": "off"})
+    assert validation_metrics(plain, split, draws=3) == validation_metrics(plain, split)
+    with pytest.raises(ValueError, match="draws"):
+        validation_metrics(config, split, draws=0)
