@@ -17,6 +17,7 @@ from fedrec.config import (
     RunConfig,
     parse_run_config,
 )
+from fedrec.data.spec import DataPreset, DataSpec, IdType, spec_problems
 from fedrec.errors import ConfigError
 from fedrec.privacy.accountant import Accountant
 from fedrec.training.local import Optimizer
@@ -36,12 +37,29 @@ def test_modes_parse_into_enum_members_and_write_back_as_the_same_strings() -> N
 @pytest.mark.parametrize(
     ("key", "bad", "choices"),
     [("dp", "on", "user, off"), ("model", "bert", "neumf, gmf, dp-ease"), ("optimizer", "rmsprop", "adam, sgd"),
-     ("accountant", "gdp", "prv, rdp"), ("central-model", "ease", "mf, neumf")],
+     ("accountant", "gdp", "prv, rdp"), ("central-model", "ease", "mf, neumf"),
+     ("data-preset", "ml-1m", "auto, generic, ml-100k, movielens-csv"), ("id-type", "int", "auto, string")],
 )
 def test_a_bad_mode_is_one_line_that_lists_the_choices(key: str, bad: str, choices: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_run_config({key: bad})
     assert err.value.problems == [f"{key}: {bad!r} must be one of {choices}"]
+
+
+def test_data_preset_and_id_type_are_enums_from_the_config_to_the_loader() -> None:
+    flat = {"data-preset": "movielens-csv", "id-type": "string"}
+    config = parse_run_config(flat)
+    assert config.data.data_preset is DataPreset.MOVIELENS_CSV and config.data.id_type is IdType.STRING
+    spec = config.data.spec()
+    assert spec.preset is DataPreset.MOVIELENS_CSV and spec.id_type is IdType.STRING
+    out = config.to_flat()
+    assert {k: out[k] for k in flat} == flat and all(type(out[k]) is str for k in flat)
+    assert RunConfig().data.spec() == DataSpec()
+    # a spec written with plain strings holds the members; an unknown one is reported, not raised
+    assert DataSpec(preset="ml-100k", id_type="string") == DataSpec(preset=DataPreset.ML_100K, id_type=IdType.STRING)  # type: ignore[arg-type]
+    assert spec_problems(DataSpec(preset="x", id_type="int")) == [  # type: ignore[arg-type]
+        "data-preset: 'x' must be one of auto, generic, ml-100k, movielens-csv", "id-type: 'int' must be one of auto, string"
+    ]
 
 
 def test_mlp_layers_are_parsed_once_into_a_tuple() -> None:
