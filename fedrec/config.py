@@ -447,9 +447,6 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
             n_users=d.synthetic_users, n_items=d.synthetic_items, mean_interactions=d.synthetic_interactions
         ).problems()
     problems += _privacy_problems(config.privacy, config.model.family)
-    if config.privacy.local_dp and config.model.family is ModelFamily.GMF:
-        # Opacus' per-example gradients need every parameter used; GMF's MLP user vector is empty
-        problems.append("local-dp: not available with model = gmf (its empty MLP user vector has no per-example gradient); use model = neumf")
     if problems:
         raise ConfigError(problems)
     return config

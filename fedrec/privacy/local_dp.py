@@ -279,7 +279,12 @@ class BookkeepingDPLoss(DPLossFastGradientClipping):
 
 
 class _DeviceNet(nn.Module):
-    """The device's whole model as one module of items -> logits (what Opacus wraps)."""
+    """The device's whole model as one module of items -> logits (what Opacus wraps).
+
+    Only the vectors the forward uses are parameters: GMF has no MLP branch, and its
+    empty MLP user vector is left out (Opacus needs a per-example gradient of every
+    parameter it wraps, and an unused one gets none).
+    """
 
     def __init__(self, model: ModelConfig) -> None:
         super().__init__()
@@ -292,11 +297,16 @@ class _DeviceNet(nn.Module):
                     self.tower.mlp[i] = FlatLinear.of(layer)
         self.tower.output = FlatLinear.of(self.tower.output)
         self.user_gmf = SingleLookupEmbedding(1, model.gmf_dim)
-        self.user_mlp = SingleLookupEmbedding(1, model.mlp_dim)
+        self.user_mlp = SingleLookupEmbedding(1, model.mlp_dim) if model.mlp_dim else None
+
+    def user_vectors(self) -> list[torch.Tensor]:
+        """The device's own vectors that are parameters (GMF: the GMF vector only)."""
+        return [e.weight for e in (self.user_gmf, self.user_mlp) if e is not None]
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         me = torch.zeros_like(items)  # the device has one user: row 0
-        return self.tower(self.user_gmf(me), self.user_mlp(me), items)
+        user_mlp = self.user_mlp(me) if self.user_mlp is not None else torch.zeros(items.shape[0], 0)  # (B, m)
+        return self.tower(self.user_gmf(me), user_mlp, items)
 
 
 class _Wrapped:
@@ -366,12 +376,7 @@ def local_update_dp(
     history = tuple((float(z), float(q), int(k)) for z, q, k in accountant.history)
     return LocalResult(
         update=_update(wrapped.net, shared=shared),
-        private=PrivateState(
-            user_gmf=wrapped.net.user_gmf.weight.detach()[0].numpy().copy(),
-            user_mlp=wrapped.net.user_mlp.weight.detach()[0].numpy().copy(),
-            rounds_trained=private.rounds_trained + 1,
-            dp_history=history,
-        ),
+        private=_trained_private(wrapped.net, before=private, history=history),
         num_examples=seen,
         loss=total / max(seen, 1),
         local_epsilon=device_epsilon(history, delta=local.delta),
@@ -383,7 +388,8 @@ def _load_device(net: _DeviceNet, *, shared: Arrays, private: PrivateState) -> N
     load_shared(net.tower, shared)
     with torch.no_grad():
         net.user_gmf.weight.copy_(torch.from_numpy(private.user_gmf)[None, :])
-        net.user_mlp.weight.copy_(torch.from_numpy(private.user_mlp)[None, :])
+        if net.user_mlp is not None:
+            net.user_mlp.weight.copy_(torch.from_numpy(private.user_mlp)[None, :])
 
 
 def _dp_sgd(
@@ -392,7 +398,7 @@ def _dp_sgd(
 ) -> tuple[FusedNoiseDPOptimizer, RDPAccountant]:
     """A fresh DP optimizer (Poisson rate ``1 / steps``, noise drawn from ``seed + 1``) and
     the accountant that continues the device's ``history`` with every step it takes."""
-    optimizer = make_optimizer(train, shared=list(net.tower.parameters()), users=[net.user_gmf.weight, net.user_mlp.weight])
+    optimizer = make_optimizer(train, shared=list(net.tower.parameters()), users=net.user_vectors())
     rate = 1.0 / steps
     dp_optimizer = FusedNoiseDPOptimizer(
         optimizer,
@@ -431,6 +437,20 @@ def _dp_epochs(
             total += float(loss.detach()) * batch.shape[0]
             seen += batch.shape[0]
     return total, seen
+
+
+def _trained_private(
+    net: _DeviceNet, *, before: PrivateState, history: tuple[tuple[float, float, int], ...]
+) -> PrivateState:
+    """The device's private state after this call: its trained vectors (an empty MLP
+    vector as it was) and the accountant's history."""
+    user_mlp = before.user_mlp.copy() if net.user_mlp is None else net.user_mlp.weight.detach()[0].numpy().copy()
+    return PrivateState(
+        user_gmf=net.user_gmf.weight.detach()[0].numpy().copy(),
+        user_mlp=user_mlp,
+        rounds_trained=before.rounds_trained + 1,
+        dp_history=history,
+    )
 
 
 def _update(net: _DeviceNet, *, shared: Arrays) -> Arrays:
