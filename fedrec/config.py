@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.spec import ID_TYPES, PRESETS, DataSpec, parse_scale, spec_problems
+from fedrec.data.spec import DataPreset, DataSpec, IdType, parse_scale, spec_problems
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
 from fedrec.models import ModelConfig, ModelKind
@@ -43,10 +43,6 @@ def _positive(v: Any) -> str | None:
 
 def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be >= 0"
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
 class _Typed:
@@ -77,13 +73,13 @@ class DataSettings(_Typed):
     data_dir: str = field(default="", metadata=_key("data-dir"))
     # a rating >= this is a positive (any numeric scale, half stars included)
     rating_threshold: float = field(default=0.0, metadata=_key("rating-threshold"))
-    data_preset: str = field(default="auto", metadata=_key("data-preset", check=_one_of(*PRESETS)))
+    data_preset: DataPreset = field(default=DataPreset.AUTO, metadata=_key("data-preset"))
     delimiter: str = field(default="", metadata=_key("delimiter"))
     user_col: str = field(default="", metadata=_key("user-col"))
     item_col: str = field(default="", metadata=_key("item-col"))
     rating_col: str = field(default="", metadata=_key("rating-col"))
     time_col: str = field(default="", metadata=_key("time-col"))
-    id_type: str = field(default="auto", metadata=_key("id-type", check=_one_of(*ID_TYPES)))
+    id_type: IdType = field(default=IdType.AUTO, metadata=_key("id-type"))
     rating_scale: str = field(default="", metadata=_key("rating-scale"))
     encoding: str = field(default="utf-8", metadata=_key("encoding"))
     item_file: str = field(default="", metadata=_key("item-file"))
@@ -284,7 +280,9 @@ class PrivacySettings(_Typed):
 
 
 # the enum type of each typed mode field, by its annotation
-_ENUMS: dict[str, type[StrEnum]] = {e.__name__: e for e in (ModelFamily, Optimizer, CentralModel, DPMode, Accountant)}
+_ENUMS: dict[str, type[StrEnum]] = {
+    e.__name__: e for e in (DataPreset, IdType, ModelFamily, Optimizer, CentralModel, DPMode, Accountant)
+}
 
 
 @dataclass(frozen=True)
@@ -449,9 +447,6 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
             n_users=d.synthetic_users, n_items=d.synthetic_items, mean_interactions=d.synthetic_interactions
         ).problems()
     problems += _privacy_problems(config.privacy, config.model.family)
-    if config.privacy.local_dp and config.model.family is ModelFamily.GMF:
-        # Opacus' per-example gradients need every parameter used; GMF's MLP user vector is empty
-        problems.append("local-dp: not available with model = gmf (its empty MLP user vector has no per-example gradient); use model = neumf")
     if problems:
         raise ConfigError(problems)
     return config

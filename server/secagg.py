@@ -34,10 +34,11 @@ from flwr.serverapp import Grid
 
 from fedrec import protocol
 from fedrec.config import RunConfig
-from fedrec.dpease.run import PHASES, REQUEST_NAMES, STATISTIC_NAMES, SecureSum
+from fedrec.dpease.run import PHASES, REQUEST_NAMES, STATISTIC_NAMES
 from fedrec.errors import ConfigError
 from fedrec.federation.rounds import TrainReply
 from fedrec.models import Arrays
+from fedrec.privacy.dp_fedavg import Part
 from server.statistics import GridStatistics
 from server.transport import GridTransport
 
@@ -199,7 +200,7 @@ class SecAggStatistics(GridStatistics):
         self.share_fraction = share_fraction
         self.threshold_fraction = threshold_fraction
 
-    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | SecureSum | None]:
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | Part | None]:
         started = time.perf_counter()
         number = PHASES.index(phase) + 1
         metered = _MeteredGrid(self.links.grid)
@@ -217,4 +218,4 @@ class SecAggStatistics(GridStatistics):
             yield None  # dropped out of secure aggregation
         if strategy.mean is not None:
             total = strategy.mean[0].astype(np.float64) * strategy.contributors
-            yield SecureSum({STATISTIC_NAMES[phase]: total}, strategy.contributors)
+            yield Part({STATISTIC_NAMES[phase]: total}, strategy.contributors)

@@ -18,8 +18,9 @@ from flwr.serverapp import Grid
 from clients.records import to_arrays
 from fedrec import protocol
 from fedrec.config import RunConfig
-from fedrec.dpease.run import PHASES, SecureSum
+from fedrec.dpease.run import PHASES
 from fedrec.models import Arrays
+from fedrec.privacy.dp_fedavg import Part
 from server.transport import GridTransport
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class GridStatistics:
     def clients(self) -> list[int]:
         return self.links.clients()
 
-    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | SecureSum | None]:
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | Part | None]:
         started = time.perf_counter()
         number = PHASES.index(phase) + 1
         sizes: list[int] = []

@@ -1,4 +1,5 @@
-"""House rule 1: the library never imports Flower, nor the app layer; no import cycles."""
+"""House rule 1: the library never imports Flower, nor the app layer (server/, clients/);
+no import cycles."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ def test_no_flower_import_in_library_source() -> None:
     assert offenders == []
 
 
-def test_importing_every_library_module_does_not_load_flower() -> None:
+def test_importing_every_library_module_does_not_load_flower_or_the_app_layer() -> None:
     # every module but __main__, which runs the CLI when imported
     modules = [".".join(p.relative_to(LIB.parent).with_suffix("").parts) for p in LIB.rglob("*.py") if p.stem != "__main__"]
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('flwr' in sys.modules)"
+    app_layer = "sorted(m for m in sys.modules if m.split('.')[0] in ('server', 'clients'))"
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + f"print('flwr' in sys.modules)\nprint({app_layer})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    flower, app = out.stdout.strip().splitlines()
+    assert flower == "False"
+    assert app == "[]"  # nor server/ or clients/, also not through a lazy import at module level
 
 
 def test_no_app_layer_import_in_library_source() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedrec.data.spec import IdType
 from fedrec.experiments.results import write_atomic
 
 MAX_INT_ID = 2**62
@@ -30,10 +31,10 @@ def is_int_id(text: str) -> bool:
     return _DIGITS.fullmatch(text) is not None and int(text) < MAX_INT_ID
 
 
-def encode(raw: np.ndarray, *, id_type: str) -> tuple[np.ndarray, np.ndarray]:
+def encode(raw: np.ndarray, *, id_type: IdType) -> tuple[np.ndarray, np.ndarray]:
     """``raw`` ids (int64, or stripped non-empty text) -> (sorted unique ids, (n,) int64 index).
 
-    With ``id_type = "auto"`` a text column whose every id is a plain integer becomes
+    With ``id_type = auto`` a text column whose every id is a plain integer becomes
     int64, so ``"7"`` in one file and ``7`` in another name the same item.
     """
     if raw.dtype.kind in "iu" and raw.shape[0] and 0 <= raw.min() and raw.max() <= 4 * raw.shape[0] + (1 << 20):
@@ -49,7 +50,7 @@ def encode(raw: np.ndarray, *, id_type: str) -> tuple[np.ndarray, np.ndarray]:
     if raw.dtype.kind in "iu":
         return np.asarray(uniques, dtype=np.int64), codes
     texts = np.asarray(uniques, dtype=str)
-    if id_type == "auto" and texts.shape[0] and all(is_int_id(t) for t in texts):
+    if id_type is IdType.AUTO and texts.shape[0] and all(is_int_id(t) for t in texts):
         numbers = texts.astype(np.int64)
         order = np.argsort(numbers, kind="stable")
         rank = np.empty_like(order)

@@ -19,7 +19,7 @@ from fedrec.data.interactions import Interactions, ItemMetadata, UserMetadata
 from fedrec.data.items import read_item_file
 from fedrec.data.reader import read_fast
 from fedrec.data.reference import float_field, read_lines, read_reference
-from fedrec.data.spec import NONE, DataSpec, Layout, resolve_layout, spec_problems
+from fedrec.data.spec import NONE, DataPreset, DataSpec, Layout, resolve_layout, spec_problems
 from fedrec.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ def _build(
 
 def sibling_item_file(path: Path, layout: Layout, spec: DataSpec) -> Path | None:
     """MovieLens' ``movies.csv`` beside its ``ratings.csv`` (preset movielens-csv, or auto on its header)."""
-    movielens = spec.preset == "movielens-csv" or (
-        spec.preset == "auto" and layout.user == "userId" and layout.item == "movieId"
+    movielens = spec.preset is DataPreset.MOVIELENS_CSV or (
+        spec.preset is DataPreset.AUTO and layout.user == "userId" and layout.item == "movieId"
     )
     candidate = path.parent / "movies.csv"
     return candidate if movielens and candidate.is_file() and candidate != path else None

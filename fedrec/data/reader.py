@@ -20,7 +20,7 @@ import numpy as np
 from fedrec.data.ids import MAX_INT_ID, encode
 from fedrec.data.interactions import Interactions
 from fedrec.data.reference import MAX_STAMP
-from fedrec.data.spec import DataSpec, Layout
+from fedrec.data.spec import DataSpec, IdType, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _ids_ok(raw: np.ndarray) -> bool:
 
 
 def _columns(layout: Layout, spec: DataSpec) -> dict[str, np.ndarray] | None:
-    text_ids = spec.id_type == "string"
+    text_ids = spec.id_type is IdType.STRING
     try:
         return _read_columns(layout, spec, text_ids=text_ids)
     except _Declined:

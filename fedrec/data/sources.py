@@ -15,7 +15,7 @@ from fedrec.data.ids import write_id_maps
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k, sibling_item_file
 from fedrec.data.location import resolve_data_dir
-from fedrec.data.spec import NONE, DataSpec, resolve_layout
+from fedrec.data.spec import NONE, DataPreset, DataSpec, resolve_layout
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec, generate
 from fedrec.errors import DataError
@@ -32,7 +32,7 @@ class PreparedData:
 
 def is_ml100k(dataset: str, spec: DataSpec, data_dir: str = "") -> bool:
     path = _within(dataset, data_dir)
-    return dataset == ML100K or spec.preset == ML100K or path.name == "u.data" or (path / "u.data").is_file()
+    return dataset == ML100K or spec.preset is DataPreset.ML_100K or path.name == "u.data" or (path / "u.data").is_file()
 
 
 def load_interactions(dataset: str, data_dir: str = "", spec: DataSpec | None = None) -> Interactions:

@@ -15,12 +15,28 @@ import codecs
 import csv
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from fedrec.errors import DataError
 
-PRESETS = ("auto", "generic", "ml-100k", "movielens-csv")
-ID_TYPES = ("auto", "string")
+
+class DataPreset(StrEnum):
+    """``data-preset``: a known layout, or ``auto`` (recognised from the header)."""
+
+    AUTO = "auto"  # columns from the header; MovieLens' userId,movieId also finds movies.csv beside it
+    GENERIC = "generic"  # columns from the header, no MovieLens item file
+    ML_100K = "ml-100k"  # the MovieLens 100K folder (u.data, u.item)
+    MOVIELENS_CSV = "movielens-csv"  # MovieLens' ratings.csv and movies.csv columns
+
+
+class IdType(StrEnum):
+    """``id-type``: how user and item ids are read."""
+
+    AUTO = "auto"  # integers when every id is one, else text
+    STRING = "string"  # always text ("007" and "7" are two ids)
+
+
 NONE = "none"  # rating-col / time-col = none: the file has no such column
 DELIMITERS = {",": ",", "\t": "\t", "tab": "\t", "\\t": "\t", ";": ";", "|": "|", " ": " ", "space": " "}
 _SNIFF = (",", "\t", ";", "|")
@@ -51,13 +67,13 @@ def normalise(name: str) -> str:
 class DataSpec:
     """Everything needed to read one interactions file (and its item file)."""
 
-    preset: str = "auto"
+    preset: DataPreset = DataPreset.AUTO
     delimiter: str = ""  # "" = from the extension or the first line
     user_col: str = ""  # "" = recognised from the header
     item_col: str = ""
     rating_col: str = ""  # "none" = no ratings: every row is a positive of weight 1
     time_col: str = ""  # "none" = no time: row order stands in for it
-    id_type: str = "auto"  # auto: integers when every id is one, else text; string: always text
+    id_type: IdType = IdType.AUTO
     rating_scale: str = ""  # "lo..hi": a rating outside is an error; "" = any finite number
     encoding: str = "utf-8"
     item_file: str = ""
@@ -67,6 +83,14 @@ class DataSpec:
     text_col: str = ""
     year_col: str = ""  # "" = a year column if there is one, else a trailing "(1995)" in the title
     genre_sep: str = "|"
+
+    def __post_init__(self) -> None:
+        # a spec written with plain strings (DataSpec(id_type="string")) holds the typed
+        # value; an unknown one is left for spec_problems to report with the others
+        for name, enum in (("preset", DataPreset), ("id_type", IdType)):
+            value = getattr(self, name)
+            if not isinstance(value, enum) and value in {e.value for e in enum}:
+                object.__setattr__(self, name, enum(value))
 
     def scale(self) -> tuple[float, float] | None:
         return parse_scale(self.rating_scale)
@@ -91,10 +115,9 @@ def parse_scale(text: str) -> tuple[float, float] | None:
 def spec_problems(spec: DataSpec) -> list[str]:
     """Every problem with the spec's values, by run-config key (no file is read)."""
     problems = []
-    if spec.preset not in PRESETS:
-        problems.append(f"data-preset: {spec.preset!r} must be one of {', '.join(PRESETS)}")
-    if spec.id_type not in ID_TYPES:
-        problems.append(f"id-type: {spec.id_type!r} must be one of {', '.join(ID_TYPES)}")
+    for key, mode, enum in (("data-preset", spec.preset, DataPreset), ("id-type", spec.id_type, IdType)):
+        if not isinstance(mode, enum):
+            problems.append(f"{key}: {str(mode)!r} must be one of {', '.join(enum)}")
     if spec.delimiter and spec.delimiter not in DELIMITERS:
         problems.append(f"delimiter: {spec.delimiter!r} must be one of , tab ; | space (or empty: recognised)")
     try:
@@ -182,9 +205,9 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def preset_columns(preset: str) -> DataSpec | None:
+def preset_columns(preset: DataPreset) -> DataSpec | None:
     """Column names a preset fixes (None: the preset leaves them to recognition)."""
-    if preset == "movielens-csv":
+    if preset is DataPreset.MOVIELENS_CSV:
         return DataSpec(user_col="userId", item_col="movieId", rating_col="rating", time_col="timestamp",
                         item_id_col="movieId", title_col="title", genres_col="genres", genre_sep="|")
     return None

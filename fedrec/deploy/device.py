@@ -22,7 +22,7 @@ import numpy as np
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import load_csv
-from fedrec.data.spec import DataSpec
+from fedrec.data.spec import DataSpec, IdType
 from fedrec.data.split import ClientData, leave_one_out
 from fedrec.deploy.catalog import CATALOG, Catalog, load_catalog
 from fedrec.errors import DataError
@@ -62,7 +62,7 @@ class DeviceState:
 
 def load_user_interactions(files: DeviceFiles, catalog: Catalog) -> Interactions:
     """Read and validate the device's file with fedrec's CSV loader, in catalogue indices."""
-    raw = load_csv(files.data, DataSpec(id_type="string"))  # ids as written; matched to the catalogue by text
+    raw = load_csv(files.data, DataSpec(id_type=IdType.STRING))  # ids as written; matched to the catalogue by text
     if raw.n_users != 1:
         raise DataError(f"{files.data}: holds {raw.n_users} users; a device file holds exactly one user's interactions")
     items = catalog.index_of(raw.item_ids[raw.items], where=files.data)

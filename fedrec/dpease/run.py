@@ -55,16 +55,6 @@ EVALUATIONS = ("val", "test")  # after the fit, each a release of its own when e
 DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
-@dataclass(frozen=True)
-class SecureSum:
-    """The sum of ``contributors`` devices' statistics, added up by secure aggregation:
-    the server never sees one device's upload, so it cannot clip each one again; every
-    device clipped its own to C (and SecAgg+ bounds each coordinate to [-C, C])."""
-
-    arrays: Arrays
-    contributors: int
-
-
 class StatisticsTransport(Protocol):
     """How the server reaches the devices for DP-EASE."""
 
@@ -72,9 +62,9 @@ class StatisticsTransport(Protocol):
 
     def clients(self) -> list[int]: ...
 
-    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterable[Arrays | SecureSum | None]:
+    def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterable[Arrays | Part | None]:
         """Each client's phase statistic (None where a client failed), or secure sums of
-        several, read once."""
+        several (a :class:`~fedrec.privacy.dp_fedavg.Part` with its contributors), read once."""
         ...
 
     def evaluate(self, clients: Sequence[int], release: Arrays, which: str) -> list[dict[str, float]]: ...
@@ -158,7 +148,7 @@ def phase_noise(config: RunConfig, *, evaluations: int = 0) -> tuple[float, floa
 
 
 def _noisy_sum(
-    replies: Iterable[Arrays | SecureSum | None], *, name: str, size: int, clipping_norm: float, std: float,
+    replies: Iterable[Arrays | Part | None], *, name: str, size: int, clipping_norm: float, std: float,
     rng: np.random.Generator | None, history: EaseHistory,
 ) -> tuple[np.ndarray, int]:
     """Sum of the replies, each clipped to C again (an honest device already did; a
@@ -168,8 +158,8 @@ def _noisy_sum(
 
     def valid() -> Iterable[Part]:
         for reply in replies:
-            devices = reply.contributors if isinstance(reply, SecureSum) else 1
-            arrays = reply.arrays if isinstance(reply, SecureSum) else reply
+            devices = reply.contributors if isinstance(reply, Part) else 1
+            arrays = reply.update if isinstance(reply, Part) else reply
             value = None if arrays is None else arrays.get(name)
             if not isinstance(value, np.ndarray) or value.shape != (size,) or not np.all(np.isfinite(value)):
                 history.rejected += 1

@@ -141,67 +141,11 @@ class VectorisedTransport:
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
         """Train the round's groups on every lane, longest histories first: each lane takes
-        the next group as soon as it is free. A thread per worker keeps it fed; this
-        thread trains groups itself and turns every result into the devices' uploads."""
-        pending = deque(self._groups(clients))
+        the next group as soon as it is free (:class:`_RoundWork`)."""
+        groups = self._groups(clients)
         self._private(list(clients))  # every sampled client's private vectors exist before the lanes start
-        workers = self._workers(min(self.lanes - 1, len(pending) - 1))
-        lock = threading.Lock()  # guards pending and the private-vector tables
-        done: queue.SimpleQueue[tuple[list[int], BatchedResult] | FedrecError] = queue.SimpleQueue()
-
-        def take() -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
-            with lock:
-                if not pending:
-                    return None
-                group = pending.popleft()
-                return group, self.user_gmf[group], self.user_mlp[group]
-
-        def drive(worker: Lane) -> None:
-            try:
-                worker.send(kind="round", shared=shared, round_=round_)
-                while (job := take()) is not None:
-                    group, user_gmf, user_mlp = job
-                    worker.send(kind="group", group=group, user_gmf=user_gmf.numpy(), user_mlp=user_mlp.numpy())
-                    done.put(worker.receive())
-            except FedrecError as error:
-                done.put(error)
-            except BaseException as error:  # noqa: BLE001 - never lose a group silently: the engine raises it
-                done.put(FedrecError(f"feeding an in-process engine lane failed: {type(error).__name__}: {error}"))
-
-        def store(group: list[int], result: BatchedResult) -> None:
-            with lock:
-                self.user_gmf[group] = result.user_gmf
-                self.user_mlp[group] = result.user_mlp
-            batches.append(self._replies(group, result, round_))
-
-        def drain() -> None:  # the workers' results so far
-            while not done.empty():
-                item = done.get_nowait()
-                if isinstance(item, FedrecError):
-                    failures.append(item)
-                else:
-                    store(*item)
-
-        batches: list[list[TrainReply]] = []
-        failures: list[FedrecError] = []
-        drivers = [threading.Thread(target=drive, args=(w,), name="fedrec-lane-feed", daemon=True) for w in workers]
-        for thread in drivers:
-            thread.start()
-        try:
-            with intra_op_threads(1):  # one thread per lane (two did less than one here: small kernels)
-                while (job := take()) is not None:
-                    group, user_gmf, user_mlp = job
-                    store(group, self._train_group(shared, round_, group, user_gmf, user_mlp))
-                    drain()
-        finally:  # the workers finish their groups and hand them in, even after a failure here
-            with lock:
-                pending.clear()
-            for thread in drivers:
-                thread.join()
-        drain()
-        if failures:
-            raise failures[0]
-        replies = [r for batch in batches for r in batch]
+        workers = self._workers(min(self.lanes - 1, len(groups) - 1))
+        replies = _RoundWork(self, groups, shared=shared, round_=round_).run(workers)
         if len(replies) != len(clients):  # a safety net: every sampled client answers exactly once
             raise FedrecError(f"the in-process engine trained {len(replies)} of the round's {len(clients)} clients")
         position = {c: i for i, c in enumerate(clients)}
@@ -268,6 +212,81 @@ class VectorisedTransport:
             per_user = metrics_from_scores(scores, [self.split.client(c) for c in chunk], which)
             out += [{name: float(values[k]) for name, values in per_user.items()} for k in range(len(chunk))]
         return out
+
+
+class _RoundWork:
+    """One round's groups, shared out between this thread and the lane workers.
+
+    A thread per worker keeps it fed (:meth:`feed`); this thread trains groups itself
+    (:meth:`run`) and turns every result into the devices' uploads (:meth:`store`).
+    """
+
+    def __init__(self, transport: VectorisedTransport, groups: list[list[int]], *, shared: Arrays, round_: int) -> None:
+        self.transport, self.shared, self.round_ = transport, shared, round_
+        self.pending = deque(groups)
+        self.lock = threading.Lock()  # guards pending and the transport's private-vector tables
+        self.done: queue.SimpleQueue[tuple[list[int], BatchedResult] | FedrecError] = queue.SimpleQueue()
+        self.batches: list[list[TrainReply]] = []
+        self.failures: list[FedrecError] = []
+
+    def take(self) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+        """The next group with its clients' private vectors, or None when none is left."""
+        with self.lock:
+            if not self.pending:
+                return None
+            group = self.pending.popleft()
+            return group, self.transport.user_gmf[group], self.transport.user_mlp[group]
+
+    def feed(self, worker: Lane) -> None:
+        """Hand ``worker`` groups until none is left; its results and failures go to ``done``."""
+        try:
+            worker.send(kind="round", shared=self.shared, round_=self.round_)
+            while (job := self.take()) is not None:
+                group, user_gmf, user_mlp = job
+                worker.send(kind="group", group=group, user_gmf=user_gmf.numpy(), user_mlp=user_mlp.numpy())
+                self.done.put(worker.receive())
+        except FedrecError as error:
+            self.done.put(error)
+        except BaseException as error:  # noqa: BLE001 - never lose a group silently: the engine raises it
+            self.done.put(FedrecError(f"feeding an in-process engine lane failed: {type(error).__name__}: {error}"))
+
+    def store(self, group: list[int], result: BatchedResult) -> None:
+        """A group's new private vectors into the tables, its uploads into the round's replies."""
+        with self.lock:
+            self.transport.user_gmf[group] = result.user_gmf
+            self.transport.user_mlp[group] = result.user_mlp
+        self.batches.append(self.transport._replies(group, result, self.round_))
+
+    def drain(self) -> None:
+        """Store the workers' results so far."""
+        while not self.done.empty():
+            item = self.done.get_nowait()
+            if isinstance(item, FedrecError):
+                self.failures.append(item)
+            else:
+                self.store(*item)
+
+    def run(self, workers: list[Lane]) -> list[TrainReply]:
+        """Every group trained (here and on ``workers``); the first failure raised once all
+        workers have handed in their groups."""
+        feeders = [threading.Thread(target=self.feed, args=(w,), name="fedrec-lane-feed", daemon=True) for w in workers]
+        for thread in feeders:
+            thread.start()
+        try:
+            with intra_op_threads(1):  # one thread per lane (two did less than one here: small kernels)
+                while (job := self.take()) is not None:
+                    group, user_gmf, user_mlp = job
+                    self.store(group, self.transport._train_group(self.shared, self.round_, group, user_gmf, user_mlp))
+                    self.drain()
+        finally:  # the workers finish their groups and hand them in, even after a failure here
+            with self.lock:
+                self.pending.clear()
+            for thread in feeders:
+                thread.join()
+        self.drain()
+        if self.failures:
+            raise self.failures[0]
+        return [r for batch in self.batches for r in batch]
 
 
 def make_transport(config: RunConfig) -> Transport:

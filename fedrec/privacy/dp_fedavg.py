@@ -27,8 +27,15 @@ from fedrec.privacy.noise import add_gaussian_noise
 
 @dataclass(frozen=True)
 class Part:
-    """What the server received towards a round's sum: one client's update
-    (``contributors = 1``), or the secure-aggregation sum of ``contributors`` updates."""
+    """What the server received towards a sum: one client's update (``contributors = 1``),
+    or the secure-aggregation sum of ``contributors`` clients' updates.
+
+    A transport returns a part with ``contributors > 1`` when the server never saw the
+    single uploads (SecAgg+): every device clipped its own to C, so :func:`clipped_sum`
+    bounds the part by ``contributors * C`` instead of clipping the sum again. DP-FedAvg
+    rounds (:mod:`fedrec.federation.rounds`) and DP-EASE phases (:mod:`fedrec.dpease.run`)
+    both sum parts.
+    """
 
     update: Arrays
     contributors: int = 1

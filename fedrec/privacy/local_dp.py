@@ -279,7 +279,12 @@ class BookkeepingDPLoss(DPLossFastGradientClipping):
 
 
 class _DeviceNet(nn.Module):
-    """The device's whole model as one module of items -> logits (what Opacus wraps)."""
+    """The device's whole model as one module of items -> logits (what Opacus wraps).
+
+    Only the vectors the forward uses are parameters: GMF has no MLP branch, and its
+    empty MLP user vector is left out (Opacus needs a per-example gradient of every
+    parameter it wraps, and an unused one gets none).
+    """
 
     def __init__(self, model: ModelConfig) -> None:
         super().__init__()
@@ -292,11 +297,16 @@ class _DeviceNet(nn.Module):
                     self.tower.mlp[i] = FlatLinear.of(layer)
         self.tower.output = FlatLinear.of(self.tower.output)
         self.user_gmf = SingleLookupEmbedding(1, model.gmf_dim)
-        self.user_mlp = SingleLookupEmbedding(1, model.mlp_dim)
+        self.user_mlp = SingleLookupEmbedding(1, model.mlp_dim) if model.mlp_dim else None
+
+    def user_vectors(self) -> list[torch.Tensor]:
+        """The device's own vectors that are parameters (GMF: the GMF vector only)."""
+        return [e.weight for e in (self.user_gmf, self.user_mlp) if e is not None]
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         me = torch.zeros_like(items)  # the device has one user: row 0
-        return self.tower(self.user_gmf(me), self.user_mlp(me), items)
+        user_mlp = self.user_mlp(me) if self.user_mlp is not None else torch.zeros(items.shape[0], 0)  # (B, m)
+        return self.tower(self.user_gmf(me), user_mlp, items)
 
 
 class _Wrapped:
@@ -345,63 +355,108 @@ def local_update_dp(
 ) -> LocalResult:
     """Like :func:`fedrec.training.local.local_update`, with record-level DP-SGD."""
     wrapped = _wrapped(model, local.max_grad_norm)
-    net, module = wrapped.net, wrapped.module
-    load_shared(net.tower, shared)
-    with torch.no_grad():
-        net.user_gmf.weight.copy_(torch.from_numpy(private.user_gmf)[None, :])
-        net.user_mlp.weight.copy_(torch.from_numpy(private.user_mlp)[None, :])
-    tower = net.tower
-    optimizer = make_optimizer(train, shared=list(tower.parameters()), users=[net.user_gmf.weight, net.user_mlp.weight])
+    _load_device(wrapped.net, shared=shared, private=private)
     # Lazy: the first epoch is drawn before the sampling seed, every later one after it.
     epochs = device_epochs(data=data, n_items=model.n_items, train=train, rng=rng)
-    items, labels = map(torch.from_numpy, next(epochs))
-    n = items.shape[0]
-    steps = batches_per_epoch(n, train.batch_size)
-    rate = 1.0 / steps
+    first = next(epochs)
+    steps = batches_per_epoch(first[0].shape[0], train.batch_size)
     seed = int(rng.integers(2**62))
-    sampling = torch.Generator().manual_seed(seed)
-    dp_optimizer = FusedNoiseDPOptimizer(
-        optimizer,
-        noise_multiplier=local.noise_multiplier,
-        max_grad_norm=local.max_grad_norm,
-        expected_batch_size=int(n * rate),
-        loss_reduction="mean",
-        generator=torch.Generator().manual_seed(seed + 1),
+    dp_optimizer, accountant = _dp_sgd(
+        wrapped.net, train=train, local=local, examples=first[0].shape[0], steps=steps, seed=seed,
+        history=private.dp_history,
     )
-    accountant = RDPAccountant()
-    accountant.history = list(private.dp_history)
-    dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
-    criterion = BookkeepingDPLoss(module, dp_optimizer, example_loss(), "mean")
-    total, seen = 0.0, 0
     try:
-        for epoch in range(train.local_epochs):
-            if epoch:  # fresh negatives each epoch, same number of examples
-                items, labels = map(torch.from_numpy, next(epochs))
-            for batch in poisson_batches(n, steps, sampling):
-                if batch.shape[0] == 0:
-                    noise_only_step(dp_optimizer)
-                    continue
-                loss = criterion(module(items[batch]), labels[batch])
-                descend(dp_optimizer, loss)
-                total += float(loss.detach()) * batch.shape[0]
-                seen += batch.shape[0]
+        total, seen = _dp_epochs(
+            wrapped.module, dp_optimizer, first=first, later=epochs, epochs=train.local_epochs, steps=steps,
+            sampling=torch.Generator().manual_seed(seed),
+        )
     except BaseException:
         _local.__dict__.pop("wrapped", None)  # hooks may hold a half-done step: rebuild next time
         raise
-    new_shared = shared_arrays(tower)
     history = tuple((float(z), float(q), int(k)) for z, q, k in accountant.history)
     return LocalResult(
-        update={name: new_shared[name] - shared[name] for name in shared},
-        private=PrivateState(
-            user_gmf=net.user_gmf.weight.detach()[0].numpy().copy(),
-            user_mlp=net.user_mlp.weight.detach()[0].numpy().copy(),
-            rounds_trained=private.rounds_trained + 1,
-            dp_history=history,
-        ),
+        update=_update(wrapped.net, shared=shared),
+        private=_trained_private(wrapped.net, before=private, history=history),
         num_examples=seen,
         loss=total / max(seen, 1),
         local_epsilon=device_epsilon(history, delta=local.delta),
     )
+
+
+def _load_device(net: _DeviceNet, *, shared: Arrays, private: PrivateState) -> None:
+    """The downloaded shared weights and the device's own vectors into the reused model."""
+    load_shared(net.tower, shared)
+    with torch.no_grad():
+        net.user_gmf.weight.copy_(torch.from_numpy(private.user_gmf)[None, :])
+        if net.user_mlp is not None:
+            net.user_mlp.weight.copy_(torch.from_numpy(private.user_mlp)[None, :])
+
+
+def _dp_sgd(
+    net: _DeviceNet, *, train: TrainConfig, local: LocalDPConfig, examples: int, steps: int, seed: int,
+    history: tuple[tuple[float, float, int], ...],
+) -> tuple[FusedNoiseDPOptimizer, RDPAccountant]:
+    """A fresh DP optimizer (Poisson rate ``1 / steps``, noise drawn from ``seed + 1``) and
+    the accountant that continues the device's ``history`` with every step it takes."""
+    optimizer = make_optimizer(train, shared=list(net.tower.parameters()), users=net.user_vectors())
+    rate = 1.0 / steps
+    dp_optimizer = FusedNoiseDPOptimizer(
+        optimizer,
+        noise_multiplier=local.noise_multiplier,
+        max_grad_norm=local.max_grad_norm,
+        expected_batch_size=int(examples * rate),
+        loss_reduction="mean",
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=rate))
+    return dp_optimizer, accountant
+
+
+def _dp_epochs(
+    module: BookkeepingGradSampleModule, dp_optimizer: FusedNoiseDPOptimizer, *,
+    first: tuple[np.ndarray, np.ndarray], later: Iterator[tuple[np.ndarray, np.ndarray]], epochs: int, steps: int,
+    sampling: torch.Generator,
+) -> tuple[float, int]:
+    """``epochs`` epochs of ``steps`` DP-SGD steps on Poisson batches (``first``'s
+    examples, then fresh negatives from ``later`` each epoch); returns (loss sum, examples seen)."""
+    criterion = BookkeepingDPLoss(module, dp_optimizer, example_loss(), "mean")
+    items, labels = map(torch.from_numpy, first)
+    n = items.shape[0]
+    total, seen = 0.0, 0
+    for epoch in range(epochs):
+        if epoch:  # fresh negatives each epoch, same number of examples
+            items, labels = map(torch.from_numpy, next(later))
+        for batch in poisson_batches(n, steps, sampling):
+            if batch.shape[0] == 0:
+                noise_only_step(dp_optimizer)
+                continue
+            loss = criterion(module(items[batch]), labels[batch])
+            descend(dp_optimizer, loss)
+            total += float(loss.detach()) * batch.shape[0]
+            seen += batch.shape[0]
+    return total, seen
+
+
+def _trained_private(
+    net: _DeviceNet, *, before: PrivateState, history: tuple[tuple[float, float, int], ...]
+) -> PrivateState:
+    """The device's private state after this call: its trained vectors (an empty MLP
+    vector as it was) and the accountant's history."""
+    user_mlp = before.user_mlp.copy() if net.user_mlp is None else net.user_mlp.weight.detach()[0].numpy().copy()
+    return PrivateState(
+        user_gmf=net.user_gmf.weight.detach()[0].numpy().copy(),
+        user_mlp=user_mlp,
+        rounds_trained=before.rounds_trained + 1,
+        dp_history=history,
+    )
+
+
+def _update(net: _DeviceNet, *, shared: Arrays) -> Arrays:
+    """The trained shared weights minus the downloaded ones."""
+    new_shared = shared_arrays(net.tower)
+    return {name: new_shared[name] - shared[name] for name in shared}
 
 
 def noise_only_step(dp_optimizer: DPOptimizerFastGradientClipping) -> None:

@@ -30,12 +30,13 @@ from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_sta
 from fedrec.deploy.fleet import split_fleet
 from fedrec.dpease.fit import select_top_items
 from fedrec.dpease.report import run_ease_and_report
-from fedrec.dpease.run import InProcessStatistics, SecureSum, device_evaluate, device_statistic, run_dp_ease
+from fedrec.dpease.run import InProcessStatistics, device_evaluate, device_statistic, run_dp_ease
 from fedrec.dpease.statistics import COUNTS
 from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.experiments.results import MODEL, read_arrays
 from fedrec.federation.device import simulated_population
 from fedrec.privacy.audit import OK, audit_run
+from fedrec.privacy.dp_fedavg import Part
 from fedrec.privacy.eval_release import MECHANISM, PRIVATE, clipped_metrics, evaluation_generator
 from fedrec.privacy.ledger import LEDGER, read_entries
 from fedrec.privacy.report import audit_document
@@ -175,10 +176,10 @@ def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
     step = 2 * config.privacy.clipping_norm / 4194304  # SecAgg+'s quantization step
     for phase, request in (("counts", {}), ("gram", {"top_items": top, "pair_decay": np.array([0.9])})):
         [reply] = list(secure.statistics(secure.clients(), phase, request))
-        assert isinstance(reply, SecureSum) and reply.contributors == 3
+        assert isinstance(reply, Part) and reply.contributors == 3
         name = "item_counts" if phase == "counts" else "gram_upper"
         plain = np.sum([device_statistic(d, phase=phase, request=request, clipping_norm=0.5)[name] for d in data], axis=0)
-        np.testing.assert_allclose(reply.arrays[name], plain, atol=3 * step + 1e-6)
+        np.testing.assert_allclose(reply.update[name], plain, atol=3 * step + 1e-6)
     # the float statistic never left a device: the masked stage carries integers only
     masked = [m for m in grid.sent if Key.MASKED_PARAMETERS in m.content.config_records.get(RECORD_KEY_CONFIGS, {})]
     assert len(masked) == 6 and all(not any(len(r) for r in m.content.array_records.values()) for m in masked)

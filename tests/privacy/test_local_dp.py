@@ -17,6 +17,7 @@ from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_samp
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
+from fedrec.config import parse_run_config
 from fedrec.federation.device import Device, simulated_population
 from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import ModelConfig, init_shared, load_shared, shared_spec
@@ -73,6 +74,34 @@ def test_the_ledger_keeps_the_devices_epsilon(local_config, tmp_path: Path) -> N
     run_federated(local_config, InProcessTransport(local_config, split.n_users), model=local_config.model.build(split.n_items), run_dir=tmp_path)
     rounds = [json.loads(line) for line in (tmp_path / LEDGER).read_text().splitlines() if '"round"' in line]
     assert rounds and all(r["local_dp"]["max_epsilon"] > 0 for r in rounds if r["clients"] > 0)
+
+
+def test_gmf_trains_with_local_dp_and_the_ledger_accounts_it(tmp_path: Path) -> None:
+    """GMF has no MLP branch: its empty MLP user vector is no parameter of what Opacus
+    wraps, and stays empty; the rest trains, is noised and is accounted like NeuMF."""
+    config = parse_run_config({
+        "dataset": "synthetic", "synthetic-users": 24, "synthetic-items": 200, "synthetic-interactions": 8, "num-eval-negatives": 20,
+        "model": "gmf", "gmf-dim": 4, "local-dp": True, "local-noise-multiplier": 1.1, "num-rounds": 2,
+        "clients-per-round": 8, "eval-every": 2, "epsilon": 50.0, "seed": 1, "ledger-key": str(tmp_path / "ledger.pem"),
+    })
+    device = Device.simulated(config, 0)
+    assert device.model.mlp_dim == 0 and not any(p.numel() == 0 for p in _DeviceNet(device.model).parameters())
+    shared = init_shared(device.model, seed=0)
+    first = device.train(shared=shared, private=None, config=config, round_=1)
+    second = device.train(shared=shared, private=first.private, config=config, round_=2)
+    assert set(first.update) == set(shared_spec(device.model)) and first.private.user_mlp.shape == (0,)
+    assert all(np.all(np.isfinite(v)) and np.any(v != 0) for v in first.update.values())
+    assert not np.array_equal(first.private.user_gmf, device.fresh_private(config.seed).user_gmf)
+    assert second.private.dp_history[0][2] == 2 * first.private.dp_history[0][2]  # the device's history carries over
+    assert second.local_epsilon > first.local_epsilon > 0
+    split = simulated_population(config).split
+    final, history, _ = run_federated(
+        config, InProcessTransport(config, split.n_users), model=config.model.build(split.n_items), run_dir=tmp_path / "run"
+    )
+    assert history.rounds_run == 2 and history.local_epsilon > 0 and not history.rejected
+    assert any(not np.array_equal(final[k], v) for k, v in init_shared(config.model.build(split.n_items), seed=config.seed).items())
+    rounds = [json.loads(line) for line in (tmp_path / "run" / LEDGER).read_text().splitlines() if '"round"' in line]
+    assert len(rounds) == 2 and all(r["local_dp"]["max_epsilon"] > 0 for r in rounds)
 
 
 # --- the DP-SGD mechanism itself: per-example clipping over all parameters, noise on all ---
