@@ -186,33 +186,65 @@ def run_dp_ease(
 
     Returns (release, history, validation metrics, test metrics).
     """
-    p, e = config.privacy, config.ease
     clients = transport.clients()
     # real devices' metrics leave only through a DP release; simulations evaluate exactly
-    private_eval = p.enabled and bool(getattr(transport, "private_evaluation", False))
+    private_eval = config.privacy.enabled and bool(getattr(transport, "private_evaluation", False))
     z_counts, z_gram = phase_noise(config, evaluations=len(EVALUATIONS) if private_eval else 0)
     history = EaseHistory(noise_multipliers=(z_counts, z_gram))
-    session: PrivacySession | None = None
-    rng: np.random.Generator | None = None
-    if p.enabled:
-        key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
-        session = PrivacySession(
-            run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
-            population=len(clients), sample_rate=1.0, noise_multiplier=z_gram, clipping_norm=p.clipping_norm,
-            config_hash=config.digest(), evaluation=PRIVATE if private_eval else NOT_PRIVATE,
-        )
-        rng = noise_generator(seed=config.seed, secure=p.secure_noise)
-    n_items = transport.n_items
+    session, rng = _open_session(config, run_dir, population=len(clients), z_gram=z_gram, private_eval=private_eval)
+    sums = _release_statistics(config, transport, clients, session=session, rng=rng, history=history, on_phase=on_phase)
+    release = _fit(config, sums, z_counts=z_counts, z_gram=z_gram)
+    history.top_items = int(release.top_items.shape[0])
+    arrays = release.to_arrays()
+    metrics = _released_metrics(config, transport, clients, arrays, session=session, history=history) if private_eval else {}
+    history.privacy = _privacy_summary(config, session, z_counts=z_counts, z_gram=z_gram, stopped=history.stopped_by_budget)
+    if not private_eval:
+        metrics = {which: _mean(transport.evaluate(clients, arrays, which)) for which in EVALUATIONS}
+    unreleased = {name: math.nan for name in METRIC_NAMES}
+    return release, history, metrics.get("val", unreleased), metrics.get("test", unreleased)
+
+
+@dataclass
+class _Sums:
+    """The noisy sums released so far and the top items chosen from the counts."""
+
     counts: np.ndarray | None = None
     gram: np.ndarray | None = None
-    top = np.empty(0, dtype=np.int64)
-    for number, (phase, z) in enumerate(zip(PHASES, (z_counts, z_gram)), start=1):
+    top: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+def _open_session(
+    config: RunConfig, run_dir: Path, *, population: int, z_gram: float, private_eval: bool,
+) -> tuple[PrivacySession | None, np.random.Generator | None]:
+    """The run's ledger session and noise generator (both None without DP)."""
+    p = config.privacy
+    if not p.enabled:
+        return None, None
+    key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
+    session = PrivacySession(
+        run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
+        population=population, sample_rate=1.0, noise_multiplier=z_gram, clipping_norm=p.clipping_norm,
+        config_hash=config.digest(), evaluation=PRIVATE if private_eval else NOT_PRIVATE,
+    )
+    return session, noise_generator(seed=config.seed, secure=p.secure_noise)
+
+
+def _release_statistics(
+    config: RunConfig, transport: StatisticsTransport, clients: Sequence[int], *, session: PrivacySession | None,
+    rng: np.random.Generator | None, history: EaseHistory, on_phase: Callable[[int, dict[str, float]], None] | None,
+) -> _Sums:
+    """Phase 1 (counts, which choose the top items), then phase 2 (co-occurrence over
+    them), each recorded in the ledger before it is used; stops before a release the
+    budget does not allow. Without even the counts there is nothing to fit: an error."""
+    p, e = config.privacy, config.ease
+    sums = _Sums()
+    for number, (phase, z) in enumerate(zip(PHASES, history.noise_multipliers), start=1):
         if session is not None and not session.allows_release(noise_multiplier=z, sample_rate=1.0):
             history.stopped_by_budget = True
             break
         started = time.perf_counter()
-        request: Arrays = {} if phase == "counts" else {TOP_ITEMS_REQUEST: top, PAIR_DECAY_REQUEST: np.array([e.pair_decay])}
-        size = n_items if phase == "counts" else packed_size(int(top.shape[0]))
+        request: Arrays = {} if phase == "counts" else {TOP_ITEMS_REQUEST: sums.top, PAIR_DECAY_REQUEST: np.array([e.pair_decay])}
+        size = transport.n_items if phase == "counts" else packed_size(int(sums.top.shape[0]))
         total, good = _noisy_sum(
             transport.statistics(clients, phase, request), name=STATISTIC_NAMES[phase], size=size,
             clipping_norm=p.clipping_norm, std=z * p.clipping_norm, rng=rng, history=history,
@@ -223,60 +255,78 @@ def run_dp_ease(
                 clipping_norm=p.clipping_norm, clients=good,
             )
         if phase == "counts":
-            counts = total
-            top = select_top_items(total, noise_std=z * p.clipping_norm, threshold=e.item_threshold, max_items=e.max_items)
+            sums.counts = total
+            sums.top = select_top_items(total, noise_std=z * p.clipping_norm, threshold=e.item_threshold, max_items=e.max_items)
         else:
-            gram = total
+            sums.gram = total
         info = {"round": float(number), "aggregated": float(good), "values": float(size), "seconds": time.perf_counter() - started}
         if session is not None:
             info["epsilon"] = session.spent
         history.phases.append(info)
         if on_phase is not None:
             on_phase(number, info)
-    if counts is None:
+    if sums.counts is None:
         if session is not None:
             session.close(stopped_by_budget=True)
         raise FedrecError(
-            f"the budget epsilon {p.epsilon} does not allow even the item counts at z={z_counts}: raise epsilon or lower noise-multiplier"
+            f"the budget epsilon {p.epsilon} does not allow even the item counts at z={history.noise_multipliers[0]}: "
+            "raise epsilon or lower noise-multiplier"
         )
-    release = fit_release(
-        counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * p.clipping_norm,
+    return sums
+
+
+def _fit(config: RunConfig, sums: _Sums, *, z_counts: float, z_gram: float) -> EaseRelease:
+    """The released model from the noisy sums (post-processing)."""
+    p, e = config.privacy, config.ease
+    assert sums.counts is not None  # _release_statistics raises otherwise
+    return fit_release(
+        counts=sums.counts, top_items=sums.top, gram_packed=sums.gram, count_noise_std=z_counts * p.clipping_norm,
         gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
         eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
         content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
     )
-    history.top_items = int(release.top_items.shape[0])
-    arrays = release.to_arrays()
+
+
+def _released_metrics(
+    config: RunConfig, transport: StatisticsTransport, clients: Sequence[int], arrays: Arrays, *,
+    session: PrivacySession | None, history: EaseHistory,
+) -> dict[str, dict[str, float]]:
+    """Real devices' validation and test metrics, each a DP release in the ledger; stops
+    before one the budget does not allow."""
+    p = config.privacy
     metrics: dict[str, dict[str, float]] = {}
-    if session is not None and private_eval:
-        eval_rng = evaluation_generator(seed=config.seed, secure=p.secure_noise, resumes=0)
-        for which in EVALUATIONS:
-            released = release_metrics(
-                session, partial(transport.evaluate, clients, arrays, which), names=METRIC_NAMES,
-                purpose=f"evaluation: {which} metrics of the DP-EASE release", noise_multiplier=p.eval_noise_multiplier,
-                expected_users=len(clients), rng=eval_rng,
-            )
-            if released is None:  # it would exceed the budget: nothing asked, nothing released
-                history.stopped_by_budget = True
-                break
-            metrics[which] = released
-    if session is not None:
-        session.close(stopped_by_budget=history.stopped_by_budget)
-        history.privacy = {
-            "epsilon": session.spent, "epsilon_rdp": session.epsilon_with(Accountant.RDP), "delta": p.delta,
-            "accountant": p.accountant, "noise_multiplier": z_gram, "noise_multipliers": [z_counts, z_gram],
-            "clipping_norm": p.clipping_norm, "budget": p.epsilon, "stopped_by_budget": history.stopped_by_budget,
-            "ledger_head": session.head,
-        }
-    else:
-        history.privacy = {
+    if session is None:
+        return metrics
+    eval_rng = evaluation_generator(seed=config.seed, secure=p.secure_noise, resumes=0)
+    for which in EVALUATIONS:
+        released = release_metrics(
+            session, partial(transport.evaluate, clients, arrays, which), names=METRIC_NAMES,
+            purpose=f"evaluation: {which} metrics of the DP-EASE release", noise_multiplier=p.eval_noise_multiplier,
+            expected_users=len(clients), rng=eval_rng,
+        )
+        if released is None:  # it would exceed the budget: nothing asked, nothing released
+            history.stopped_by_budget = True
+            break
+        metrics[which] = released
+    return metrics
+
+
+def _privacy_summary(
+    config: RunConfig, session: PrivacySession | None, *, z_counts: float, z_gram: float, stopped: bool,
+) -> dict[str, object]:
+    """Close the ledger (with DP) and say what the run spent."""
+    p = config.privacy
+    if session is None:
+        return {
             "epsilon": float("inf"), "delta": None, "accountant": None, "noise_multiplier": 0.0,
             "noise_multipliers": [0.0, 0.0], "clipping_norm": None, "budget": None, "stopped_by_budget": False,
         }
-    if not private_eval:
-        metrics = {which: _mean(transport.evaluate(clients, arrays, which)) for which in EVALUATIONS}
-    unreleased = {name: math.nan for name in METRIC_NAMES}
-    return release, history, metrics.get("val", unreleased), metrics.get("test", unreleased)
+    session.close(stopped_by_budget=stopped)
+    return {
+        "epsilon": session.spent, "epsilon_rdp": session.epsilon_with(Accountant.RDP), "delta": p.delta,
+        "accountant": p.accountant, "noise_multiplier": z_gram, "noise_multipliers": [z_counts, z_gram],
+        "clipping_norm": p.clipping_norm, "budget": p.epsilon, "stopped_by_budget": stopped, "ledger_head": session.head,
+    }
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
