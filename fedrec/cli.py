@@ -167,9 +167,9 @@ def simulate(
         runner = _engine(engine)
         if ray_address and engine != "flower":
             raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
-        rounds = run_config.federation.num_rounds
+        rounds, steps = run_config.federation.num_rounds, "rounds"
         if run_config.model.family is ModelFamily.DP_EASE:
-            rounds = 2  # two releases (item counts, co-occurrence), no training rounds
+            rounds, steps = 2, "releases"  # two releases (item counts, co-occurrence), no training rounds
         with _progress() as progress:
             task = progress.add_task(f"federated ({engine})", total=rounds, status="resuming" if resume else "starting")
 
@@ -198,14 +198,14 @@ def simulate(
         rows: dict[str, dict[str, Any]] = {f"federated {results['model']}": results}
         references = results.get("references", {})
         rows.update({name: ref["test"] for name, ref in references.items()})
-        title = f"{results['dataset']}: test metrics after {rounds} rounds, {privacy}"
+        title = f"{results['dataset']}: test metrics after {results.get('rounds', rounds)} {steps}, {privacy}"
         if references:
             title += f" ({', '.join(references)}: no DP, same split)"
         console.print(_table(title, rows))
         if "popularity" in references:
             console.print(_versus_popularity(results, references["popularity"]["test"]))
         console.print(
-            f"{results['clients']} clients, {results['clients_per_round']:.0f} per round, seed {results['seed']}, "
+            f"{results['clients']} clients, {results['clients_per_round']:.0f} per {steps[:-1]}, seed {results['seed']}, "
             f"{results['seconds']:.1f} s. Wrote {path} and {path.parent / 'curves.png'}"
         )
 
@@ -312,8 +312,12 @@ def sweep(
                 return result
 
             rows = run_sweep(base, epsilons=eps, populations=pops, out_dir=out.resolve(), run_point=run_point, central_ndcg=central_ndcg)
-        table = Table(title="privacy-utility sweep (test metrics)")
-        for col in ("users", "epsilon target", "epsilon (PRV)", "z", "rounds", "hr@10", "ndcg@10", "full_ndcg@10"):
+        from fedrec.config import ModelFamily
+
+        ease = base.model.family is ModelFamily.DP_EASE  # two releases; the z shown is the co-occurrence release's
+        table = Table(title=f"privacy-utility sweep of {base.model.family.value} (test metrics)")
+        for col in ("users", "epsilon target", "epsilon (PRV)", "z gram" if ease else "z", "releases" if ease else "rounds",
+                    "hr@10", "ndcg@10", "full_ndcg@10"):
             table.add_column(col, justify="right")
         for r in rows:
             table.add_row(str(r["users"]), f"{r['epsilon_target']:g}", f"{r['epsilon']:.3g}", f"{r['noise_multiplier']:.3g}",
@@ -515,9 +519,10 @@ def audit_empirical(
     """
     _setup_logging(verbose)
     with _errors():
-        from fedrec.privacy.canaries import AuditSettings, run_empirical_audit
+        from fedrec.privacy.canaries import AuditSettings, check_auditable, run_empirical_audit
 
         run_config = _load_config(config, set_, data)
+        check_auditable(run_config)
         _data_note(run_config)
         with _progress() as progress:
             task = progress.add_task("training with canaries", total=run_config.federation.num_rounds, status="")
@@ -555,22 +560,24 @@ def coldstart_eval(
     first_rounds: Annotated[int, typer.Option(help="Local rounds for the random vs profile init study (0: skip).")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out users, negatives and tie-breaks.")] = 0,
     collaborative: Annotated[
-        str, typer.Option(help="none, or dp-ease: add the DP-EASE release of the training users (own ledger in OUT/dp-ease).")
-    ] = "none",
+        str, typer.Option(help="auto (dp-ease when model = dp-ease, the default), none, or dp-ease: add the DP-EASE "
+                               "release of the training users (own ledger in OUT/dp-ease).")
+    ] = "auto",
     epsilon: Annotated[float, typer.Option(help="Budget of the --collaborative dp-ease release (user-level).")] = 8.0,
     delta: Annotated[float, typer.Option(help="Delta of the --collaborative dp-ease release.")] = 1e-5,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Cold start on held-out users who never train: popularity, content, blend, federated; CSV + plot.
 
-    The federated reference uses the run settings (--config/--set; default: 20 rounds,
-    50 clients per round, no DP) over the training users only. With --collaborative
-    dp-ease the training users also run DP-EASE (its ledger passes `fedrec audit OUT/dp-ease`)
-    and new users are scored from its released arrays (docs/coldstart-dp.md).
+    The federated model is the run's (--config/--set). With model = dp-ease (the default)
+    the training users run DP-EASE (its ledger passes `fedrec audit OUT/dp-ease`) and new
+    users are scored from its released arrays (docs/coldstart-dp.md). With model = neumf
+    or gmf a neural reference is trained over the training users (default: 20 rounds, 50
+    clients per round, no DP); --collaborative dp-ease adds the DP-EASE release to it.
     """
     _setup_logging(verbose)
     with _errors():
-        from fedrec.config import DPMode, load_config_file, parse_overrides, parse_run_config
+        from fedrec.config import DPMode, ModelFamily, load_config_file, parse_overrides, parse_run_config
         from fedrec.data.location import resolve_data_dir
         from fedrec.data.sources import load_dataset
         from fedrec.experiments.coldstart import CSV_NAME, PLOT_NAME, ColdStartConfig, Collaborative, run_coldstart_eval
@@ -587,6 +594,15 @@ def coldstart_eval(
             raise FedrecError("--reveal takes comma-separated integers, e.g. 0,1,3,5") from None
         if any(n < 0 for n in reveal_n):
             raise FedrecError("--reveal values must be >= 0")
+        ease = run_config.model.family is ModelFamily.DP_EASE
+        if collaborative == "auto":
+            collaborative = "dp-ease" if ease else "none"
+        if ease and federated:
+            # the neural reference cannot be DP-EASE: its rows come from the release instead
+            federated = False
+            if collaborative == "none":
+                raise FedrecError("model = dp-ease is evaluated through its release (--collaborative dp-ease): with "
+                                  "--collaborative none add --no-federated, or --set model=neumf for the neural reference")
         settings = ColdStartConfig(
             reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated,
             first_rounds=first_rounds, seed=seed, collaborative=cast(Collaborative, collaborative), release_epsilon=epsilon, release_delta=delta,

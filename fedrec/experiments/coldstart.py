@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrec.config import RunConfig
+from fedrec.config import ModelFamily, RunConfig
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import ClientData, leave_one_out
 from fedrec.errors import ConfigError
@@ -105,6 +105,10 @@ class FederatedReference:
 
 def train_federated_reference(config: RunConfig, data: Interactions, train_users: np.ndarray, run_dir: Path) -> FederatedReference:
     """A federated run over the training users only (held-out users never take part)."""
+    if config.model.family is ModelFamily.DP_EASE:  # its device model would be a GMF nobody asked for
+        problem = ("the federated reference is a neural model: set model = neumf or gmf "
+                   "(model = dp-ease is evaluated through its release, collaborative = dp-ease)")
+        raise ConfigError([problem])
     torch.set_num_threads(1)
     population = data.subset_users(train_users)
     split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import CALIBRATE, DPMode, RunConfig
+from fedrec.config import CALIBRATE, DPMode, ModelFamily, RunConfig
 from fedrec.experiments.results import save_png, write_atomic
 
 COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "noise_multiplier", "rounds", "hr@10", "ndcg@10",
@@ -53,8 +53,14 @@ def run_sweep(
                 }
             )
             write_table(out_dir / "sweep.csv", rows)
-    plot_sweep(out_dir / "sweep.png", rows, central_ndcg=central_ndcg)
+    plot_sweep(out_dir / "sweep.png", rows, central_ndcg=central_ndcg, private_label=private_label(base))
     return rows
+
+
+def private_label(config: RunConfig) -> str:
+    """What the private curve of the plot is: DP-EASE's two releases or DP-FedAvg rounds of a neural model."""
+    family = config.model.family
+    return "DP-EASE" if family is ModelFamily.DP_EASE else f"DP-FedAvg ({family.value})"
 
 
 def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -65,7 +71,9 @@ def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     write_atomic(path, buffer.getvalue().encode())
 
 
-def plot_sweep(path: Path, rows: Sequence[Mapping[str, Any]], *, central_ndcg: float | None) -> None:
+def plot_sweep(
+    path: Path, rows: Sequence[Mapping[str, Any]], *, central_ndcg: float | None, private_label: str = "DP-FedAvg"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +84,7 @@ def plot_sweep(path: Path, rows: Sequence[Mapping[str, Any]], *, central_ndcg: f
     for users in sorted({r["users"] for r in rows}):
         points = sorted((r for r in rows if r["users"] == users), key=lambda r: r["epsilon_target"])
         private = [r for r in points if math.isfinite(r["epsilon_target"])]
-        ax.plot([r["epsilon_target"] for r in private], [r["ndcg@10"] for r in private], marker="o", label=f"DP-FedAvg, {users} users")
+        ax.plot([r["epsilon_target"] for r in private], [r["ndcg@10"] for r in private], marker="o", label=f"{private_label}, {users} users")
         for r in points:
             if not math.isfinite(r["epsilon_target"]):
                 ax.axhline(r["ndcg@10"], ls="--", lw=1, label=f"federated, no DP ({users} users)")

@@ -1,0 +1,117 @@
+"""Every command with the default model (DP-EASE) on a user's own CSV: it runs the model
+the config names, or refuses it in one line before anything trains, and its output
+speaks of what DP-EASE does (two releases, not training rounds)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+from fedrec.config import parse_run_config
+from fedrec.data.sources import load_dataset
+from fedrec.errors import ConfigError
+from fedrec.experiments import sweep as sweep_module
+from fedrec.experiments.coldstart import train_federated_reference
+from fedrec.experiments.results import RESULTS
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_example", REPO / "tests" / "data" / "make_example.py")
+assert _spec is not None and _spec.loader is not None
+make_example = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_example)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The data section of the generated bookshop, as --set arguments (no model key)."""
+    folder = tmp_path_factory.mktemp("bookshop")
+    make_example.generate(folder)
+    keys = {"dataset": "ratings.csv", "data-dir": str(folder), "item-file": "books.csv", "rating-threshold": "3.5"}
+    return [arg for key, value in keys.items() for arg in ("--set", f"{key}={value}")]
+
+
+def _run(args: list[str]) -> str:
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    return result.output
+
+
+def test_simulate_with_the_default_model_reports_releases_not_rounds(shop: list[str], tmp_path: Path) -> None:
+    text = _run(["simulate", *shop, "--out", str(tmp_path)])
+    assert "federated dp-ease" in text
+    assert "test metrics after 2 releases" in text and "rounds" not in text
+    assert "per release" in text
+
+
+def test_audit_empirical_refuses_dp_ease_before_training(shop: list[str], tmp_path: Path) -> None:
+    # Its attack reads neural item embeddings: with the default model it used to train a
+    # GMF by DP-FedAvg instead and report that run's bounds as if it were the model asked for.
+    out = tmp_path / "audit"
+    result = runner.invoke(
+        app, ["audit-empirical", *shop, "--set", "num-rounds=1", "--canaries", "4", "--items", "2", "--out", str(out)],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "model=neumf" in result.output and "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir()), "nothing may be trained or written"
+
+
+def test_audit_empirical_still_runs_a_neural_model(shop: list[str], tmp_path: Path) -> None:
+    text = _run(["audit-empirical", *shop, "--set", "model=gmf", "--set", "num-rounds=1", "--canaries", "4",
+                 "--items", "2", "--out", str(tmp_path)])
+    assert "empirical privacy audit" in text and (tmp_path / "empirical_audit.json").is_file()
+
+
+def test_coldstart_eval_evaluates_the_default_model_through_its_release(shop: list[str], tmp_path: Path) -> None:
+    text = _run(["coldstart-eval", *shop, "--text", "tfidf", "--reveal", "0,3", "--out", str(tmp_path)])
+    with (tmp_path / "coldstart.csv").open(newline="") as fh:
+        methods = {row["method"] for row in csv.DictReader(fh)}
+    assert any(m.startswith("DP-EASE") for m in methods), methods
+    assert not any(m.startswith("federated") for m in methods), methods  # no GMF in DP-EASE's place
+    assert (tmp_path / "dp-ease" / "privacy_ledger.jsonl").is_file()
+    assert "(epsilon 8)" in text
+
+
+def test_coldstart_eval_with_dp_ease_and_no_collaborative_says_what_to_do(shop: list[str], tmp_path: Path) -> None:
+    result = runner.invoke(app, ["coldstart-eval", *shop, "--collaborative", "none", "--out", str(tmp_path)],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 2 and "--no-federated" in result.output and "model=neumf" in result.output, result.output
+    assert not (tmp_path / RESULTS).exists()
+
+
+def test_federated_reference_refuses_dp_ease(shop: list[str], tmp_path: Path) -> None:
+    values = dict(arg.split("=", 1) for arg in shop[1::2])
+    config = parse_run_config(values)
+    data = load_dataset(config.data).positives(config.data.rating_threshold)
+    with pytest.raises(ConfigError, match="model = neumf or gmf"):
+        train_federated_reference(config, data, np.arange(10), tmp_path)
+
+
+@pytest.mark.parametrize(("model", "label"), [("dp-ease", "DP-EASE, 50 users"), ("neumf", "DP-FedAvg (neumf), 50 users")])
+def test_sweep_plot_names_the_model(model: str, label: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures: list[Any] = []
+    monkeypatch.setattr(sweep_module, "save_png", lambda path, fig: figures.append(fig))
+
+    def point(config: Any, run_dir: Path) -> dict[str, Any]:  # the sweep's bookkeeping only: no training
+        return {"clients": 50, "epsilon": config.privacy.epsilon if config.privacy.enabled else float("inf"),
+                "noise_multiplier": 1.0, "rounds": 2, "hr@10": 0.5, "ndcg@10": 0.3, "full_ndcg@10": 0.1,
+                "recall@20": 0.2, "seconds": 1.0}
+
+    sweep_module.run_sweep(parse_run_config({"model": model}), epsilons=[1.0, 8.0], populations=[50], out_dir=tmp_path,
+                           run_point=point)
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert labels == [label]
+
+
+def test_sweep_table_of_dp_ease_names_releases(shop: list[str], tmp_path: Path) -> None:
+    text = _run(["sweep", *shop, "--epsilons", "8", "--users", "0", "--out", str(tmp_path)])
+    assert "sweep of dp-ease" in text and "releases" in text and "z gram" in text
