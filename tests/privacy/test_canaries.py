@@ -29,7 +29,7 @@ from fedrec.privacy.canaries import (
 
 def _config(tmp_path: Path, **overrides: object) -> RunConfig:
     values: dict[str, object] = {
-        "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 600, "synthetic-interactions": 15,
+        "model": "neumf", "dataset": "synthetic", "synthetic-users": 150, "synthetic-items": 600, "synthetic-interactions": 15,
         "num-rounds": 30, "clients-per-round": 150, "server-lr": 5.0, "eval-every": 0, "gmf-dim": 8,
         "mlp-layers": "16,8", "seed": 1, "ledger-key": str(tmp_path / "keys" / "ledger.pem"),
     }
@@ -101,7 +101,7 @@ def test_scores_see_items_moving_together_and_ignore_shared_drift() -> None:
 def test_the_command_prints_both_bounds_and_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "audit"
     args = ["audit-empirical", "--canaries", "20", "--items", "4", "--out", str(out), "--set", "dataset=synthetic",
-            "--set", "synthetic-users=60", "--set", "synthetic-items=200", "--set", "num-rounds=2", "--set", "dp=off",
+            "--set", "model=neumf", "--set", "synthetic-users=60", "--set", "synthetic-items=200", "--set", "num-rounds=2", "--set", "dp=off",
             "--set", "eval-every=0", "--set", "gmf-dim=4", "--set", "mlp-layers=8,4"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
