@@ -227,9 +227,10 @@ def statistics(msg: Message, context: Context) -> Message:
 @app.evaluate(protocol.EASE_EVALUATE_ACTION)
 def evaluate_ease(msg: Message, context: Context) -> Message:
     """DP-EASE: this device's metrics with the released weights, scored on the device."""
-    local, _, _ = _open(msg, context)
+    local, config, round_ = _open(msg, context)
     record = msg.content.config_records[protocol.CONFIG]
     release = to_arrays(msg.content.array_records[protocol.ARRAYS])
+    local.remember(shared=release, config=config, round_=round_)  # `fedrec recommend` scores with it on the device
     metrics = device_evaluate(local.device.data, release=release, which=str(record[protocol.HELD_OUT]))
     _note_memory(local)
     return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)

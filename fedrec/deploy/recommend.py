@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedrec.config import ModelFamily
 from fedrec.data.ids import shown
 from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import DeviceFiles, load_state, load_user_interactions, saved_config
 from fedrec.deploy.fleet import DATA_FILE
+from fedrec.dpease.fit import EaseRelease
 from fedrec.errors import DataError
 from fedrec.models import SharedTower, load_shared
 
@@ -59,10 +61,19 @@ def recommend(device_dir: Path, *, k: int = 10, min_history: int = 3, data_file:
     seen_data = load_user_interactions(files, catalog)
     seen = np.unique(seen_data.items)
     history = int(np.unique(seen_data.positives(threshold).items).shape[0])
-    if state is None or state.private is None or state.shared is None or config is None:
-        scores, source, reason = catalog.popularity, "popularity", "the device has not trained a private model yet"
+    ease = config is not None and config.model.family is ModelFamily.DP_EASE
+    if state is None or state.shared is None or config is None or (state.private is None and not ease):
+        not_yet = "received a DP-EASE release" if ease else "trained a private model"
+        scores, source, reason = catalog.popularity, "popularity", f"the device has not {not_yet} yet"
     elif history < min_history:
         scores, source, reason = catalog.popularity, "popularity", f"{history} positive interactions (< {min_history})"
+    elif ease or state.private is None:  # (no private state here means DP-EASE)
+        # DP-EASE: the released weights score the device's own positives, most recent weighing most
+        positives = seen_data.positives(threshold)
+        in_time = positives.items[np.lexsort((np.arange(len(positives)), positives.timestamps))]
+        scores = EaseRelease.from_arrays(state.shared).score_items(in_time)
+        source = "federated"
+        reason = f"DP-EASE release received in round {state.round_}, scored from {history} positive interactions"
     else:
         tower = SharedTower(config.model.build(catalog.n_items), generator=None)
         load_shared(tower, state.shared)

@@ -26,7 +26,7 @@ from fedrec.models import init_shared, shared_spec
 
 @pytest.fixture()
 def config(tmp_path: Path) -> RunConfig:
-    return parse_run_config({"gmf-dim": 4, "mlp-layers": "8,4", "seed": 1, "ledger-key": str(tmp_path / "l.pem")})
+    return parse_run_config({"model": "neumf", "gmf-dim": 4, "mlp-layers": "8,4", "seed": 1, "ledger-key": str(tmp_path / "l.pem")})
 
 
 @pytest.fixture()
@@ -97,6 +97,30 @@ def test_recommend_excludes_seen_items_and_falls_back_to_popularity(fleet: list[
     assert after.source == "federated"
     assert not {r.item_id for r in after.items} & seen
     assert recommend(folder, k=10, min_history=10_000).source == "popularity"
+
+
+def test_recommend_on_a_dp_ease_device_scores_with_the_release_it_received(fleet: list[Path], tmp_path: Path) -> None:
+    # A DP-EASE device trains nothing private: it keeps the release (clients/device.py,
+    # evaluate_ease) and scores its own positives with it, most recent weighing most.
+    from fedrec.dpease.fit import EaseRelease
+
+    folder = fleet[2]
+    catalog = load_catalog(folder / CATALOG)
+    rows = [line.split(",") for line in (folder / DATA_FILE).read_text().splitlines()[1:]]
+    last = catalog.index_of(np.array([max(rows, key=lambda r: int(r[3]))[1]]), where=folder / DATA_FILE)[0]  # the newest item
+    target = (last + 1) % catalog.n_items
+    while str(catalog.item_ids[target]) in {r[1] for r in rows}:
+        target = (target + 1) % catalog.n_items
+    top = np.array([last, target])
+    weights = np.array([[0.0, 5.0], [0.0, 0.0]])  # the newest item points at target, far above any prior
+    release = EaseRelease(top_items=top, weights=weights, prior=np.zeros(catalog.n_items), score_decay=0.9)
+    config = parse_run_config({"model": "dp-ease", "seed": 1, "ledger-key": str(tmp_path / "l.pem")})
+    local = LocalDevice.open(folder / DATA_FILE, config)
+    local.remember(shared=release.to_arrays(), config=config, round_=3)
+    recs = recommend(folder, k=3)
+    assert recs.source == "federated" and "DP-EASE" in recs.reason, recs.reason
+    assert recs.items[0].item_id == int(catalog.item_ids[target])
+    assert recommend(folder, k=3, min_history=10_000).source == "popularity"
 
 
 def test_top_k_orders_by_score_and_skips_excluded() -> None:

@@ -26,8 +26,9 @@ from clients.records import to_record
 from fedrec import protocol
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
-from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, save_state
+from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, load_state, save_state
 from fedrec.deploy.fleet import split_fleet
+from fedrec.deploy.recommend import recommend
 from fedrec.dpease.fit import select_top_items
 from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import InProcessStatistics, device_evaluate, device_statistic, run_dp_ease
@@ -139,6 +140,11 @@ def test_real_devices_answer_with_their_own_statistic_and_metrics(fleet: tuple[R
     }
     metrics = grid.evaluate(grid.clients(), release, "test")
     assert sorted(metrics, key=str) == sorted((device_evaluate(d, release=release, which="test") for d in data.values()), key=str)
+    for cfg in nodes.values():  # each device keeps the release and recommends from it, on the device
+        state = load_state(DeviceFiles.beside(cfg["data-path"]))
+        assert state.shared is not None and state.shared.keys() == release.keys()
+        recs = recommend(Path(cfg["data-path"]).parent, k=5)
+        assert recs.source == "federated" and "DP-EASE" in recs.reason, recs.reason
 
 
 def test_outbox_guard_refuses_a_statistics_reply_with_anything_more(
