@@ -58,14 +58,13 @@ def _devices(folder: Path) -> Iterator[Path]:
     yield from sorted(p / DATA_FILE for p in (folder / "devices").iterdir() if (p / DATA_FILE).is_file())
 
 
-def offline_quality(folder: Path, config: RunConfig) -> dict[str, Any]:
+def offline_quality(folder: Path, config: RunConfig, released: Arrays) -> dict[str, Any]:
     """Each device's test metrics under the fleet's released model, and popularity's.
 
     The benchmark's own evaluation: it reads every device's private state, which no
     deployment does. Popularity is counted (a) over the fleet devices' training items
     and (b) over every positive interaction of the data set's other users.
     """
-    released = read_arrays(folder / "run" / MODEL)
     locals_ = [LocalDevice.open(path, config) for path in _devices(folder)]
     model = {which: [local.device.evaluate(shared=released, private=local.state.private, config=config, which=which)
                      for local in locals_] for which in HELD_OUT}
@@ -102,7 +101,7 @@ def _row(folder: Path) -> dict[str, Any]:
     n_items = load_catalog(folder / "devices" / "device-000" / "catalog.json").n_items
     spec = shared_spec(config.model.build(n_items))
     dense = sum(4 * int(np.prod(s)) for s in spec.values())
-    quality = offline_quality(folder, config)
+    quality = offline_quality(folder, config, read_arrays(folder / "run" / MODEL))
     row = {
         "secure_aggregation": demo["secure_aggregation"],
         "rounds": results["rounds"],
@@ -136,6 +135,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-secagg"))
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds each fleet may take from submission to results")
     parser.add_argument("--set", action="append", default=[], help="run setting key=value over FLEET_SETTINGS (repeatable)")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("PLAIN", "SECAGG"))
     args = parser.parse_args()
@@ -147,7 +147,8 @@ def main() -> None:
         overrides = {**FLEET_SETTINGS, **parse_overrides(args.set)}
         folders = [args.out / "plain", args.out / "secagg"]
         for folder, secure in zip(folders, (False, True)):
-            run_demo(folder, devices=args.devices, rounds=args.rounds, data_dir="", overrides=overrides, secure_aggregation=secure)
+            run_demo(folder, devices=args.devices, rounds=args.rounds, data_dir="", overrides=overrides, secure_aggregation=secure,
+                     timeout=args.timeout)
     rows = [_row(f) for f in folders]
     # How far each fleet's model moved from the initial one the server started from
     # (init_shared with the run's seed), and how far apart the two fleets ended: exact,
