@@ -37,7 +37,7 @@ import numpy as np
 from fedrec.config import RunConfig, parse_overrides, parse_run_config
 from fedrec.data.loaders import load_csv
 from fedrec.data.sources import load_dataset
-from fedrec.data.spec import DataSpec
+from fedrec.data.spec import DataSpec, IdType
 from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import LocalDevice
 from fedrec.deploy.fleet import DATA_FILE
@@ -73,7 +73,7 @@ def offline_quality(folder: Path, config: RunConfig, released: Arrays) -> dict[s
     fleet_counts = np.bincount(np.concatenate([d.train_items for d in data]), minlength=n_items).astype(np.float64)
     catalog = load_catalog(locals_[0].files.catalog)
     population = load_dataset(config.data).positives(config.data.rating_threshold)
-    fleet_users = {str(load_csv(local.files.data, DataSpec(id_type="string")).user_ids[0]) for local in locals_}
+    fleet_users = {str(load_csv(local.files.data, DataSpec(id_type=IdType.STRING)).user_ids[0]) for local in locals_}
     others = ~np.isin(np.asarray(population.user_ids).astype(str)[population.users], list(fleet_users))
     other_items = catalog.index_of(np.asarray(population.item_ids)[population.items[others]], where=folder)
     population_counts = np.bincount(other_items, minlength=n_items).astype(np.float64)
