@@ -72,5 +72,14 @@ def prv_rounds(n: int, *, points: int, always: Sequence[int] = ()) -> list[int]:
 
 
 def prv_at(steps: Sequence[Step], prefixes: Sequence[int], *, delta: float) -> dict[int, float]:
-    """Epsilon by PRV after ``steps[:k]`` for each k in ``prefixes`` (Opacus' accountant)."""
-    return {k: epsilon(compress(steps[:k]), delta=delta, accountant=Accountant.PRV) for k in prefixes}
+    """Epsilon by PRV after ``steps[:k]`` for each k in ``prefixes`` (Opacus' accountant);
+    NaN where the numerical composition cannot evaluate the prefix (Opacus raises for
+    extreme parameters, e.g. a single step at z = 0.01): the curve shows no PRV point
+    there, and the audit's own verdict is unaffected."""
+    out: dict[int, float] = {}
+    for k in prefixes:
+        try:
+            out[k] = epsilon(compress(steps[:k]), delta=delta, accountant=Accountant.PRV)
+        except (ArithmeticError, RuntimeError, ValueError):
+            out[k] = math.nan
+    return out

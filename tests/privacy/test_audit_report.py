@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -258,3 +259,12 @@ def test_releases_are_composed_listed_and_shared(tmp_path: Path) -> None:
     text = parse(page)
     assert text.by_id["eps-total"] == f"{eps['prv']:.4f}" and text.by_id["eps-rounds-only"] == f"{eps['rounds_only']['prv']:.4f}"
     assert text.by_id["eps-releases-share"] == f"{eps['prv'] - eps['rounds_only']['prv']:.4f}"
+
+
+def test_a_prefix_the_prv_accountant_cannot_evaluate_is_a_missing_point_not_a_crash() -> None:
+    from fedrec.privacy.audit_curve import prv_at
+
+    # Opacus' PRV raises "Discrete mean differs significantly" for one step at z = 0.01
+    points = prv_at([(0.01, 1.0), (0.01, 1.0), (1.0, 1.0)], [1, 3], delta=1e-5)
+    assert math.isnan(points[1])
+    assert not math.isnan(points[3])
