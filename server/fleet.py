@@ -44,6 +44,31 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc; empty elsewhere). The SuperLink
+    starts each run's ``flwr-serverapp`` in a session of its own, which a signal to the
+    SuperLink's process group does not reach."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
 @dataclass
 class Proc:
     name: str
@@ -191,14 +216,19 @@ class LocalFleet:
         return next((_peak_rss(p.popen.pid) for p in self.procs if p.name == name and p.alive()), 0)
 
     def close(self) -> None:
-        """SIGTERM each process group we started, then SIGKILL what is left."""
+        """SIGTERM each process group we started and every descendant (found before the
+        parents go, while they still can be: a ServerApp in its own session too), then
+        SIGKILL what is left."""
+        spawned = [pid for proc in self.procs for pid in _descendants(proc.popen.pid)]
         for proc in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGTERM)
+        _signal(spawned, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGKILL)
+        _signal([pid for pid in spawned if Path(f"/proc/{pid}").exists()], signal.SIGKILL)
         self.procs.clear()
