@@ -179,3 +179,25 @@ def test_explicit_columns_and_item_file_columns(tmp_path: Path) -> None:
     assert meta is not None and meta.titles == ("Ex", "Why") and meta.genre_names == ("Tool", "Toy")
     assert meta.texts == ("a red toy", "") and meta.year[0] == 2001 and np.isnan(meta.year[1])
     assert data.timestamps.tolist() == [1, 2, 3]
+
+
+def test_iso_8601_timestamps_read_as_seconds_by_both_readers(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "Customer ID,Product ID,Score,Created At\n"
+        "C-1,SKU-9,5,2024-01-26T21:01:15Z\n"
+        "C-1,SKU-3,4,2024-01-26T23:01:16+02:00\n"  # 21:01:16 UTC: one second after the first
+        "C-2,SKU-9,3,2024-01-27\n"  # a date: midnight UTC
+        "C-2,SKU-4,5,2024-01-27 08:30:00.75\n"  # no zone: UTC; the fraction is dropped
+    )
+    expected = [("C-1", "SKU-3", 4.0, 1706302876), ("C-1", "SKU-9", 5.0, 1706302875),
+                ("C-2", "SKU-4", 5.0, 1706344200), ("C-2", "SKU-9", 3.0, 1706313600)]
+    for fast in (True, False):
+        assert own_rows(load_csv(path, DataSpec(), fast=fast)) == expected
+    # anything else names the line, as an integer that is not one does
+    path.write_text("user,item,rating,timestamp\n1,2,4,2024-01-26\n1,3,4,26/01/2024\n")
+    with pytest.raises(DataError, match=r"orders.csv:3: timestamp '26/01/2024' is not an integer .* nor an ISO-8601 date"):
+        load_csv(path, DataSpec())
+    path.write_text("user,item,rating,timestamp\n1,2,4,1969-12-31\n")
+    with pytest.raises(DataError, match="orders.csv:2: timestamp '1969-12-31' is out of range"):
+        load_csv(path, DataSpec())

@@ -3,6 +3,7 @@ DataError, never another exception; a valid file round-trips."""
 
 from __future__ import annotations
 
+import datetime
 import tempfile
 from pathlib import Path
 
@@ -110,3 +111,31 @@ def test_a_quoted_value_spanning_lines_is_judged_by_the_reference(tmp_path: Path
     path.write_bytes(HEADER + b'0,",0\n",0,0\n')
     layout = resolve_layout(path, DataSpec())
     assert read_fast(layout, DataSpec(), name="x") is None
+
+
+STAMP_FORMATS = ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S+02:00")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    moments=st.lists(st.datetimes(min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(2200, 1, 1)),
+                     min_size=1, max_size=12),
+    formats=st.lists(st.sampled_from(STAMP_FORMATS), min_size=12, max_size=12),
+)
+def test_iso_timestamps_read_the_same_by_both_readers(moments: list[datetime.datetime], formats: list[str]) -> None:
+    """ISO-8601 dates and date-times, zoned or not, mixed in one file: the fast reader
+    either declines or reads exactly what the line-by-line reference reads."""
+    lines = [f"{u},{u},1,{m.strftime(f)}".encode() for u, (m, f) in enumerate(zip(moments, formats))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.csv"
+        path.write_bytes(HEADER + b"\n".join(lines) + b"\n")
+        layout = resolve_layout(path, DataSpec())
+        reference = read_reference(layout, DataSpec(), name="x")
+        fast = read_fast(layout, DataSpec(), name="x")
+        if fast is not None:
+            assert same(fast, reference)
+    naive = [m.replace(tzinfo=datetime.UTC) for m in moments]
+    shift = [7200 if f.endswith("+02:00") else 0 for f in formats]
+    whole = [int(n.timestamp()) - s if not f == "%Y-%m-%d" else int(n.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+             for n, s, f in zip(naive, shift, formats)]
+    assert sorted(reference.timestamps.tolist()) == sorted(whole)

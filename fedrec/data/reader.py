@@ -67,8 +67,8 @@ def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str
     types: dict[str, Any] = {layout.user: id_type, layout.item: id_type}
     if layout.rating:
         types[layout.rating] = pa.float64()
-    if layout.timestamp:
-        types[layout.timestamp] = pa.int64()
+    if layout.timestamp:  # CSV: text, integer seconds or ISO-8601 (_stamps); Parquet: as stored
+        types[layout.timestamp] = pa.int64() if layout.parquet else pa.string()
     scale = spec.scale()
     parts: dict[str, list[np.ndarray]] = {name: [] for name in types}
     for batch in _batches(layout, spec, types):
@@ -78,7 +78,9 @@ def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str
                 column = column.cast(kind)  # Parquet: int32 ids, or a safe cast that fails on 1.5
             if column.null_count:
                 raise ValueError(f"column {name} has empty values")
-            if kind == pa.string():
+            if name == layout.timestamp and kind == pa.string():
+                parts[name].append(_stamps(column))
+            elif kind == pa.string():
                 if pc.any(pc.match_substring_regex(column, r"[\r\n]")).as_py():
                     # a quoted value spanning lines: the line-by-line reference judges (and names) it
                     raise _Declined("a line break inside a quoted value")
@@ -100,6 +102,25 @@ def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str
         out[name] = np.concatenate(chunks) if chunks else np.empty(0, dtype=object if text_ids else np.int64)
         del chunks
     return out
+
+
+def _stamps(column: Any) -> np.ndarray:
+    """Seconds since 1970 (int64) from a text column of integers or ISO-8601 dates or
+    date-times, as :func:`fedrec.data.reference.stamp_field` reads them (UTC where no
+    zone is given, fractions of a second dropped); anything else the reference judges."""
+    import pyarrow as pa
+
+    try:
+        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
+    except _PARSE_ERRORS:
+        pass
+    for kind in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):  # zoned, then naive (read as UTC)
+        try:
+            micros = np.asarray(column.cast(kind).cast(pa.int64()).to_numpy(), dtype=np.int64)
+        except _PARSE_ERRORS:
+            continue
+        return micros // 1_000_000
+    raise _Declined("a timestamp is neither integer seconds nor ISO-8601")
 
 
 def _ids_ok(raw: np.ndarray) -> bool:

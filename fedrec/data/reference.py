@@ -9,6 +9,7 @@ does not accept, the file is read again here, which either names the first bad l
 from __future__ import annotations
 
 import csv
+import datetime
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from fedrec.data.spec import DataSpec, Layout
 from fedrec.errors import DataError
 
 MAX_STAMP = 2**62
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
@@ -47,13 +49,32 @@ def float_field(value: str, *, what: str, where: str) -> float:
 
 
 def stamp_field(value: str, *, where: str) -> int:
+    """Seconds since 1970: an integer as written, or an ISO-8601 date or date-time
+    (``2024-01-26``, ``2024-01-26T21:01:15Z``, ``2024-01-26 21:01:15+02:00``; without a
+    zone it is read as UTC; fractions of a second are dropped: ties are broken at random
+    by the split)."""
     text = value.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise DataError(f"{where}: timestamp {value!r} is not an integer (seconds since 1970; time-col=none drops it)")
-    out = int(text)
-    if out >= MAX_STAMP:
-        raise DataError(f"{where}: timestamp {out} is out of range (0 .. 2^62)")
+    if text.isascii() and text.isdigit():
+        out = int(text)
+    else:
+        out = iso_seconds(text, where=where)
+    if not 0 <= out < MAX_STAMP:
+        raise DataError(f"{where}: timestamp {value!r} is out of range (1970-01-01 .. 2^62 seconds)")
     return out
+
+
+def iso_seconds(text: str, *, where: str) -> int:
+    """Whole seconds since 1970-01-01 UTC of an ISO-8601 date or date-time."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise DataError(
+            f"{where}: timestamp {text!r} is not an integer (seconds since 1970) nor an ISO-8601 date "
+            "(e.g. 2024-01-26T21:01:15Z); time-col=none drops it"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return (moment - EPOCH) // datetime.timedelta(seconds=1)
 
 
 def read_reference(layout: Layout, spec: DataSpec, *, name: str) -> Interactions:
