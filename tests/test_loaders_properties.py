@@ -136,6 +136,6 @@ def test_iso_timestamps_read_the_same_by_both_readers(moments: list[datetime.dat
             assert same(fast, reference)
     naive = [m.replace(tzinfo=datetime.UTC) for m in moments]
     shift = [7200 if f.endswith("+02:00") else 0 for f in formats]
-    whole = [int(n.timestamp()) - s if not f == "%Y-%m-%d" else int(n.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+    whole = [int(n.timestamp()) - s if f != "%Y-%m-%d" else int(n.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
              for n, s, f in zip(naive, shift, formats)]
     assert sorted(reference.timestamps.tolist()) == sorted(whole)
