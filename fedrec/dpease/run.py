@@ -122,6 +122,7 @@ class EaseHistory:
     noise_multipliers: tuple[float, ...] = ()
     top_items: int = 0
     privacy: dict[str, object] = field(default_factory=dict)
+    test_per_client: list[dict[str, float]] = field(default_factory=list)  # exact (simulated) evaluation only
 
 
 def phase_noise(config: RunConfig, *, evaluations: int = 0) -> tuple[float, float]:
@@ -199,7 +200,9 @@ def run_dp_ease(
     metrics = _released_metrics(config, transport, clients, arrays, session=session, history=history) if private_eval else {}
     history.privacy = _privacy_summary(config, session, z_counts=z_counts, z_gram=z_gram, stopped=history.stopped_by_budget)
     if not private_eval:
-        metrics = {which: _mean(transport.evaluate(clients, arrays, which)) for which in EVALUATIONS}
+        rows = {which: transport.evaluate(clients, arrays, which) for which in EVALUATIONS}
+        metrics = {which: _mean(per_client) for which, per_client in rows.items()}
+        history.test_per_client = rows["test"]
     unreleased = {name: math.nan for name in METRIC_NAMES}
     return release, history, metrics.get("val", unreleased), metrics.get("test", unreleased)
 

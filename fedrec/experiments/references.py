@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedrec.config import CentralModel, RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.data.split import LeaveOneOutSplit
-from fedrec.evaluation.scoring import evaluate_scorer
+from fedrec.evaluation.scoring import evaluate_scorer, per_user_scores
 from fedrec.experiments.baselines import ItemKNN, Popularity, fit_ease
 from fedrec.experiments.results import CURVES, RESULTS, plot_curves, write_json
 from fedrec.federation.device import simulated_population
@@ -40,15 +41,17 @@ class Reference:
     val: dict[str, float]
     seconds: float
     detail: dict[str, Any] = field(default_factory=dict)  # chosen hyper-parameters and what was tried
+    test_per_user: dict[str, np.ndarray] = field(default_factory=dict)  # split order; ``test`` is their mean
 
     def to_json(self) -> dict[str, Any]:
         return {"test": self.test, "val": self.val, "seconds": self.seconds, **self.detail}
 
 
 def _scored(score: Callable[[Any], Any], split: LeaveOneOutSplit, started: float, **detail: Any) -> Reference:
+    test = per_user_scores(score, split, which="test")
     return Reference(
-        test=evaluate_scorer(score, split, which="test"), val=evaluate_scorer(score, split, which="val"),
-        seconds=time.perf_counter() - started, detail=detail,
+        test={name: float(np.mean(values)) for name, values in test.items()}, val=evaluate_scorer(score, split, which="val"),
+        seconds=time.perf_counter() - started, detail=detail, test_per_user=test,
     )
 
 
