@@ -44,10 +44,10 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Linux /proc; empty elsewhere). The SuperLink
-    starts each run's ``flwr-serverapp`` in a session of its own, which a signal to the
-    SuperLink's process group does not reach."""
+def _descendants(roots: list[int]) -> list[int]:
+    """Every live descendant of the processes ``roots`` (Linux /proc, read once; empty
+    elsewhere). The SuperLink starts each run's ``flwr-serverapp`` in a session of its
+    own, which a signal to the SuperLink's process group does not reach."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -55,7 +55,7 @@ def _descendants(pid: int) -> list[int]:
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
-    out, todo = [], [pid]
+    out, todo = [], list(roots)
     while todo:
         for child in children.get(todo.pop(), []):
             out.append(child)
@@ -219,7 +219,7 @@ class LocalFleet:
         """SIGTERM each process group we started and every descendant (found before the
         parents go, while they still can be: a ServerApp in its own session too), then
         SIGKILL what is left."""
-        spawned = [pid for proc in self.procs for pid in _descendants(proc.popen.pid)]
+        spawned = _descendants([proc.popen.pid for proc in self.procs])
         for proc in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGTERM)
