@@ -711,13 +711,15 @@ def data_check(
 ) -> None:
     """Load and validate a data set; say which columns were taken and print its size.
 
-    Every key of the data section is also a flag here: --user-col COLUMN, --item-col,
-    --rating-col, --time-col, --delimiter, --data-preset, --id-type, --rating-scale,
-    --rating-threshold, --encoding, --item-file, --item-id-col, --title-col,
-    --genres-col, --text-col, --year-col, --genre-sep (docs/data.md).
+    Every key of the data section is also a flag here: --user-col COLUMN (a header name
+    or a position from 1), --item-col, --rating-col, --time-col, --delimiter, --header,
+    --data-preset, --id-type, --duplicates, --split, --rating-scale, --rating-threshold,
+    --encoding, --item-file, --item-id-col, --title-col, --genres-col, --text-col,
+    --year-col, --genre-sep (docs/data.md).
     """
     with _errors():
-        from fedrec.data.sources import load_dataset
+        from fedrec.data.sources import load_dataset, positives_note
+        from fedrec.data.split import resolve_split, split_note
 
         flags = _data_flags(list(ctx.args))
         values = [*(set_ or []), *([f"dataset={dataset}"] if dataset else []), *(f"{k}={v}" for k, v in flags.items())]
@@ -728,11 +730,13 @@ def data_check(
         seconds = time.perf_counter() - started
         if loaded.extra.get("note"):
             console.print(f"[dim]{loaded.extra['note']}[/]")
-        positives = loaded.positives(d.rating_threshold)
         console.print(
             f"{loaded.name}: {len(loaded)} interactions, {loaded.n_users} users, {loaded.n_items} items "
-            f"(checked in {seconds:.2f} s); {len(positives)} positives with rating >= {d.rating_threshold:g}"
+            f"(checked in {seconds:.2f} s)"
         )
+        rated = loaded.extra.get("rated", "1") == "1"
+        console.print(positives_note(loaded, d.rating_threshold, rated=rated))
+        console.print(split_note(resolve_split(d.split, loaded)))
         if loaded.item_meta is not None:
             titled = sum(1 for t in loaded.item_meta.titles if t)
             console.print(f"item content: {titled} titles, {len(loaded.item_meta.genre_names)} genres")

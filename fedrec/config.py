@@ -23,7 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fedrec.data.spec import DataPreset, DataSpec, IdType, parse_scale, spec_problems
+from fedrec.data.spec import DataPreset, DataSpec, Duplicates, HeaderMode, IdType, parse_scale, spec_problems
+from fedrec.data.split import SplitMode
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
 from fedrec.models import ModelConfig, ModelKind
@@ -75,11 +76,15 @@ class DataSettings(_Typed):
     rating_threshold: float = field(default=0.0, metadata=_key("rating-threshold"))
     data_preset: DataPreset = field(default=DataPreset.AUTO, metadata=_key("data-preset"))
     delimiter: str = field(default="", metadata=_key("delimiter"))
+    header: HeaderMode = field(default=HeaderMode.AUTO, metadata=_key("header"))
     user_col: str = field(default="", metadata=_key("user-col"))
     item_col: str = field(default="", metadata=_key("item-col"))
     rating_col: str = field(default="", metadata=_key("rating-col"))
     time_col: str = field(default="", metadata=_key("time-col"))
     id_type: IdType = field(default=IdType.AUTO, metadata=_key("id-type"))
+    duplicates: Duplicates = field(default=Duplicates.LAST, metadata=_key("duplicates"))
+    # held-out items: auto = by time with a time column, else drawn at random per user (seeded)
+    split: SplitMode = field(default=SplitMode.AUTO, metadata=_key("split"))
     rating_scale: str = field(default="", metadata=_key("rating-scale"))
     encoding: str = field(default="utf-8", metadata=_key("encoding"))
     item_file: str = field(default="", metadata=_key("item-file"))
@@ -99,15 +104,17 @@ class DataSettings(_Typed):
     def spec(self) -> DataSpec:
         """How to read the file: the layout keys as the loader takes them."""
         return DataSpec(
-            preset=self.data_preset, delimiter=self.delimiter, user_col=self.user_col, item_col=self.item_col,
-            rating_col=self.rating_col, time_col=self.time_col, id_type=self.id_type, rating_scale=self.rating_scale,
+            preset=self.data_preset, delimiter=self.delimiter, header=self.header, user_col=self.user_col,
+            item_col=self.item_col, rating_col=self.rating_col, time_col=self.time_col, id_type=self.id_type,
+            duplicates=self.duplicates, rating_scale=self.rating_scale,
             encoding=self.encoding, item_file=self.item_file, item_id_col=self.item_id_col, title_col=self.title_col,
             genres_col=self.genres_col, text_col=self.text_col, year_col=self.year_col, genre_sep=self.genre_sep,
         )
 
     def problems(self) -> list[str]:
         """Cross-key checks of the data section (each single key is checked on parsing)."""
-        problems = [p for p in spec_problems(self.spec()) if not p.startswith(("data-preset", "id-type"))]
+        enums = ("data-preset", "id-type", "header", "duplicates")  # checked on parsing
+        problems = [p for p in spec_problems(self.spec()) if not p.startswith(enums)]
         scale = None if any(p.startswith("rating-scale") for p in problems) else parse_scale(self.rating_scale)
         if scale and self.rating_threshold > scale[1]:
             problems.append(
@@ -281,7 +288,9 @@ class PrivacySettings(_Typed):
 
 # the enum type of each typed mode field, by its annotation
 _ENUMS: dict[str, type[StrEnum]] = {
-    e.__name__: e for e in (DataPreset, IdType, ModelFamily, Optimizer, CentralModel, DPMode, Accountant)
+    e.__name__: e
+    for e in (DataPreset, IdType, HeaderMode, Duplicates, SplitMode, ModelFamily, Optimizer, CentralModel, DPMode,
+              Accountant)
 }
 
 

@@ -132,7 +132,8 @@ def bad_inputs(tmp: Path) -> list[tuple[str, dict[str, object]]]:
         ("user,item\n1,2\n", {"item-file": str(tmp / "items.csv"), "title-col": "nope"}),
         ("user,item\n1,2\n", {"item-file": str(tmp / "items.csv"), "year-col": "year"}),
         ("user,item\n1,2\n", {"item-file": str(tmp / "noid.csv")}),
-        ("user,item\n1,2\n\xff\n", {}), ("user,item,rating\n1,2,4\n1,2,5\n", {}),
+        ("user,item\n1,2\n\xff\n", {}), ("user,item,rating\n1,2,4\n1,2,5\n", {"duplicates": "error"}),
+        ("u1 i1 5\nu2 i1 4\n", {}), ("1 2 5\n", {"user-col": "4"}), ("user,item\n1,2\n", {"user-col": "3"}),
     ]
     (tmp / "items.csv").write_text("item,title,year\n2,Two,soon\n")
     (tmp / "noid.csv").write_text("label\nTwo\n")

@@ -63,7 +63,7 @@ def test_tsv_without_ratings_or_time(tmp_path: Path) -> None:
 def test_malformed_csv_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(DataError, match=message):
-        load_csv(path, DataSpec(rating_scale="1..5"))
+        load_csv(path, DataSpec(rating_scale="1..5", duplicates="error"))
 
 
 def test_wrong_encoding_is_a_clear_error(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ the atomic file writer of ``fedrec.experiments.results``.
 from fedrec.data.interactions import Interactions, ItemMetadata, UserMetadata
 from fedrec.data.loaders import load_csv, load_movielens_100k
 from fedrec.data.spec import DataSpec
-from fedrec.data.split import ClientData, LeaveOneOutSplit, leave_one_out, sample_negatives
+from fedrec.data.split import ClientData, LeaveOneOutSplit, SplitMode, leave_one_out, sample_negatives
 
 __all__ = [
     "ClientData",
@@ -15,6 +15,7 @@ __all__ = [
     "Interactions",
     "ItemMetadata",
     "LeaveOneOutSplit",
+    "SplitMode",
     "UserMetadata",
     "leave_one_out",
     "load_csv",

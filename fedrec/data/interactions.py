@@ -49,6 +49,7 @@ class Interactions:
     item_meta: ItemMetadata | None = None
     user_meta: UserMetadata | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    timed: bool = True  # False: the source has no time column and ``timestamps`` is row order
 
     @property
     def n_users(self) -> int:
@@ -79,6 +80,7 @@ class Interactions:
             item_meta=self.item_meta,
             user_meta=self.user_meta,
             extra=self.extra,
+            timed=self.timed,
         )
 
     def subset_users(self, user_index: np.ndarray) -> Interactions:
@@ -107,4 +109,5 @@ class Interactions:
             item_meta=self.item_meta,
             user_meta=meta,
             extra=self.extra,
+            timed=self.timed,
         )

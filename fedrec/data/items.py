@@ -18,7 +18,17 @@ import numpy as np
 
 from fedrec.data.ids import is_int_id
 from fedrec.data.interactions import ItemMetadata
-from fedrec.data.spec import ALIASES, DELIMITERS, ITEM_ALIASES, NONE, DataSpec, normalise
+from fedrec.data.spec import (
+    ALIASES,
+    DELIMITERS,
+    ITEM_ALIASES,
+    NONE,
+    WHITESPACE,
+    DataSpec,
+    columns_hint,
+    find_column,
+    normalise,
+)
 from fedrec.errors import DataError
 
 YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
@@ -29,18 +39,19 @@ def _column(names: list[str], explicit: str, aliases: tuple[str, ...], key: str,
     if explicit.lower() == NONE:
         return None
     if explicit:
-        if explicit not in names:
-            raise DataError(f"{path}:1: no column {explicit!r} ({key}); the header has {', '.join(names)}")
-        return explicit
+        found = find_column(names, explicit)
+        if found is None:
+            raise DataError(f"{path}:1: no column {explicit!r} ({key}); {columns_hint(names)}")
+        return found
     by_norm = {normalise(n): n for n in reversed(names)}
     return next((by_norm[a] for a in aliases if a in by_norm), None)
 
 
 def _delimiter(path: Path, spec: DataSpec, header: str) -> str:
-    if path.suffix.lower() in (".tsv", ".tab"):
+    if path.suffix.lower() in (".tsv", ".tab", ".item"):
         return "\t"
-    if spec.delimiter and path.suffix.lower() != ".csv":
-        return DELIMITERS[spec.delimiter]
+    if spec.delimiter and path.suffix.lower() != ".csv" and DELIMITERS[spec.delimiter] != WHITESPACE:
+        return DELIMITERS[spec.delimiter]  # titles hold spaces: an item file is never split on them
     counts = {d: header.count(d) for d in (",", "\t", ";", "|")}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","
@@ -103,6 +114,8 @@ def _rows(
     year = np.full(n, np.nan, dtype=np.float32)
     pos = {c: names.index(c) for c in (id_col, *(v for v in cols.values() if v))}
     int_ids = item_ids.dtype.kind in "iu"
+    # RecBole's token_seq columns hold space-separated tokens (class:token_seq = "Action Comedy")
+    genre_sep = " " if cols["genres"] and cols["genres"].endswith(":token_seq") and spec.genre_sep == "|" else spec.genre_sep
     index_of = {str(v): k for k, v in enumerate(item_ids.tolist())}
     for fields in reader:
         lineno = reader.line_num + 1  # the header line was read before the reader started
@@ -121,7 +134,7 @@ def _rows(
         if cols["title"]:
             titles[k] = fields[pos[cols["title"]]].strip()
         if cols["genres"]:
-            parts = (g.strip() for g in fields[pos[cols["genres"]]].split(spec.genre_sep))
+            parts = (g.strip() for g in fields[pos[cols["genres"]]].split(genre_sep))
             genre_lists[k] = sorted({g for g in parts if g and g.lower() not in NO_GENRES})
         if cols["text"]:
             texts[k] = fields[pos[cols["text"]]].strip()

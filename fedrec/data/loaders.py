@@ -83,7 +83,11 @@ def _build(
 
 
 def sibling_item_file(path: Path, layout: Layout, spec: DataSpec) -> Path | None:
-    """MovieLens' ``movies.csv`` beside its ``ratings.csv`` (preset movielens-csv, or auto on its header)."""
+    """MovieLens' ``movies.csv`` beside its ``ratings.csv`` (preset movielens-csv, or auto on its header),
+    or RecBole's ``NAME.item`` beside ``NAME.inter``."""
+    if spec.preset is not DataPreset.MOVIELENS_CSV and path.suffix.lower() == ".inter":
+        candidate = path.with_suffix(".item")
+        return candidate if candidate.is_file() else None
     movielens = spec.preset is DataPreset.MOVIELENS_CSV or (
         spec.preset is DataPreset.AUTO and layout.user == "userId" and layout.item == "movieId"
     )
@@ -115,16 +119,20 @@ def load_csv(
         if layout.parquet:
             raise DataError(
                 f"{path}: a column has an empty, negative, non-finite or out-of-scale value, or a duplicate "
-                "(user, item) pair; export it as CSV and run `fedrec data check` on it to find the row"
+                "(user, item) pair with duplicates=error; export it as CSV and run `fedrec data check` on it to "
+                "find the row"
             )
         data = read_reference(layout, spec, name=label)
     notes = [layout.note]
+    if data.extra.get("duplicates"):
+        notes.append(data.extra["duplicates"])
+        logger.info("%s: %s", path.name, data.extra["duplicates"])
     item_path = _item_path(spec.item_file, path) if spec.item_file else sibling_item_file(path, layout, spec)
     if item_path is not None:
         meta, note = read_item_file(item_path, spec, data.item_ids, item_col=layout.item)
         data = replace(data, item_meta=meta)
-        notes.append(note + ("" if spec.item_file else " (found beside the ratings; item-file=none skips it)"))
-    return replace(data, extra={**data.extra, "note": "; ".join(notes)})
+        notes.append(note + ("" if spec.item_file else " (found beside the interactions; item-file=none skips it)"))
+    return replace(data, extra={**data.extra, "note": "; ".join(notes), "rated": "1" if layout.rating else ""})
 
 
 def _item_path(item_file: str, interactions: Path) -> Path | None:

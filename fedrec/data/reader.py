@@ -11,16 +11,19 @@ valid file is fast and a bad one still gets ``file:line: what is wrong``.
 
 from __future__ import annotations
 
+import codecs
+import io
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from fedrec.data.duplicates import has_duplicates, merge
 from fedrec.data.ids import MAX_INT_ID, encode
 from fedrec.data.interactions import Interactions
 from fedrec.data.reference import MAX_STAMP
-from fedrec.data.spec import DataSpec, IdType, Layout
+from fedrec.data.spec import WHITESPACE, DataSpec, Duplicates, IdType, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,65 @@ class _Declined(Exception):
     """A value the reference must judge (it names the line): no second fast attempt."""
 
 
+_TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
+
+
+class _SingleSpaced(io.RawIOBase):
+    """A whitespace-delimited file as pyarrow can parse it: every run of spaces and tabs
+    one space, none at the start or end of a line. Works on bytes, a block of lines at a
+    time, with ``bytes`` methods only (no regular expressions: they are ten times slower)."""
+
+    def __init__(self, path: Any, block: int = 1 << 22) -> None:
+        self._raw = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._block = block
+        self._pending = b""  # the tail of the last block, after its last line break
+        self._out = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+    def _next(self) -> bytes:
+        """The next block of whole lines, single-spaced (the file's last line may lack a break)."""
+        while True:
+            data = self._raw.read(self._block)
+            if not data:
+                data, self._pending = self._pending, b""
+                last = True
+                break
+            data = self._pending + data
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            self._pending = data[cut:]
+            if cut:
+                data, last = data[:cut], False
+                break
+        data = data.translate(_TAB_TO_SPACE)
+        while b"  " in data:
+            data = data.replace(b"    ", b" ").replace(b"  ", b" ")
+        for old, new in ((b" \r", b"\r"), (b" \n", b"\n"), (b"\r ", b"\r"), (b"\n ", b"\n")):
+            data = data.replace(old, new)
+        if data.startswith(b" "):  # every block starts a line
+            data = data[1:]
+        if last and data.endswith(b" "):
+            data = data[:-1]
+        self._done = last
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            if self._done:
+                return 0
+            self._out = self._next()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
 def _batches(layout: Layout, spec: DataSpec, types: dict[str, Any]) -> Iterator[Any]:
     """Record batches of the needed columns, a few MiB each (never the whole file at once)."""
     import pyarrow.csv as pa_csv
@@ -41,12 +103,19 @@ def _batches(layout: Layout, spec: DataSpec, types: dict[str, Any]) -> Iterator[
 
         yield from pq.ParquetFile(layout.path).iter_batches(batch_size=1 << 20, columns=list(types))
         return
+    source: Any = layout.path
+    parse = pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True)
+    if layout.delimiter == WHITESPACE:
+        if "\t \r\n0a".encode(codecs.lookup(spec.encoding).name) != b"\t \r\n0a":
+            raise _Declined("whitespace in an encoding whose bytes are not ASCII's")
+        source = io.BufferedReader(_SingleSpaced(layout.path), buffer_size=1 << 22)
+        parse = pa_csv.ParseOptions(delimiter=" ", quote_char=False, ignore_empty_lines=True)
     yield from pa_csv.open_csv(
-        layout.path,
+        source,
         read_options=pa_csv.ReadOptions(
             encoding=spec.encoding, column_names=None if layout.header else list(layout.names), block_size=1 << 22,
         ),
-        parse_options=pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True),
+        parse_options=parse,
         convert_options=pa_csv.ConvertOptions(
             include_columns=list(types), column_types=types, null_values=[""], strings_can_be_null=False,
             quoted_strings_can_be_null=False,
@@ -105,15 +174,24 @@ def _read_columns(layout: Layout, spec: DataSpec, *, text_ids: bool) -> dict[str
 
 
 def _stamps(column: Any) -> np.ndarray:
-    """Seconds since 1970 (int64) from a text column of integers or ISO-8601 dates or
-    date-times, as :func:`fedrec.data.reference.stamp_field` reads them (UTC where no
-    zone is given, fractions of a second dropped); anything else the reference judges."""
+    """Seconds since 1970 (int64) from a text column of integers (a fraction dropped:
+    ``881250949.0``) or ISO-8601 dates or date-times, as
+    :func:`fedrec.data.reference.stamp_field` reads them (UTC where no zone is given,
+    fractions of a second dropped); anything else the reference judges."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    try:
-        return np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
-    except _PARSE_ERRORS:
-        pass
+    for attempt in range(2):
+        try:
+            values = np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
+        except _PARSE_ERRORS:
+            if attempt:
+                break
+            column = pc.replace_substring_regex(pc.utf8_trim_whitespace(column), r"^([0-9]+)\.[0-9]*$", r"\1")
+            continue
+        if values.shape[0] and values.min() == 0 and pc.any(pc.starts_with(column, "-")).as_py():
+            raise _Declined("a timestamp written -0")  # pyarrow reads it as 0; the reference refuses it
+        return values
     for kind in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):  # zoned, then naive (read as UTC)
         try:
             micros = np.asarray(column.cast(kind).cast(pa.int64()).to_numpy(), dtype=np.int64)
@@ -170,15 +248,15 @@ def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | No
     del user_raw
     item_ids, items = encode(item_raw, id_type=spec.id_type)
     del item_raw
-    if n > 1 and _has_duplicates(users, items, item_ids.shape[0]):
-        return None
+    stamps = stamps.astype(np.int64, copy=False)
+    extra: dict[str, str] = {}
+    if has_duplicates(users, items, item_ids.shape[0]):
+        if spec.duplicates is Duplicates.ERROR:
+            return None  # the reference names both lines
+        users, items, ratings, stamps, extra["duplicates"] = merge(
+            users, items, ratings, stamps, n_items=item_ids.shape[0], policy=spec.duplicates
+        )
     return Interactions(
-        name=name, users=users, items=items, ratings=ratings, timestamps=stamps.astype(np.int64, copy=False),
-        user_ids=user_ids, item_ids=item_ids,
+        name=name, users=users, items=items, ratings=ratings, timestamps=stamps, user_ids=user_ids, item_ids=item_ids,
+        timed=layout.timestamp is not None, extra=extra,
     )
-
-
-def _has_duplicates(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
-    key = users * n_items + items  # < n_users * n_items, within int64 for any real data set
-    key.sort()  # in place: rows of a user are mostly together, so this is fast and needs no hash table
-    return bool(np.any(key[1:] == key[:-1]))

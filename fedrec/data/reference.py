@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrec.data.duplicates import merge_note
 from fedrec.data.ids import encode
 from fedrec.data.interactions import Interactions
-from fedrec.data.spec import DataSpec, Layout
+from fedrec.data.spec import DataSpec, Duplicates, Layout, split_fields
 from fedrec.errors import DataError
 
 MAX_STAMP = 2**62
@@ -54,8 +55,10 @@ def stamp_field(value: str, *, where: str) -> int:
     zone it is read as UTC; fractions of a second are dropped: ties are broken at random
     by the split)."""
     text = value.strip()
-    if text.isascii() and text.isdigit():
-        out = int(text)
+    whole, dot, fraction = text.partition(".")
+    if text.isascii() and whole.isdigit() and (not dot or not fraction or fraction.isdigit()):
+        # integer seconds, or seconds with a fraction (RecBole's timestamp:float): dropped
+        out = int(whole) if len(whole) <= 20 else MAX_STAMP  # (Python refuses int() of 4300+ digits)
     else:
         out = iso_seconds(text, where=where)
     if not 0 <= out < MAX_STAMP:
@@ -95,7 +98,7 @@ def read_reference(layout: Layout, spec: DataSpec, *, name: str) -> Interactions
             continue
         where = f"{path}:{lineno}"
         try:
-            fields = next(csv.reader([line], delimiter=layout.delimiter))
+            fields = split_fields(line, layout.delimiter)
         except csv.Error as err:
             raise DataError(f"{where}: not a valid delimited line ({err})") from None
         if len(fields) < len(layout.names):
@@ -122,16 +125,38 @@ def read_reference(layout: Layout, spec: DataSpec, *, name: str) -> Interactions
         raise DataError(f"{path}: no interactions found (the file has no data rows)")
     user_ids, user_index = encode(np.asarray(users, dtype=str), id_type=spec.id_type)
     item_ids, item_index = encode(np.asarray(items, dtype=str), id_type=spec.id_type)
-    seen: dict[tuple[int, int], int] = {}
-    for u, i, at in zip(user_index.tolist(), item_index.tolist(), linenos):
-        first = seen.setdefault((u, i), at)
-        if first != at:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row, (u, i) in enumerate(zip(user_index.tolist(), item_index.tolist())):
+        rows = groups.setdefault((u, i), [])
+        if rows and spec.duplicates is Duplicates.ERROR:
             raise DataError(
-                f"{path}:{at}: duplicate interaction (user {user_ids[u]}, item {item_ids[i]}) also on line {first}; "
-                "keep one row per user and item"
+                f"{path}:{linenos[row]}: duplicate interaction (user {user_ids[u]}, item {item_ids[i]}) also on line "
+                f"{linenos[rows[0]]}; set duplicates=last (or first, sum, max) to merge them"
             )
+        rows.append(row)
+    extra: dict[str, str] = {}
+    if len(groups) < len(users):
+        kept: list[tuple[int, float, int]] = []  # (row whose place the pair keeps, rating, time)
+        for rows in groups.values():
+            rows.sort(key=lambda r: (stamps[r], r))  # by time, then line
+            if spec.duplicates is Duplicates.FIRST:
+                kept.append((rows[0], float(np.float32(ratings[rows[0]])), stamps[rows[0]]))
+            elif spec.duplicates is Duplicates.LAST:
+                kept.append((rows[-1], float(np.float32(ratings[rows[-1]])), stamps[rows[-1]]))
+            else:
+                values = np.asarray([np.float32(ratings[r]) for r in rows], dtype=np.float64)
+                total = float(np.add.reduce(values)) if spec.duplicates is Duplicates.SUM else float(values.max())
+                kept.append((rows[-1], total, stamps[rows[-1]]))
+        kept.sort()
+        repeated = sum(len(rows) for rows in groups.values() if len(rows) > 1)
+        pairs = sum(1 for rows in groups.values() if len(rows) > 1)
+        extra["duplicates"] = merge_note(repeated, pairs, spec.duplicates)
+        user_index = user_index[[r for r, _, _ in kept]]
+        item_index = item_index[[r for r, _, _ in kept]]
+        ratings = [v for _, v, _ in kept]
+        stamps = [t for _, _, t in kept]
     return Interactions(
         name=name, users=user_index, items=item_index,
         ratings=np.asarray(ratings, dtype=np.float32), timestamps=np.asarray(stamps, dtype=np.int64),
-        user_ids=user_ids, item_ids=item_ids,
+        user_ids=user_ids, item_ids=item_ids, timed=layout.timestamp is not None, extra=extra,
     )

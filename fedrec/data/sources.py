@@ -16,7 +16,7 @@ from fedrec.data.interactions import Interactions
 from fedrec.data.loaders import ML100K, load_csv, load_movielens_100k, sibling_item_file
 from fedrec.data.location import resolve_data_dir
 from fedrec.data.spec import NONE, DataPreset, DataSpec, resolve_layout
-from fedrec.data.split import LeaveOneOutSplit, leave_one_out
+from fedrec.data.split import LeaveOneOutSplit, SplitMode, leave_one_out, resolve_split, split_note
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec, generate
 from fedrec.errors import DataError
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 class PreparedData:
     interactions: Interactions  # positives only, users restricted to the population
     split: LeaveOneOutSplit
+    split_mode: SplitMode  # the split the run used (never auto)
 
 
 def is_ml100k(dataset: str, spec: DataSpec, data_dir: str = "") -> bool:
@@ -89,8 +90,10 @@ def prepare(settings: DataSettings, *, seed: int) -> PreparedData:
     if settings.max_users and settings.max_users < data.n_users:
         chosen = np.sort(np.random.default_rng([seed, 1]).choice(data.n_users, size=settings.max_users, replace=False))
         data = data.subset_users(chosen)
-    split = leave_one_out(data, rng=np.random.default_rng([seed, 2]), num_eval_negatives=settings.num_eval_negatives)
-    return PreparedData(interactions=data, split=split)
+    mode = resolve_split(settings.split, data)
+    split = leave_one_out(data, rng=np.random.default_rng([seed, 2]), num_eval_negatives=settings.num_eval_negatives,
+                          mode=mode)
+    return PreparedData(interactions=data, split=split, split_mode=mode)
 
 
 def write_run_ids(settings: DataSettings, *, seed: int, out_dir: Path) -> None:
@@ -101,17 +104,40 @@ def write_run_ids(settings: DataSettings, *, seed: int, out_dir: Path) -> None:
 
 
 def describe(settings: DataSettings) -> str:
-    """The one-line note on the columns a run will take, from the file's first line only."""
+    """The one-line note on the columns a run will take and how it splits, from the file's first line only."""
     if settings.dataset == SYNTHETIC or is_ml100k(settings.dataset, settings.spec(), settings.data_dir):
         return ""
     path = _within(settings.dataset, settings.data_dir)
     if not path.is_file():
         return ""
-    note = resolve_layout(path, settings.spec()).note
+    layout = resolve_layout(path, settings.spec())
+    note = layout.note
     item_file = settings.item_file
-    if item_file.lower() == NONE:
-        return note
     if not item_file:
-        sibling = sibling_item_file(path, resolve_layout(path, settings.spec()), settings.spec())
-        return note + (f"; items from {sibling.name} beside it" if sibling else "; no item file (item-file=PATH adds titles)")
-    return note + f"; items from {item_file}"
+        sibling = sibling_item_file(path, layout, settings.spec())
+        note += f"; items from {sibling.name} beside it" if sibling else "; no item file (item-file=PATH adds titles)"
+    elif item_file.lower() != NONE:
+        note += f"; items from {item_file}"
+    return note + "; " + split_note(planned_split(settings.split, timed=layout.timestamp is not None))
+
+
+def planned_split(mode: SplitMode | str, *, timed: bool) -> SplitMode:
+    """The split ``mode`` gives on data with or without a time column (``auto`` resolved)."""
+    mode = SplitMode(mode)
+    if mode is SplitMode.AUTO:
+        return SplitMode.TIME if timed else SplitMode.RANDOM
+    return mode
+
+
+def positives_note(data: Interactions, threshold: float, *, rated: bool) -> str:
+    """What counts as a positive: every row, or the rows at or above ``threshold``, said with the ratings' range."""
+    positives = int(np.count_nonzero(data.ratings >= threshold))
+    if not rated:
+        return f"positives: every row ({positives}; no rating column)"
+    low, high = (float(data.ratings.min()), float(data.ratings.max())) if len(data) else (0.0, 0.0)
+    counts = bool(len(data)) and bool(np.all(data.ratings == np.round(data.ratings))) and high > 5
+    kind = "counts or weights " if counts else ""
+    if positives == len(data):
+        return f"positives: every row ({positives}; {kind}ratings {low:g}..{high:g}, all >= rating-threshold {threshold:g})"
+    return (f"positives: {positives} of {len(data)} rows with rating >= {threshold:g} "
+            f"({kind}ratings {low:g}..{high:g}; rating-threshold sets it)")

@@ -68,14 +68,15 @@ def load_user_interactions(files: DeviceFiles, catalog: Catalog) -> Interactions
     items = catalog.index_of(raw.item_ids[raw.items], where=files.data)
     return Interactions(
         name="device", users=np.zeros(len(raw), dtype=np.int64), items=items, ratings=raw.ratings,
-        timestamps=raw.timestamps, user_ids=np.zeros(1, dtype=np.int64), item_ids=catalog.item_ids,
+        timestamps=raw.timestamps, user_ids=np.zeros(1, dtype=np.int64), item_ids=catalog.item_ids, timed=raw.timed,
     )
 
 
 def local_client_data(files: DeviceFiles, catalog: Catalog, *, config: RunConfig, device_seed: int) -> ClientData:
     """The device's leave-one-out split, evaluation negatives drawn on the device."""
     data = load_user_interactions(files, catalog).positives(config.data.rating_threshold)
-    split = leave_one_out(data, rng=np.random.default_rng([device_seed, 2]), num_eval_negatives=config.data.num_eval_negatives)
+    split = leave_one_out(data, rng=np.random.default_rng([device_seed, 2]), num_eval_negatives=config.data.num_eval_negatives,
+                          mode=config.data.split)
     return split.client(0)
 
 

@@ -41,9 +41,10 @@ def device_name(k: int) -> str:
 def _rows_csv(data: Interactions, mask: np.ndarray) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["user", "item", "rating", "timestamp"])
+    # data without a time column gives device files without one (row order is no time)
+    writer.writerow(["user", "item", "rating"] + (["timestamp"] if data.timed else []))
     for u, i, r, t in zip(data.users[mask], data.items[mask], data.ratings[mask], data.timestamps[mask]):
-        writer.writerow([data.user_ids[u], data.item_ids[i], f"{float(r):g}", int(t)])
+        writer.writerow([data.user_ids[u], data.item_ids[i], f"{float(r):g}"] + ([int(t)] if data.timed else []))
     return out.getvalue().encode()
 
 

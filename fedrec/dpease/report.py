@@ -56,6 +56,7 @@ def run_ease_and_report(
         "seconds_per_round": seconds / max(len(history.phases), 1),
         **history.privacy,
         "rejected_updates": history.rejected,
+        "split": (simulated_population(config).split_mode if simulated else config.data.split).value,
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": [{"round": float(len(history.phases)), **val}],

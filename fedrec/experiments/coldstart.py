@@ -111,7 +111,8 @@ def train_federated_reference(config: RunConfig, data: Interactions, train_users
         raise ConfigError([problem])
     torch.set_num_threads(1)
     population = data.subset_users(train_users)
-    split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives)
+    split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives,
+                          mode=config.data.split)
     model = config.model.build(split.n_items)
     devices = [Device(client_id=c, data=split.client(c), model=model) for c in range(split.n_users)]
     transport = InProcessTransport(config, split.n_users, devices=devices)

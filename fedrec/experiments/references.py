@@ -139,6 +139,7 @@ def run_baselines(
         "users": split.n_users,
         "seed": config.seed,
         "seconds": seconds,
+        "split": simulated_population(config).split_mode.value,
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": central.curve,

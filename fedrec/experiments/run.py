@@ -97,6 +97,7 @@ def run_and_report(
         "rejected_updates": history.rejected,
         "resumes": history.resumes,
         **upload_summary(config, model, history.rounds),
+        "split": (simulated_population(config).split_mode if simulated else config.data.split).value,
         "config": config.to_flat(),
         "config_hash": config.digest(),
         "curve": history.evals,

@@ -53,7 +53,8 @@ def run_training_release(
     from fedrec.dpease.run import InProcessStatistics
 
     population = data.subset_users(train_users)
-    split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives)
+    split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives,
+                          mode=config.data.split)
     transport = InProcessStatistics(split, clipping_norm=config.privacy.clipping_norm)
     return run_ease_and_report(config, run_dir, engine="inprocess", transport=transport)
 

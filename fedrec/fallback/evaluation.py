@@ -87,7 +87,8 @@ def cold_users(
 ) -> list[ColdStartUser]:
     """Time-ordered sequences (ties broken at random), targets and sampled negatives."""
     tie_break = rng.random(len(data))
-    order = np.lexsort((tie_break, data.timestamps, data.users))
+    # without a time column row order means nothing (often sorted by item id): a random order per user
+    order = np.lexsort((tie_break, data.timestamps, data.users) if data.timed else (tie_break, data.users))
     sorted_users, sorted_items = data.users[order], data.items[order]
     starts = np.searchsorted(sorted_users, np.arange(data.n_users + 1))
     out = []
