@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from fedrec.cli import app
 from fedrec.config import parse_run_config
 from fedrec.data import DataSpec, Interactions, SplitMode, leave_one_out, load_csv
+from fedrec.data.reader import read_fast
 from fedrec.data.sources import load_dataset, prepare
+from fedrec.data.spec import resolve_layout
 from fedrec.errors import DataError
 
 runner = CliRunner()
@@ -28,7 +30,9 @@ def own(data: Interactions) -> list[tuple[object, object, float, int]]:
 
 
 def both(path: Path, spec: DataSpec | None = None) -> Interactions:
-    """Load with the fast reader and the reference; they must agree."""
+    """Load with the fast reader and the reference; they must agree, and the fast reader must take the file."""
+    spec = spec or DataSpec()
+    assert read_fast(resolve_layout(path, spec), spec, name="x") is not None
     fast, slow = load_csv(path, spec), load_csv(path, spec, fast=False)
     for name in ("users", "items", "ratings", "timestamps", "user_ids", "item_ids"):
         assert np.array_equal(getattr(fast, name), getattr(slow, name)), name

@@ -104,12 +104,13 @@ def _batches(layout: Layout, spec: DataSpec, types: dict[str, Any]) -> Iterator[
         yield from pq.ParquetFile(layout.path).iter_batches(batch_size=1 << 20, columns=list(types))
         return
     source: Any = layout.path
-    parse = pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True)
     if layout.delimiter == WHITESPACE:
         if "\t \r\n0a".encode(codecs.lookup(spec.encoding).name) != b"\t \r\n0a":
             raise _Declined("whitespace in an encoding whose bytes are not ASCII's")
         source = io.BufferedReader(_SingleSpaced(layout.path), buffer_size=1 << 22)
         parse = pa_csv.ParseOptions(delimiter=" ", quote_char=False, ignore_empty_lines=True)
+    else:
+        parse = pa_csv.ParseOptions(delimiter=layout.delimiter, ignore_empty_lines=True)
     yield from pa_csv.open_csv(
         source,
         read_options=pa_csv.ReadOptions(
