@@ -379,14 +379,26 @@ def _plan_tables(result: Any) -> Table:
          else f"<= {result.top_items_bound} can carry signal (bound)" if result.top_items_bound is not None else "-")
     title = (f"plan: {result.model}, N = {result.population} users, {result.items} items; budget {target}; "
              f"planned epsilon {eps}; top items K: {k}")
+    # one column per release, one row per quantity: readable at 80 columns
     table = Table(title=title)
-    for col in ("release", "z", "q", "steps", "values d", "noise std zC", "noise norm", "signal <= nC", "signal norm",
-                "noise/signal >=", "noise/signal", "entry SNR"):
-        table.add_column(col, justify="left" if col == "release" else "right")
+    table.add_column("quantity")
     for r in result.releases:
-        table.add_row(r.name, num(r.noise_multiplier), num(r.sample_rate), str(r.steps), str(r.values), num(r.noise_std),
-                      num(r.noise_norm), num(r.signal_bound), num(r.signal_norm), num(r.noise_to_signal_bound, 3),
-                      num(r.noise_to_signal, 3), num(r.entry_snr, 3))
+        table.add_column(r.name, justify="right")
+    rows = (
+        ("noise multiplier z", lambda r: num(r.noise_multiplier)),
+        ("sample rate q", lambda r: num(r.sample_rate)),
+        ("steps", lambda r: str(r.steps)),
+        ("values d", lambda r: str(r.values)),
+        ("noise std zC", lambda r: num(r.noise_std)),
+        ("noise norm", lambda r: num(r.noise_norm)),
+        ("signal bound nC", lambda r: num(r.signal_bound)),
+        ("signal norm", lambda r: num(r.signal_norm)),
+        ("noise/signal >= (bound)", lambda r: num(r.noise_to_signal_bound, 3)),
+        ("noise/signal", lambda r: num(r.noise_to_signal, 3)),
+        ("entry SNR", lambda r: num(r.entry_snr, 3)),
+    )
+    for label, cell in rows:
+        table.add_row(label, *(cell(r) for r in result.releases))
     return table
 
 
@@ -423,16 +435,7 @@ def tune(
                 base, simulated_population(run_config).split, candidates, out_dir=out.resolve(), eval_share=eval_share,
             )
     dp = results["epsilon"] != float("inf")
-    table = Table(title=f"tuning tries ({'epsilon ' + format(results['epsilon'], '.4g') + ' for all of them' if dp else 'no DP'}; "
-                        "validation metrics as released)")
-    for col in ("try", "settings", "z counts", "z gram", "z val", "K", "val ndcg@10", "val full_ndcg@10", "criterion", "ledger releases"):
-        table.add_column(col, justify="left" if col == "settings" else "right")
-    for t in results["tries"]:
-        mark = " [bold green]<- chosen[/]" if t["try"] == results["chosen_try"] else ""
-        z = t["noise_multipliers"]
-        table.add_row(str(t["try"]), " ".join(f"{k}={v}" for k, v in t["overrides"].items()) + mark,
-                      *(f"{v:.3g}" for v in z), str(t["top_items"]), f"{t['validation']['ndcg@10']:.4f}",
-                      f"{t['validation']['full_ndcg@10']:.4f}", f"{t['criterion']:.4f}", ",".join(map(str, t["releases"])) or "-")
+    table = _tune_table(results)
     console.print(table)
     rows: dict[str, dict[str, Any]] = {"chosen DP-EASE release": results}
     rows.update({name: ref["test"] for name, ref in results["references"].items()})
@@ -443,6 +446,34 @@ def tune(
         console.print(f"epsilon {results['epsilon']:.4f} ({results['accountant']}, RDP {results['epsilon_rdp']:.4f}), "
                       f"delta {results['delta']:g}: {results['releases']} releases in one ledger; check with `fedrec audit {out}`")
     console.print(f"{results['seconds']:.1f} s. Wrote {out / 'results.json'} and {out / 'model.npz'}")
+
+
+def _tune_table(results: dict[str, Any]) -> Table:
+    """One row per try, short headers and a setting per line: readable at 80 columns."""
+    from rich import box
+
+    dp = results["epsilon"] != float("inf")
+    budget = f"epsilon {results['epsilon']:.4g} for all of them" if dp else "no DP"
+    table = Table(title=f"tuning tries ({budget}; validation metrics as released)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True, show_edge=False, caption=(
+                      "*: chosen; settings without their ease- prefix; z: noise multipliers of the counts / Gram / "
+                      "validation releases; K: top items; NDCG, full: validation NDCG@10, sampled and full ranking; "
+                      "crit.: what the choice maximises; ledger: the try's releases"))
+    table.add_column("try", justify="right", no_wrap=True)
+    table.add_column("settings", overflow="fold", min_width=18)
+    table.add_column("z", justify="right", no_wrap=True)
+    for col in ("K", "NDCG", "full", "crit.", "ledger"):
+        table.add_column(col, justify="right")
+    for t in results["tries"]:
+        chosen = "[bold green]*[/]" if t["try"] == results["chosen_try"] else ""
+        settings = "\n".join(f"{k.removeprefix('ease-')}={v}" for k, v in t["overrides"].items()) or "defaults"
+        releases = list(t["releases"])
+        ledger = (f"{releases[0]}-{releases[-1]}" if len(releases) > 2 and releases == list(range(releases[0], releases[-1] + 1))
+                  else ",".join(map(str, releases)) or "-")
+        table.add_row(f"{t['try']}{chosen}", settings, "/".join(f"{v:.3g}" for v in t["noise_multipliers"]),
+                      str(t["top_items"]), f"{t['validation']['ndcg@10']:.4f}", f"{t['validation']['full_ndcg@10']:.4f}",
+                      f"{t['criterion']:.4f}", ledger)
+    return table
 
 
 @app.command()

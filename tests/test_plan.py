@@ -129,3 +129,19 @@ def test_cli_plan_spends_nothing_and_writes_nothing(tmp_path: Path, monkeypatch:
     assert list(tmp_path.iterdir()) == []  # no ledger, no key, no results
     bad = runner.invoke(app, ["plan", "--users", "10"])
     assert bad.exit_code == 2 and "--items" in bad.output
+
+
+def test_plan_table_is_readable_at_80_columns() -> None:
+    from rich.console import Console
+
+    from fedrec.cli import _plan_tables
+    from fedrec.config import parse_run_config
+    from fedrec.experiments.plan import plan_run
+
+    console = Console(width=80, record=True, color_system=None)
+    console.print(_plan_tables(plan_run(parse_run_config({"model": "dp-ease"}), users=943, items=1682)))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for label in ("noise multiplier z", "sample rate q", "noise std zC", "signal bound nC", "noise/signal >= (bound)",
+                  "entry SNR", "item counts"):
+        assert label in text

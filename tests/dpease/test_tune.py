@@ -109,3 +109,20 @@ def test_cli_tune_then_audit(tmp_path: Path) -> None:
     assert "<- chosen" in result.output and "6 releases in one ledger" in result.output
     audited = runner.invoke(app, ["audit", str(out)])
     assert audited.exit_code == 0, audited.output
+
+
+def test_tune_table_is_readable_at_80_columns() -> None:
+    from rich.console import Console
+
+    from fedrec.cli import _tune_table
+
+    tries = [{"try": k, "overrides": {"ease-lambda-noise": v, "ease-prior-weight": 0.001}, "noise_multipliers": [1.34, 0.672, 20.1],
+              "top_items": 1500, "validation": {"ndcg@10": 0.1234, "full_ndcg@10": 0.0567}, "criterion": 0.0567,
+              "releases": [3 * k + 1, 3 * k + 2, 3 * k + 3]} for k, v in enumerate((2, 8, 32))]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(_tune_table({"epsilon": 8.0, "tries": tries, "chosen_try": 1}))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for word in ("try", "settings", "full", "crit.", "ledger", "1.34/0.672/20.1", "0.1234", "7-9", "1*", "*: chosen",
+                 "lambda-noise=32", "prior-weight=0.001"):
+        assert word in text, word
