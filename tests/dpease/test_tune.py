@@ -106,7 +106,7 @@ def test_cli_tune_then_audit(tmp_path: Path) -> None:
     sets = [a for k, v in _base(tmp_path).items() for a in ("--set", f"{k}={v}")]
     result = runner.invoke(app, ["tune", *sets, "--grid", "ease-lambda-noise=2,8", "--out", str(out)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert "<- chosen" in result.output and "6 releases in one ledger" in result.output
+    assert "*: chosen" in result.output and "6 releases in one ledger" in result.output
     audited = runner.invoke(app, ["audit", str(out)])
     assert audited.exit_code == 0, audited.output
 
