@@ -289,3 +289,21 @@ def test_data_check_reports_merges_and_the_split(tmp_path: Path) -> None:
     assert "split: leave-one-out by time" in out
     data = load_dataset(parse_run_config({"dataset": str(path)}).data)
     assert len(data) == 3
+
+
+def test_device_files_of_untimed_data_have_no_time_and_split_at_random(tmp_path: Path) -> None:
+    """`fedrec deploy split` of data without timestamps writes device files without a time
+    column, and each device draws its held-out items at random (its row order is no time)."""
+    from fedrec.deploy.catalog import load_catalog
+    from fedrec.deploy.device import DeviceFiles, load_user_interactions, local_client_data
+    from fedrec.deploy.fleet import split_fleet
+
+    data = load_csv(sorted_by_item(tmp_path, users=40, items=300))
+    fleet = split_fleet(data, tmp_path / "devices", devices=3, rating_threshold=0.0, rng=np.random.default_rng(0))
+    assert fleet[0].data_path.read_text().splitlines()[0] == "user,item,rating"
+    files = DeviceFiles.beside(fleet[0].data_path)
+    catalog = load_catalog(files.catalog)
+    assert not load_user_interactions(files, catalog).timed
+    config = parse_run_config({})
+    tests = {local_client_data(files, catalog, config=config, device_seed=s).test_item for s in range(12)}
+    assert len(tests) > 1  # drawn at random per seed, not always the file's last row
