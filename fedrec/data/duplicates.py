@@ -26,41 +26,55 @@ def merge_note(rows: int, pairs: int, policy: Duplicates) -> str:
             f"(duplicates={policy.value}: {how})")
 
 
-def has_duplicates(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
-    """Whether any (user, item) pair repeats; sorts one key array (no hash table)."""
+def repeated_rows(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """The rows whose (user, item) pair repeats, grouped by pair, in file order within a
+    pair (empty: no pair repeats).
+
+    One in-place sort of the pairs' keys finds whether any repeats (no hash table; rows
+    of a user are mostly together, so it is fast); only a file with repeats pays a
+    stable argsort for their rows.
+    """
     if users.shape[0] < 2:
-        return False
+        return np.empty(0, dtype=np.int64)
     key = users * n_items + items  # < n_users * n_items, within int64 for any real data set
-    key.sort()  # in place: rows of a user are mostly together, so this is fast
-    return bool(np.any(key[1:] == key[:-1]))
+    key.sort()
+    if not np.any(key[1:] == key[:-1]):
+        return np.empty(0, dtype=np.int64)
+    key = users * n_items + items
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    same = key[1:] == key[:-1]
+    del key
+    involved = np.zeros(users.shape[0], dtype=bool)
+    involved[1:] |= same
+    involved[:-1] |= same
+    return order[involved]
 
 
 def merge(
-    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, stamps: np.ndarray, *, n_items: int, policy: Duplicates
+    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, stamps: np.ndarray, *, policy: Duplicates,
+    rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """The rows with each repeated pair merged by ``policy`` (not ``error``), and the note.
 
-    Call it only when :func:`has_duplicates` is true.
+    ``rows`` are the rows of repeated pairs from :func:`repeated_rows`; only they are sorted.
     """
-    key = users * n_items + items
-    order = np.lexsort((stamps, key))  # stable: equal times keep file order
-    sorted_key = key[order]
-    del key
-    first = np.flatnonzero(np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]]))
-    last = np.concatenate([first[1:], [sorted_key.shape[0]]]) - 1
-    sizes = last - first + 1
-    repeated = int(sizes[sizes > 1].sum())
-    pairs = int(np.count_nonzero(sizes > 1))
-    del sorted_key
-    pick = order[first] if policy is Duplicates.FIRST else order[last]
-    if policy is Duplicates.SUM:
-        merged = np.add.reduceat(ratings[order].astype(np.float64), first).astype(np.float32)
-    elif policy is Duplicates.MAX:
-        merged = np.maximum.reduceat(ratings[order], first)
-    else:
-        merged = ratings[pick]
-    stamps_out = stamps[order[last]] if policy in (Duplicates.SUM, Duplicates.MAX) else stamps[pick]
-    back = np.argsort(pick, kind="stable")  # file order of the kept rows
-    pick = pick[back]
-    return (users[pick], items[pick], np.asarray(merged[back], dtype=np.float32), stamps_out[back],
-            merge_note(repeated, pairs, policy))
+    pair_users, pair_items = users[rows], items[rows]
+    starts = np.concatenate([[True], (pair_users[1:] != pair_users[:-1]) | (pair_items[1:] != pair_items[:-1])])
+    group = np.cumsum(starts) - 1
+    order = rows[np.lexsort((rows, stamps[rows], group))]  # by pair, then time, then line
+    first = np.flatnonzero(starts)
+    last = np.concatenate([first[1:], [rows.shape[0]]]) - 1
+    kept_at = first if policy is Duplicates.FIRST else last
+    pick = order[kept_at]
+    dropped = np.delete(order, kept_at)  # a merged pair stays where its kept row was: file order throughout
+    if policy in (Duplicates.SUM, Duplicates.MAX):
+        ratings, stamps = ratings.copy(), stamps.copy()
+        if policy is Duplicates.SUM:
+            ratings[pick] = np.add.reduceat(ratings[order].astype(np.float64), first).astype(np.float32)
+        else:
+            ratings[pick] = np.maximum.reduceat(ratings[order], first)
+        stamps[pick] = stamps[order[last]]
+    note = merge_note(int(rows.shape[0]), int(first.shape[0]), policy)
+    return (np.delete(users, dropped), np.delete(items, dropped), np.delete(ratings, dropped),
+            np.delete(stamps, dropped), note)

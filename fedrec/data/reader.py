@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.data.duplicates import has_duplicates, merge
+from fedrec.data.duplicates import merge, repeated_rows
 from fedrec.data.ids import MAX_INT_ID, encode
 from fedrec.data.interactions import Interactions
 from fedrec.data.reference import MAX_STAMP
@@ -251,11 +251,12 @@ def read_fast(layout: Layout, spec: DataSpec, *, name: str) -> Interactions | No
     del item_raw
     stamps = stamps.astype(np.int64, copy=False)
     extra: dict[str, str] = {}
-    if has_duplicates(users, items, item_ids.shape[0]):
+    repeated = repeated_rows(users, items, item_ids.shape[0])
+    if repeated.shape[0]:
         if spec.duplicates is Duplicates.ERROR:
             return None  # the reference names both lines
         users, items, ratings, stamps, extra["duplicates"] = merge(
-            users, items, ratings, stamps, n_items=item_ids.shape[0], policy=spec.duplicates
+            users, items, ratings, stamps, policy=spec.duplicates, rows=repeated
         )
     return Interactions(
         name=name, users=users, items=items, ratings=ratings, timestamps=stamps, user_ids=user_ids, item_ids=item_ids,

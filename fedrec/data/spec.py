@@ -133,7 +133,7 @@ class DataSpec:
     user_col: str = ""  # "" = recognised from the header
     item_col: str = ""
     rating_col: str = ""  # "none" = no ratings: every row is a positive of weight 1
-    time_col: str = ""  # "none" = no time: row order stands in for it
+    time_col: str = ""  # "none" = no time column (timestamps are then row order; the split draws at random)
     id_type: IdType = IdType.AUTO
     duplicates: Duplicates = Duplicates.LAST
     rating_scale: str = ""  # "lo..hi": a rating outside is an error; "" = any finite number
