@@ -31,10 +31,10 @@ popularity prior in [0, 1] plus the similarities to the liked items and to the t
 each scaled to [0, 1].
 
 The list shows the chosen items best first by their score, the sum of their
-contributions: ``(1 - lam)`` times each relevance part and ``lam p_a`` for each
-asked-for aspect the item carries (popularity, each stated genre, liked, text). Inside
-what was asked for, popularity decides; the reason shown for an item names its largest
-contribution. An empty profile (or demographics alone) has no aspect, and the list is
+contributions: ``(1 - lam)`` times each relevance part and ``lam p_a p(a|i)`` for each
+asked-for aspect (popularity, each stated genre, liked, text). Inside what was asked
+for, popularity decides; the reason shown for an item names its largest contribution
+(and, when that is popularity, the largest asked-for aspect the item also carries). An empty profile (or demographics alone) has no aspect, and the list is
 the popularity prior's, labelled so (:meth:`PreferenceRecommender.basis`).
 """
 
@@ -297,13 +297,13 @@ class PreferenceRecommender:
 
     def credits(self, items: np.ndarray, plan: Plan) -> list[dict[str, float]]:
         """Each listed item's score by source: ``(1 - lam)`` times each relevance part, and
-        ``lam p_a`` for each asked-for aspect the item carries."""
+        ``lam p_a p(a|i)`` for each asked-for aspect (the target's weight of what the item carries)."""
         lam = self.config.calibration_weight
         out = []
         for i in items:
             part = {label: (1.0 - lam) * float(values[i]) for label, values in plan.relevance.items()}
             for a, label in enumerate(plan.labels):
-                part[label] = part.get(label, 0.0) + lam * float(plan.target[a] * plan.carried[i, a])
+                part[label] = part.get(label, 0.0) + lam * float(plan.target[a] * plan.aspects[i, a])
             out.append(part)
         return out
 
@@ -336,8 +336,16 @@ class PreferenceRecommender:
         return BASIS_PREFERENCES if query.states_preferences else BASIS_POPULARITY
 
     def reason(self, item: int, parts: Mapping[str, float], plan: Plan, query: Query) -> str:
-        """One line naming the largest contribution to the item's gain."""
+        """One line naming the largest contribution to the item's score first; when that is
+        popularity, the largest asked-for aspect the item carries follows it."""
         driver = largest(parts)
+        first = self._phrase(driver, item, plan, query)
+        stated = {label: value for label, value in parts.items() if label in plan.labels and value > 0}
+        if driver == POPULARITY and stated:
+            return f"{first}; {self._phrase(largest(stated), item, plan, query)}"
+        return first
+
+    def _phrase(self, driver: str, item: int, plan: Plan, query: Query) -> str:
         cat = self.catalog
         if driver.startswith(GENRE_PREFIX):
             return f"matches your genre {cat.genre_names[int(driver[len(GENRE_PREFIX):])]}"

@@ -92,6 +92,7 @@ def test_reasons_name_the_largest_contribution(ml_catalog: Catalog, ml_recommend
             assert r.score == pytest.approx(sum(r.contributions.values()))
             driver = largest(r.contributions)
             seen.add(driver.split(":")[0])
+            assert r.contributions[driver] == max(r.contributions.values())
             if driver.startswith(GENRE_PREFIX):
                 assert r.reason == f"matches your genre {ml_catalog.genre_names[int(driver[len(GENRE_PREFIX):])]}"
             elif driver == LIKED:
@@ -100,7 +101,10 @@ def test_reasons_name_the_largest_contribution(ml_catalog: Catalog, ml_recommend
             elif driver == TEXT:
                 assert r.reason.startswith("matches what you wrote")
             else:
-                assert driver == POPULARITY and r.reason == "popular with many users"
+                assert driver == POPULARITY and r.reason.startswith("popular with many users")
+                stated = {k: v for k, v in r.contributions.items() if k != POPULARITY and v > 0}
+                # the asked-for aspect it also carries follows, never a made-up one
+                assert (r.reason == "popular with many users") == (not stated), (r.reason, r.contributions)
     assert seen == {"genre", LIKED, TEXT, POPULARITY}, "every kind of reason occurs"
 
 

@@ -73,8 +73,8 @@ def test_recommend_from_a_profile(service: str) -> None:
     assert "Return of the Jedi (1983)" in [i["title"] for i in items]  # a Sci-Fi neighbour of Star Wars
     allowed = ("matches your genre Sci-Fi", "similar to Star Wars (1977), which you like",
                "popular with users like you (25-34, F, engineer)")
-    assert {i["reason"] for i in items} <= set(allowed), items
-    assert sum(i["reason"] == allowed[0] for i in items) >= 5
+    assert all(any(i["reason"].startswith(a) for a in allowed) for i in items), items
+    assert sum("matches your genre Sci-Fi" in i["reason"] for i in items) >= 5
 
 
 def test_empty_profile_defaults_to_ten_popular_items(service: str) -> None:
@@ -90,7 +90,7 @@ def test_empty_profile_defaults_to_ten_popular_items(service: str) -> None:
 def test_a_stated_genre_fills_the_list(service: str, genre: str) -> None:
     body = httpx.post(f"{service}/recommend", json={"genres": [genre], "k": 10}).json()
     assert body["basis"] == "preferences"
-    matched = [i for i in body["items"] if i["reason"] == f"matches your genre {genre}"]
+    matched = [i for i in body["items"] if i["reason"].endswith(f"matches your genre {genre}")]
     assert len(matched) >= 5, body
 
 
