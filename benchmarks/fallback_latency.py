@@ -23,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 GENRES = ["Action", "Comedy", "Drama", "Sci-Fi", "Romance", "Thriller", "Horror", "Children's"]
 OCCUPATIONS = ["engineer", "student", "writer", "educator", "programmer", "other"]
+TEXTS = ["space adventure", "old westerns", "Star Trek", "documentaries about music", "funny animated films"]
 
 
 def free_port() -> int:
@@ -32,12 +33,14 @@ def free_port() -> int:
 
 
 def profiles(n: int, rng: np.random.Generator) -> list[dict[str, object]]:
-    """A mix: empty, genres only, liked items only, everything."""
+    """A mix: empty, genres only, liked items only, everything (every other one with free text)."""
     out: list[dict[str, object]] = []
     for i in range(n):
         body: dict[str, object] = {"k": 10}
         if i % 4 in (1, 3):
             body["genres"] = list(rng.choice(GENRES, size=int(rng.integers(1, 3)), replace=False))
+        if i % 8 == 3:
+            body["text"] = str(rng.choice(TEXTS))
         if i % 4 in (2, 3):
             body["liked_items"] = [int(x) for x in rng.choice(np.arange(1, 1683), size=int(rng.integers(1, 6)), replace=False)]
             body["demographics"] = {"age": int(rng.integers(15, 70)), "gender": str(rng.choice(["F", "M"])),

@@ -663,6 +663,12 @@ def coldstart_eval(
             if "ratio_to_popularity" in t:
                 ratios = ", ".join(f"n={n} {r:.2f}x" for n, r in t["ratio_to_popularity"].items())
                 console.print(f"{method} (epsilon {release['epsilon']:.3g}) / popularity, full NDCG@10: {ratios} (target 1.15x at n=3)")
+        for row in results["signup"]:
+            if row["answers"] == "genres + likes" or row["reveal"] == max(reveal_n):
+                console.print(
+                    f"{row['method']}, n={row['reveal']}: full NDCG@10 {row['full_ndcg@10']:.4f}, minus popularity's "
+                    f"{row['diff_vs_popularity']:+.4f} ± {row['diff_se']:.4f} (paired, SE)"
+                )
         for row in results["first_rounds"]:
             if row["round"] in (0, settings.first_rounds):
                 console.print(
@@ -682,9 +688,14 @@ def serve_fallback(
     ] = None,
     text: Annotated[str, typer.Option(help="Title encoder: tfidf (light) or minilm.")] = "tfidf",
     run_dir: Annotated[Path, typer.Option(help="Folder for the item-vector cache.")] = Path("runs/fallback"),
-    tuned: Annotated[Path | None, typer.Option(help="results.json of coldstart-eval: use its tuned blend.")] = None,
-    popularity_weight: Annotated[float, typer.Option(help="Blend weight of popularity (ignored with --tuned).")] = 0.95,
+    tuned: Annotated[Path | None, typer.Option(help="results.json of coldstart-eval: use its tuned weights.")] = None,
+    calibration_weight: Annotated[
+        float, typer.Option(help="How closely the list follows stated preferences, 0-1 (ignored with --tuned).")
+    ] = 0.7,
     smoothing: Annotated[float, typer.Option(help="Demographic smoothing (ignored with --tuned).")] = 5000.0,
+    release: Annotated[
+        Path | None, typer.Option(help="A DP-EASE run folder: its released item-item weights join the liked-item similarity.")
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -697,21 +708,30 @@ def serve_fallback(
     _setup_logging(verbose)
     with _errors():
         from fedrec.data.sources import load_dataset
-        from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
+        from fedrec.fallback import FeatureConfig, build_catalog
+        from fedrec.fallback.preferences import PreferenceConfig, PreferenceRecommender
         from fedrec.fallback.service import create_app, serve
 
+        preferences = PreferenceConfig(calibration_weight=calibration_weight, smoothing=smoothing)
         if tuned is not None:
-            chosen = json.loads(tuned.read_text())["tuned"].get(text)
+            chosen = json.loads(tuned.read_text())["tuned"].get(text, {}).get("preferences")
             if chosen is None:
-                raise FedrecError(f"{tuned} has no tuned blend for text encoder {text!r}; run coldstart-eval with --text {text}")
-            popularity_weight, smoothing = float(chosen["popularity_weight"]), float(chosen["smoothing"])
-        blend = BlendConfig(popularity_weight=popularity_weight, smoothing=smoothing)
+                raise FedrecError(f"{tuned} has no tuned preference weights for text encoder {text!r}; "
+                                  f"run coldstart-eval with --text {text}")
+            preferences = PreferenceConfig.from_dict(chosen)
         run_config = _load_config(config, [*(set_ or []), *([f"dataset={dataset}"] if dataset else [])], data)
         _data_note(run_config)
         loaded = load_dataset(run_config.data).positives(run_config.data.rating_threshold)
         catalog = build_catalog(loaded, features=FeatureConfig(text=text), run_dir=run_dir.resolve())
         console.print(f"serving {catalog.n_items} items on http://{host}:{port} (POST /recommend, GET /health)")
-        serve(create_app(catalog, ContentRecommender(catalog, blend)), host=host, port=port)
+        texts = loaded.item_meta.texts if loaded.item_meta is not None else None
+        released = None
+        if release is not None:
+            from fedrec.fallback.collaborative import ReleasedEase
+
+            released = ReleasedEase.from_run(release.resolve())
+        recommender = PreferenceRecommender(catalog, preferences, release=released, texts=texts)
+        serve(create_app(catalog, recommender), host=host, port=port)
 
 
 @data_app.command("fetch")

@@ -48,6 +48,7 @@ from fedrec.fallback.evaluation import (
 )
 from fedrec.fallback.features import FeatureConfig
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
+from fedrec.fallback.signup import run_signup, signup_targets
 from fedrec.federation.device import Device
 from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import Arrays, ModelConfig
@@ -58,6 +59,9 @@ logger = logging.getLogger(__name__)
 CSV_NAME = "coldstart.csv"
 PLOT_NAME = "coldstart.png"
 FIRST_ROUNDS_CSV = "first_rounds.csv"
+SIGNUP_CSV = "signup.csv"  # held-out users with simulated sign-up answers (fedrec.fallback.signup)
+SIGNUP_FIELDS = ["method", "answers", "reveal", "users", *METRICS, "popularity_full_ndcg@10", "diff_vs_popularity", "diff_se",
+                 "calibration_weight", "liked_share", "liked_weight"]
 POPULARITY = "popularity"
 DP_POPULARITY = "DP popularity"
 DP_GRAM_POPULARITY = "DP popularity (Gram counts)"
@@ -236,6 +240,7 @@ def run_coldstart_eval(
     tuned: dict[str, Any] = {}
     content_for_init: ContentRecommender | None = None
     contents: dict[str, ContentRecommender] = {}
+    signup_rows: list[dict[str, Any]] = []
     for text in config.text_encoders:
         step(f"item vectors ({text})")
         catalog = build_catalog(data, features=FeatureConfig(text=text), run_dir=out_dir, train_users=users.train)
@@ -251,6 +256,11 @@ def run_coldstart_eval(
         scorers[f"blend ({text})"] = (profile_scorer(blend), asdict(best.blend))
         content_for_init = content
         contents[text] = content
+        step(f"sign-up answers ({text}): tuning on validation users")
+        signup = run_signup(catalog, val, test, reveal=config.reveal, smoothing=best.blend.smoothing,
+                            name=f"preferences ({text})", seed=config.seed)
+        tuned[text]["preferences"] = {**signup["config"], "checks": signup["checks"], "grid": signup["grid"]}
+        signup_rows.extend(signup["rows"])
     release: dict[str, Any] = {}
     if config.collaborative is Collaborative.DP_EASE:
         step("DP-EASE release of the training users (own ledger)")
@@ -286,11 +296,13 @@ def run_coldstart_eval(
                 epsilon = release["epsilon"]
             rows.append({"method": name, "reveal": n, "users": len(test), **metrics, **params, "epsilon": epsilon, "seed": config.seed})
     write_csv(out_dir / CSV_NAME, rows)
+    write_rows(out_dir / SIGNUP_CSV, signup_rows, SIGNUP_FIELDS)
     plot(out_dir / PLOT_NAME, rows, reveal=config.reveal, users=len(test))
     results = {
         "dataset": data.name, "seed": config.seed, "config": asdict(config),
         "users": {"train": int(users.train.shape[0]), "validation": len(val), "test": len(test)},
         "tuned": tuned, "federated": federated, "release": release, "rows": rows, "first_rounds": first_rounds, "targets": targets(rows, config.text_encoders, sorted(dp_names)),
+        "signup": signup_rows, "signup_targets": signup_targets(signup_rows),
         "seconds": time.perf_counter() - started,
     }
     write_json(out_dir / RESULTS, results)

@@ -1,8 +1,8 @@
 """What a new user may tell at sign-up, and its validation against the catalogue.
 
 Every field is optional: favourite genres, one to five liked items (ids as the data set
-names them), demographics where the data set has them. An empty profile is valid; it
-is served by popularity alone.
+names them), a line of free text, demographics where the data set has them. An empty
+profile is valid; it is served by popularity alone.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from fedrec.fallback.catalog import Catalog
 
 MAX_LIKED = 5
+MAX_TEXT = 500  # characters of free text
 AGE_RANGE = (1, 120)
 # Age groups of MovieLens 1M's documentation; a 19- and a 23-year-old count as alike.
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
@@ -56,6 +57,7 @@ class Profile:
     genres: tuple[str, ...] = ()
     liked_items: tuple[int | str, ...] = ()  # the data set's own item ids
     demographics: Demographics = field(default_factory=Demographics)
+    text: str = ""  # free text ("space adventures, old westerns")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class Query:
     given: np.ndarray  # (n_given,) int64 item index
     genres: tuple[int, ...] = ()  # genre column indices
     demographics: Demographics = field(default_factory=Demographics)
+    text: str = ""  # free text, stripped
+
+    @property
+    def states_preferences(self) -> bool:
+        """Whether the user said anything about their taste (genres, liked items, text)."""
+        return bool(self.given.shape[0] or self.genres or self.text)
 
     @classmethod
     def of_items(cls, items: np.ndarray | list[int], demographics: Demographics | None = None) -> Query:
@@ -81,15 +89,18 @@ def resolve_profile(profile: Profile, catalog: Catalog) -> Query:
     Raises
     ------
     ProfileError
-        Listing every problem: unknown genre, unknown or repeated item id, too many
-        liked items, age out of range, unknown gender or occupation.
+        Listing every problem: unknown genre (naming the known ones), unknown or
+        repeated item id, too many liked items, free text too long, age out of range,
+        unknown gender or occupation.
     """
     problems: list[str] = []
     genre_index = {name.lower(): i for i, name in enumerate(catalog.genre_names)}
     genres: list[int] = []
     for name in profile.genres:
         if name.lower() not in genre_index:
-            problems.append(f"unknown genre {name!r}; known genres: {', '.join(catalog.genre_names)}")
+            known = f"known genres: {', '.join(catalog.genre_names)}" if catalog.genre_names else (
+                "this data set has no genres; describe your taste with liked_items or text")
+            problems.append(f"unknown genre {name!r}; {known}")
         elif genre_index[name.lower()] not in genres:
             genres.append(genre_index[name.lower()])
     if len(profile.liked_items) > MAX_LIKED:
@@ -103,6 +114,9 @@ def resolve_profile(profile: Profile, catalog: Catalog) -> Query:
             problems.append(f"unknown item id {item_id}; item ids are those of the data set, e.g. {catalog.example_ids()}")
         elif index not in given:
             given.append(index)
+    text = " ".join(profile.text.split())
+    if len(text) > MAX_TEXT:
+        problems.append(f"text of {len(text)} characters; give at most {MAX_TEXT}")
     demo = profile.demographics
     if demo.age is not None and not AGE_RANGE[0] <= demo.age <= AGE_RANGE[1]:
         problems.append(f"age {demo.age} out of range; give an age from {AGE_RANGE[0]} to {AGE_RANGE[1]}")
@@ -113,4 +127,4 @@ def resolve_profile(profile: Profile, catalog: Catalog) -> Query:
             problems.append(f"unknown {attribute} {value!r}; give {hint}")
     if problems:
         raise ProfileError(problems)
-    return Query(given=np.array(given, dtype=np.int64), genres=tuple(genres), demographics=demo)
+    return Query(given=np.array(given, dtype=np.int64), genres=tuple(genres), demographics=demo, text=text)

@@ -8,7 +8,8 @@ answer is deterministic).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +23,7 @@ class Recommendation:
     item: int  # item index
     score: float
     reason: str
+    contributions: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)  # what made the score, where known
 
 
 class Recommender(Protocol):

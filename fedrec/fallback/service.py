@@ -2,7 +2,10 @@
 
 A thin FastAPI shell: it parses JSON into :class:`fedrec.fallback.Profile`, lets
 :func:`fedrec.fallback.resolve_profile` validate it (every problem becomes one line of
-a 422 answer) and returns the content recommender's list with one reason per item.
+a 422 answer; an unknown genre names the known ones) and returns the list of
+:class:`fedrec.fallback.preferences.PreferenceRecommender`, with one reason per item and
+``basis``: ``preferences`` when the user stated genres, liked items or text,
+``popularity`` when they did not (an empty request gets the popularity list).
 The service keeps no state about users and logs no ids.
 """
 
@@ -17,7 +20,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedrec.errors import ProfileError
-from fedrec.fallback import Catalog, ContentRecommender, Demographics, Profile, resolve_profile
+from fedrec.fallback import Catalog, Demographics, Profile, resolve_profile
+from fedrec.fallback.preferences import PreferenceRecommender
+from fedrec.fallback.profile import MAX_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ class RecommendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     genres: list[str] = Field(default_factory=list)
     liked_items: list[int | str] = Field(default_factory=list)  # the data set's own item ids
+    text: str = Field(default="", max_length=10 * MAX_TEXT)  # free text; resolve_profile checks its length
     demographics: DemographicsIn | None = None
     k: int = Field(default=10, ge=1, le=MAX_K)
 
@@ -47,6 +53,7 @@ class ItemOut(BaseModel):
 
 
 class RecommendOut(BaseModel):
+    basis: str  # "preferences" (what the user stated shapes the list) or "popularity" (nothing stated)
     items: list[ItemOut]
 
 
@@ -69,7 +76,7 @@ def _problems_from_pydantic(err: RequestValidationError) -> list[str]:
     return out
 
 
-def create_app(catalog: Catalog, recommender: ContentRecommender) -> FastAPI:
+def create_app(catalog: Catalog, recommender: PreferenceRecommender) -> FastAPI:
     """The FastAPI app serving ``recommender`` over ``catalog``."""
     app = FastAPI(title="fedrec cold-start fallback", version="1")
 
@@ -89,12 +96,13 @@ def create_app(catalog: Catalog, recommender: ContentRecommender) -> FastAPI:
     async def recommend(body: RecommendIn) -> RecommendOut:
         demo = body.demographics or DemographicsIn()
         profile = Profile(
-            genres=tuple(body.genres), liked_items=tuple(body.liked_items),
+            genres=tuple(body.genres), liked_items=tuple(body.liked_items), text=body.text,
             demographics=Demographics(age=demo.age, gender=demo.gender, occupation=demo.occupation),
         )
         query = resolve_profile(profile, catalog)
         recs = recommender.recommend(query, k=body.k)
         return RecommendOut(
+            basis=recommender.basis(query),
             items=[
                 ItemOut(item_id=catalog.item_id(r.item), title=catalog.titles[r.item], score=r.score, reason=r.reason)
                 for r in recs

@@ -13,6 +13,7 @@ from fedrec.data.interactions import Interactions
 from fedrec.experiments.coldstart import (
     CSV_NAME,
     PLOT_NAME,
+    SIGNUP_CSV,
     ColdStartConfig,
     FederatedReference,
     first_rounds_study,
@@ -21,6 +22,7 @@ from fedrec.experiments.coldstart import (
 from fedrec.experiments.results import RESULTS
 from fedrec.fallback import BlendConfig, ContentRecommender, FeatureConfig, build_catalog
 from fedrec.fallback.evaluation import WEIGHT_GRID, cold_users
+from fedrec.fallback.signup import VARIANTS
 from fedrec.models import init_shared
 
 
@@ -40,6 +42,11 @@ def test_coldstart_eval_writes_every_method_and_n(ml100k: Interactions, tmp_path
     assert float(content0["full_hr@10"]) == 0.0, "no profile, no content signal: every item ties"
     saved = json.loads((tmp_path / RESULTS).read_text())
     assert set(saved["targets"]["tfidf"]) >= {"n3_relative_gain", "n0_target_met"}
+    signup = list(csv.DictReader((tmp_path / SIGNUP_CSV).open()))
+    assert {(r["answers"], r["reveal"]) for r in signup} == {(v, n) for v in VARIANTS for n in ("0", "3")}
+    assert all(float(r["popularity_full_ndcg@10"]) == pop[0] for r in signup), "the same popularity as the popularity row"
+    assert saved["tuned"]["tfidf"]["preferences"]["checks"]["genre_min_share"] >= 5
+    assert set(saved["signup_targets"]) == {"preferences (tfidf), genres + likes n=0", "preferences (tfidf), genres + likes n=3"}
 
 
 def test_first_rounds_study_runs_the_device_code(ml100k: Interactions, tiny_config: RunConfig) -> None:

@@ -22,6 +22,7 @@ from fedrec.fallback import (
     RoutingConfig,
 )
 from fedrec.fallback.ondevice import FederatedRecommender, load_tower
+from fedrec.fallback.preferences import PreferenceConfig, PreferenceRecommender
 from fedrec.models import ModelConfig, init_shared
 from fedrec.training.local import init_private
 
@@ -46,6 +47,8 @@ FACTORIES: dict[str, Callable[[Catalog], Recommender]] = {
     "content": lambda c: ContentRecommender(c, BlendConfig(popularity_weight=0.0)),
     "blend": lambda c: ContentRecommender(c, BlendConfig(popularity_weight=0.4, smoothing=5.0)),
     "federated": _federated,
+    "preferences": lambda c: PreferenceRecommender(c),
+    "preferences, calibration only": lambda c: PreferenceRecommender(c, PreferenceConfig(calibration_weight=1.0, neighbours=3)),
     "routed-fallback": _routed(1),
     "routed-blend": _routed(3),
     "routed-federated": _routed(9),
@@ -55,6 +58,7 @@ QUERIES = {
     "one liked": Query.of_items([0]),
     "three liked": Query.of_items([1, 4, 6], Demographics(age=30, gender="F")),
     "genres": Query(given=np.array([2], dtype=np.int64), genres=(1,), demographics=Demographics(occupation="a")),
+    "text": Query(given=np.empty(0, dtype=np.int64), genres=(0,), text="film"),
 }
 
 

@@ -44,3 +44,21 @@ def test_every_problem_is_reported(checkerboard: Catalog) -> None:
 @pytest.mark.parametrize(("age", "group"), [(1, "<18"), (17, "<18"), (18, "18-24"), (24, "18-24"), (25, "25-34"), (56, "56+"), (120, "56+")])
 def test_age_groups(age: int, group: str) -> None:
     assert age_group(age) == group
+
+
+def test_free_text_is_kept_tidy_and_bounded(checkerboard: Catalog) -> None:
+    query = resolve_profile(Profile(text="  old   westerns\n"), checkerboard)
+    assert query.text == "old westerns" and query.states_preferences
+    with pytest.raises(ProfileError, match="text of 501 characters; give at most 500"):
+        resolve_profile(Profile(text="x" * 501), checkerboard)
+    assert not resolve_profile(Profile(demographics=Demographics(gender="F")), checkerboard).states_preferences
+
+
+def test_a_catalogue_without_genres_says_so(checkerboard: Catalog) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    bare = replace(checkerboard, genre_names=(), genres=np.zeros((checkerboard.n_items, 0), dtype=np.float32))
+    with pytest.raises(ProfileError, match="this data set has no genres; describe your taste with liked_items or text"):
+        resolve_profile(Profile(genres=("Rock",)), bare)

@@ -70,14 +70,45 @@ def test_recommend_from_a_profile(service: str) -> None:
     scores = [i["score"] for i in items]
     assert scores == sorted(scores, reverse=True)
     assert all(i["title"] and i["reason"] for i in items)
-    assert any("Star Wars (1977)" in i["reason"] for i in items)
+    assert "Return of the Jedi (1983)" in [i["title"] for i in items]  # a Sci-Fi neighbour of Star Wars
+    allowed = ("matches your genre Sci-Fi", "similar to Star Wars (1977), which you like",
+               "popular with users like you (25-34, F, engineer)")
+    assert all(any(i["reason"].startswith(a) for a in allowed) for i in items), items
+    assert sum("matches your genre Sci-Fi" in i["reason"] for i in items) >= 5
 
 
 def test_empty_profile_defaults_to_ten_popular_items(service: str) -> None:
-    items = httpx.post(f"{service}/recommend", json={}).json()["items"]
+    body = httpx.post(f"{service}/recommend", json={}).json()
+    items = body["items"]
+    assert body["basis"] == "popularity"
     assert len(items) == 10
     assert items[0]["title"] == "Star Wars (1977)"  # the most rated movie of ML-100K
-    assert items[0]["reason"] == "popular with many users"
+    assert {i["reason"] for i in items} == {"popular with many users"}
+
+
+@pytest.mark.parametrize("genre", ["Documentary", "Animation", "Film-Noir", "Western"])
+def test_a_stated_genre_fills_the_list(service: str, genre: str) -> None:
+    body = httpx.post(f"{service}/recommend", json={"genres": [genre], "k": 10}).json()
+    assert body["basis"] == "preferences"
+    matched = [i for i in body["items"] if i["reason"].endswith(f"matches your genre {genre}")]
+    assert len(matched) >= 5, body
+
+
+def test_liked_items_and_text_move_the_list(service: str) -> None:
+    liked = httpx.post(f"{service}/recommend", json={"liked_items": [50, 172]}).json()["items"]
+    assert "Return of the Jedi (1983)" in [i["title"] for i in liked]
+    assert any(i["reason"].startswith("similar to Star Wars (1977)") or "Empire" in i["reason"] for i in liked)
+    text = httpx.post(f"{service}/recommend", json={"text": "Star Trek"}).json()
+    assert text["basis"] == "preferences"
+    assert sum("Star Trek" in i["title"] for i in text["items"]) >= 5
+
+
+def test_an_unknown_genre_names_the_known_ones(service: str) -> None:
+    response = httpx.post(f"{service}/recommend", json={"genres": ["Space Opera", "Drama"]})
+    assert response.status_code == 422
+    (line,) = response.json()["detail"]
+    assert line.startswith("unknown genre 'Space Opera'; known genres: unknown, Action, Adventure, Animation")
+    assert "Western" in line
 
 
 @pytest.mark.parametrize(
@@ -89,6 +120,7 @@ def test_empty_profile_defaults_to_ten_popular_items(service: str) -> None:
         ({"k": 1000}, "k must be an integer from 1 to 100"),
         ({"demographics": {"occupation": "astronaut"}}, "unknown occupation 'astronaut'"),
         ({"liked": [1]}, "liked: Extra inputs are not permitted"),
+        ({"text": "y" * 600}, "text of 600 characters; give at most 500"),
     ],
 )
 def test_invalid_profiles_get_422_with_a_clear_message(service: str, body: dict[str, object], message: str) -> None:
@@ -102,12 +134,13 @@ _json = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
-_field = st.sampled_from(["genres", "liked_items", "demographics", "k", "age", "gender", "occupation", "x"])
+_field = st.sampled_from(["genres", "liked_items", "text", "demographics", "k", "age", "gender", "occupation", "x"])
 _profiles = st.dictionaries(_field, _json, max_size=4) | st.fixed_dictionaries(
     {},
     optional={
         "genres": st.lists(st.sampled_from(["Sci-Fi", "Drama", "Comedy", "sci-fi", ""]) | st.text(max_size=8), max_size=4),
         "liked_items": st.lists(st.integers(-5, 2000), max_size=6),
+        "text": st.text(max_size=30) | st.sampled_from(["space", "old westerns", "Star Trek", ""]),
         "demographics": st.fixed_dictionaries(
             {}, optional={"age": st.integers(-10, 200) | _json, "gender": st.sampled_from(["F", "M", "X"]) | _json,
                           "occupation": st.sampled_from(["engineer", "none", "?"]) | _json}
