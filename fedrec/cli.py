@@ -438,6 +438,10 @@ def tune(
                       *(f"{v:.3g}" for v in z), str(t["top_items"]), f"{t['validation']['ndcg@10']:.4f}",
                       f"{t['validation']['full_ndcg@10']:.4f}", f"{t['criterion']:.4f}", ",".join(map(str, t["releases"])) or "-")
     console.print(table)
+    from fedrec.privacy.readable import released_tries_lines
+
+    for line in released_tries_lines(results):  # the noise in each try's released validation metrics
+        console.print(line, markup=False, soft_wrap=True)
     rows: dict[str, dict[str, Any]] = {"chosen DP-EASE release": results}
     rows.update({name: ref["test"] for name, ref in results["references"].items()})
     console.print(_table("test metrics of the chosen try (references: no DP, same split)", rows))

@@ -13,9 +13,6 @@ What is shown is therefore
 - "not informative" when ``sigma`` exceeds a quarter of the range: the value then says
   more about the noise draw than about the model.
 
-A noisy count (a DP item count shown as popularity) is shown as a count: rounded and
-never below zero (:func:`shown_count`).
-
 Everything here is pure and light (no torch): ``fedrec audit`` uses it.
 """
 
@@ -141,16 +138,6 @@ def shown_metric(name: str, raw: object, *, noise_std: float | None = None, devi
     if math.isinf(value):
         value = math.nan
     return ShownMetric(name=name, raw=value, noise_std=noise_std, devices=devices)
-
-
-def shown_count(noisy: float) -> int:
-    """A noisy (DP) count as a person reads it: rounded, never below zero (post-processing)."""
-    return 0 if not math.isfinite(noisy) or noisy <= 0 else round(noisy)
-
-
-def shown_counts(noisy: Iterable[float]) -> list[int]:
-    """:func:`shown_count` of each."""
-    return [shown_count(float(v)) for v in noisy]
 
 
 @dataclass(frozen=True)
@@ -389,3 +376,18 @@ def released_summary(results: Mapping[str, Any]) -> dict[str, Any]:
         "metric_noise_std": test.get("noise_std"), "metric_devices_asked": test.get("devices_asked"),
         "metrics_informative": test.get("informative"),
     }
+
+
+def released_tries_lines(results: Mapping[str, Any]) -> list[str]:
+    """For ``fedrec tune``: each try's validation release with its noise sigma ([] when
+    the tries were evaluated exactly)."""
+    block = results.get("released")
+    tries = block.get("tries") if isinstance(block, Mapping) else None
+    if not isinstance(tries, list):
+        return []
+    lines = ["validation metrics of the tries as released with DP (clamped to [0, 1]):"]
+    for t in tries:
+        verdict = "" if t.get("informative") else " — not informative"
+        lines.append(f"  try {t.get('try')}: noise σ {_number(t['noise_std'])} per metric at {t['devices_asked']} "
+                     f"devices{verdict}")
+    return lines

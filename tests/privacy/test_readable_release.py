@@ -30,8 +30,6 @@ from fedrec.privacy.readable import (
     readable_results,
     released_lines,
     released_summary,
-    shown_count,
-    shown_counts,
     shown_metric,
 )
 from fedrec.privacy.report import audit_document
@@ -67,11 +65,6 @@ def test_devices_needed_for_a_sigma_of_one_hundredth() -> None:
     assert devices_for_noise_std(noise_multiplier=20.0, n_metrics=5) == 4473
     assert devices_for_noise_std(noise_multiplier=10.0, n_metrics=4) == 2000
     assert 20.0 * math.sqrt(5) / 4473 <= 0.01 < 20.0 * math.sqrt(5) / 4472
-
-
-def test_noisy_counts_are_never_negative_on_screen() -> None:
-    assert shown_counts([-3.2, 0.4, 0.6, 12.49, math.nan, math.inf]) == [0, 0, 1, 12, 0, 0]
-    assert shown_count(-0.0) == 0
 
 
 def _session(run_dir: Path, *, budget: float = 1e6) -> PrivacySession:
