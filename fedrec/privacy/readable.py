@@ -189,6 +189,7 @@ def _count(value: object) -> int | None:
 
 
 _ROUND = re.compile(r"after round (\d+)")
+_SPLIT = re.compile(r"evaluation: (val|validation|test)\b")  # how every metric release's purpose begins
 
 
 def metric_release(entry: Mapping[str, Any]) -> MetricRelease | None:
@@ -202,8 +203,8 @@ def metric_release(entry: Mapping[str, Any]) -> MetricRelease | None:
     if z is None or c is None or n is None or z < 0 or c <= 0:
         return None
     purpose = entry.get("purpose") if isinstance(entry.get("purpose"), str) else ""
-    words = set(re.findall(r"[a-z]+", purpose.lower()))
-    split = "test" if "test" in words else "val" if words & {"val", "validation"} else None
+    which = _SPLIT.match(purpose)
+    split = None if which is None else "test" if which.group(1) == "test" else "val"
     found = _ROUND.search(purpose)
     return MetricRelease(
         release=_count(entry.get("release")), purpose=purpose, split=split, round=int(found.group(1)) if found else None,

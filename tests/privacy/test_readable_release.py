@@ -110,6 +110,10 @@ def test_an_entry_without_devices_asked_gives_an_upper_bound() -> None:
     assert release is not None and not release.devices_recorded
     assert release.noise_std == pytest.approx(20 * math.sqrt(5) / 8)
     assert metric_release({**entry, "mechanism": "gaussian-sum/item-counts"}) is None
+    # the split is what the purpose begins with, whatever a tuning try's label says
+    tuning = metric_release({**entry, "purpose": "evaluation: validation metrics of tuning try 1 (x=test)"})
+    assert tuning is not None and (tuning.split, tuning.round) == ("val", None)
+    assert metric_release({**entry, "purpose": "something else: test"}).split is None
     assert metric_release({**entry, "clients": 0}) is None
 
 
