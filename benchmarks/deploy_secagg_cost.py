@@ -114,7 +114,8 @@ def _row(folder: Path) -> dict[str, Any]:
         "peak RSS supernode MiB": demo["peak_rss_supernode_bytes"] / 2**20,
         "wall s (submit to results)": demo["seconds_run"],
         "audit exit code": demo["audit_exit_code"],
-        "released (DP) ndcg@10": demo["ndcg@10"],
+        "released (DP) ndcg@10, clamped to [0, 1]": demo["ndcg@10"],
+        "released (DP) noise sigma per metric": demo.get("metric_noise_std", float("nan")),  # absent: an older demo
         "offline: devices evaluated": quality["devices evaluated"],
         "offline: devices hold model.npz": quality["devices hold model.npz"],
     }

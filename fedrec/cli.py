@@ -202,6 +202,10 @@ def simulate(
         if references:
             title += f" ({', '.join(references)}: no DP, same split)"
         console.print(_table(title, rows))
+        from fedrec.privacy.readable import released_lines
+
+        for line in released_lines(results):  # DP-released metrics: clamped, with their noise
+            console.print(line, markup=False, soft_wrap=True)
         if "popularity" in references:
             console.print(_versus_popularity(results, references["popularity"]["test"]))
         console.print(
@@ -437,6 +441,10 @@ def tune(
     dp = results["epsilon"] != float("inf")
     table = _tune_table(results)
     console.print(table)
+    from fedrec.privacy.readable import released_tries_lines
+
+    for line in released_tries_lines(results):  # the noise in each try's released validation metrics
+        console.print(line, markup=False, soft_wrap=True)
     rows: dict[str, dict[str, Any]] = {"chosen DP-EASE release": results}
     rows.update({name: ref["test"] for name, ref in results["references"].items()})
     console.print(_table("test metrics of the chosen try (references: no DP, same split)", rows))
@@ -488,7 +496,7 @@ def audit(
 
     Exit code 0: verified and within budget; 3 tampered; 4 over budget; 5 malformed.
     """
-    from fedrec.privacy.audit import audit_run
+    from fedrec.privacy.audit import OK, OVER_BUDGET, audit_run
 
     if as_json or html is not None:
         from fedrec.privacy.report import build_document, collect
@@ -525,6 +533,11 @@ def audit(
     table.add_row("resumed after a crash", f"{report.resumes} time(s)")
     table.add_row("stopped by budget", "yes" if report.stopped_by_budget else "no")
     console.print(table)
+    if report.code in (OK, OVER_BUDGET):  # entries verified: the noise of each metric release, from its signed entry
+        from fedrec.privacy.readable import audit_lines
+
+        for line in audit_lines(run_dir):
+            console.print(line, markup=False, soft_wrap=True)
     for problem in report.problems:
         console.print(f"[red]problem:[/] {problem}")
     for warning in report.warnings:

@@ -32,6 +32,7 @@ from fedrec.deploy.fleet import CATALOG, split_fleet
 from fedrec.deploy.pki import make_device_keys, make_tls
 from fedrec.experiments.results import RESULTS, write_json
 from fedrec.privacy.ledger import LEDGER
+from fedrec.privacy.readable import released_summary
 from server.fleet import LocalFleet
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
         "devices": devices, "rounds": results["rounds"], "run_id": run_id, "secure_aggregation": secure_aggregation,
         "seconds_start_to_online": online - started, "seconds_run": finished - online,
         "seconds_per_round": results["seconds_per_round"],
-        "hr@10": results["hr@10"], "ndcg@10": results["ndcg@10"], "epsilon": results["epsilon"],
+        "hr@10": results["hr@10"], "ndcg@10": results["ndcg@10"], **released_summary(results), "epsilon": results["epsilon"],
         "rejected_updates": results["rejected_updates"],
         "upload_bytes_per_device": results["upload"]["mean_bytes_per_device"],
         "train_seconds_per_round": [u.get("train_seconds") for u in results["upload"]["rounds"]],

@@ -145,3 +145,25 @@ def test_plan_table_is_readable_at_80_columns() -> None:
     for label in ("noise multiplier z", "sample rate q", "noise std zC", "signal bound nC", "noise/signal >= (bound)",
                   "entry SNR", "item counts"):
         assert label in text
+
+
+def test_plan_says_the_evaluations_noise_and_the_devices_it_needs_for_a_hundredth() -> None:
+    # the demo's settings: 10 devices, 5 rounds, eval-every 0 -> the final validation and test releases
+    demo = {"model": "neumf", "clients-per-round": 10, "num-rounds": 5, "eval-every": 0, "epsilon": 50.0, "accountant": "rdp"}
+    plan = plan_run(parse_run_config(demo), users=10, items=300)
+    ev = plan.evaluation
+    assert ev is not None and (ev.releases, ev.metrics, ev.noise_multiplier, ev.devices) == (2, 5, 20.0, 10)
+    assert ev.noise_std == pytest.approx(20 * math.sqrt(5) / 10) and not ev.informative
+    assert ev.devices_for_target == 4473  # ceil(20 sqrt(5) / 0.01)
+    assert ev.epsilon_alone == epsilon(((20.0, 1.0, 2),), delta=1e-5, accountant="rdp")
+    assert any("sigma 0.01 needs at least 4473 devices" in note and "not informative" in note for note in plan.notes)
+    # eval-every 2 over 5 rounds: rounds 2 and 4, then the final validation and test; eval-users asks 5000 of 9000
+    many = plan_run(parse_run_config({**demo, "eval-every": 2, "eval-users": 5000, "eval-noise-multiplier": 5.0}),
+                    users=9000, items=300)
+    assert many.evaluation is not None and (many.evaluation.releases, many.evaluation.devices) == (4, 5000)
+    assert many.evaluation.informative and many.evaluation.devices_for_target == 1119  # ceil(5 sqrt(5) / 0.01)
+    ease = plan_run(parse_run_config({"model": "dp-ease", "epsilon": 8.0}), users=943, items=300)
+    assert ease.evaluation is not None and ease.evaluation.releases == 2
+    doc = json.loads(json.dumps(ease.to_json(), allow_nan=False))
+    assert doc["evaluation"]["devices_for_target"] == 4473 and doc["evaluation"]["noise_std"] == pytest.approx(20 * math.sqrt(5) / 943)
+    assert plan_run(parse_run_config({"model": "dp-ease", "dp": "off"}), users=100, items=50).evaluation is None

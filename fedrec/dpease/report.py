@@ -3,6 +3,7 @@ with DP on, the signed ledger that ``fedrec audit`` verifies."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,9 @@ from fedrec.experiments.references import cheap_references
 from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
 from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
+from fedrec.privacy.readable import readable_run, released_lines
+
+logger = logging.getLogger(__name__)
 
 
 def run_ease_and_report(
@@ -69,6 +73,7 @@ def run_ease_and_report(
         # the devices' own test metrics against popularity's, user by user (both in split order)
         model = {name: np.array([row[name] for row in history.test_per_client]) for name in METRIC_NAMES}
         results["versus_popularity"] = paired_difference(model, refs["popularity"].test_per_user)
+    results = readable_run(results, out_dir)  # DP-released metrics: clamped to [0, 1], with their noise
     plot_curves(
         out_dir / CURVES, results["curve"],
         references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
@@ -76,4 +81,6 @@ def run_ease_and_report(
         f"epsilon {history.privacy['epsilon']:.3g}",
     )
     write_json(out_dir / RESULTS, results)
+    for line in released_lines(results):  # a deployment's server log: the released metrics with their noise
+        logger.info("%s", line)
     return results

@@ -49,6 +49,7 @@ from fedrec.privacy.eval_release import MECHANISM as METRICS_MECHANISM
 from fedrec.privacy.eval_release import evaluation_generator, release_metrics
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import noise_generator
+from fedrec.privacy.readable import readable_run
 from fedrec.privacy.session import PrivacySession
 
 TUNE_METRICS = ("ndcg@10", "full_ndcg@10")  # what the criterion reads (fedrec.dpease.select.criterion)
@@ -226,6 +227,7 @@ def tune_and_report(
         "references": {name: ref.to_json() for name, ref in refs.items()},
         "seconds": time.perf_counter() - started,
     }
+    results = readable_run(results, out_dir)  # the tries' released metrics: clamped to [0, 1], with their noise
     write_json(out_dir / RESULTS, results)
     return results
 

@@ -18,7 +18,7 @@ the operator, which must not be published as if it were a DP result.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,11 @@ from fedrec.dpease.fit import noise_edge
 from fedrec.dpease.run import phase_noise
 from fedrec.dpease.statistics import packed_size, unpack_symmetric
 from fedrec.errors import FedrecError
+from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.models import shared_spec
 from fedrec.privacy.accountant import History, calibrate_noise, compress, epsilon
+from fedrec.privacy.eval_release import planned_evaluations, sensitivity
+from fedrec.privacy.readable import TARGET_NOISE_STD, devices_for_noise_std, informative, metric_noise_std
 from fedrec.privacy.sampling import PoissonSampler
 
 PUBLIC = "public: N, the catalogue size and the settings only (no user data read)"
@@ -96,6 +99,62 @@ class PlannedRelease:
 
 
 @dataclass(frozen=True)
+class PlannedEvaluation:
+    """The evaluation metrics a deployment on real devices releases (simulations evaluate
+    exactly): ``releases`` Gaussian sums of d metrics at ``eval-noise-multiplier``, each
+    divided by the devices asked (:mod:`fedrec.privacy.eval_release`)."""
+
+    releases: int
+    metrics: int  # d
+    noise_multiplier: float  # z of each release
+    devices: int  # devices asked per release (eval-users, or every device)
+    epsilon_alone: float  # the evaluation releases alone (headline accountant)
+    budget: float
+
+    @property
+    def noise_std(self) -> float:
+        """Noise sigma in each released mean metric: z sqrt(d) / n."""
+        return metric_noise_std(noise_multiplier=self.noise_multiplier, sensitivity=sensitivity(self.metrics),
+                                devices_asked=self.devices)
+
+    @property
+    def informative(self) -> bool:
+        return informative(self.noise_std)
+
+    @property
+    def devices_for_target(self) -> int:
+        """Devices asked for a noise sigma of TARGET_NOISE_STD at this z (the same budget share)."""
+        return devices_for_noise_std(noise_multiplier=self.noise_multiplier, n_metrics=self.metrics)
+
+    def note(self) -> str:
+        share = f", {self.epsilon_alone / self.budget:.0%} of the budget" if math.isfinite(self.budget) and self.budget > 0 else ""
+        label = " — not informative (sigma > a quarter of the range [0, 1])" if not self.informative else ""
+        return (f"on real devices, the evaluation is {self.releases} releases of {self.metrics} metrics at "
+                f"eval-noise-multiplier {self.noise_multiplier:g} (epsilon {self.epsilon_alone:.3g} alone{share}): "
+                f"noise sigma {self.noise_std:.3g} per released metric at {self.devices} devices asked{label}; "
+                f"sigma {TARGET_NOISE_STD:g} needs at least {self.devices_for_target} devices at this budget share")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "noise_std": self.noise_std, "informative": self.informative,
+                "target_noise_std": TARGET_NOISE_STD, "devices_for_target": self.devices_for_target}
+
+
+def planned_evaluation(config: RunConfig, *, users: int) -> PlannedEvaluation | None:
+    """The evaluation releases a deployment of ``config`` on ``users`` devices makes (None without DP)."""
+    p, fed = config.privacy, config.federation
+    if not p.enabled:
+        return None
+    if config.model.family is ModelFamily.DP_EASE:
+        count = 2  # validation and test of the release
+    else:
+        count = planned_evaluations(rounds=fed.num_rounds, eval_every=fed.eval_every)
+    devices = fed.eval_users if 0 < fed.eval_users < users else users
+    alone = epsilon(((p.eval_noise_multiplier, 1.0, count),), delta=p.delta, accountant=p.accountant)
+    return PlannedEvaluation(releases=count, metrics=len(METRIC_NAMES), noise_multiplier=p.eval_noise_multiplier,
+                             devices=devices, epsilon_alone=alone, budget=p.epsilon)
+
+
+@dataclass(frozen=True)
 class Plan:
     model: str
     population: int
@@ -113,6 +172,7 @@ class Plan:
     top_items: float | None = None  # DP-EASE with data: expected K (noisy counts above the threshold)
     top_items_bound: int | None = None  # DP-EASE without data: the largest K whose Gram can hold a direction
     signal_directions: int | None = None  # DP-EASE with data: Gram directions expected above the noise edge
+    evaluation: PlannedEvaluation | None = None  # the evaluation releases of a deployment (None without DP)
 
     @property
     def history(self) -> History:
@@ -121,8 +181,9 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON: a non-finite number (no DP: epsilon, noise/signal) becomes null."""
-        out = {k: v for k, v in asdict(self).items() if k != "releases"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("releases", "evaluation")}
         out["releases"] = [r.to_json() for r in self.releases]
+        out["evaluation"] = self.evaluation.to_json() if self.evaluation is not None else None
         return _finite(out)
 
 
@@ -144,8 +205,13 @@ def plan_run(config: RunConfig, *, users: int = 0, items: int = 0, split: LeaveO
     if users < 1 or items < 1:
         raise FedrecError("plan needs the data set, or --users N and --items M (both >= 1)")
     if config.model.family is ModelFamily.DP_EASE:
-        return _plan_dp_ease(config, users=users, items=items, split=split)
-    return _plan_rounds(config, users=users, items=items, data=split is not None)
+        plan = _plan_dp_ease(config, users=users, items=items, split=split)
+    else:
+        plan = _plan_rounds(config, users=users, items=items, data=split is not None)
+    evaluation = planned_evaluation(config, users=users)
+    if evaluation is None:
+        return plan
+    return replace(plan, evaluation=evaluation, notes=(*plan.notes, evaluation.note()))
 
 
 def _history(releases: tuple[PlannedRelease, ...]) -> History:

@@ -20,6 +20,7 @@ from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
 from fedrec.federation.rounds import Transport, run_federated
 from fedrec.models import ModelConfig, shared_spec
+from fedrec.privacy.readable import readable_run, released_lines
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +107,15 @@ def run_and_report(
     refs = cheap_references(simulated_population(config).split, knn=False) if simulated and references else {}
     if refs:
         results["references"] = {name: ref.to_json() for name, ref in refs.items()}
+    results = readable_run(results, out_dir)  # DP-released metrics: clamped to [0, 1], with their noise
     plot_curves(
-        out_dir / CURVES, history.evals, losses=history.rounds,
+        out_dir / CURVES, results["curve"], losses=history.rounds,
         references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
         title=f"federated {config.model.model} on {config.data.dataset}: {n_clients} clients, "
         f"{history.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
     )
     write_json(out_dir / RESULTS, results)
-    logger.info("test hr@10 %.4f ndcg@10 %.4f in %.1f s", test["hr@10"], test["ndcg@10"], seconds)
+    for line in released_lines(results) or [f"test hr@10 {results['hr@10']:.4f} ndcg@10 {results['ndcg@10']:.4f}"]:
+        logger.info("%s", line)
+    logger.info("finished in %.1f s", seconds)
     return results

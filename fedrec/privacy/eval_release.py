@@ -16,6 +16,10 @@ number that replied, so that who answered is not revealed by it (McMahan et al. 
 Sec. 3, the fixed-denominator estimator). Every device asked takes part, so the
 sampling rate recorded is 1 (no amplification is claimed).
 
+The release's ledger entry records z, C and the devices asked, so the noise in each
+released mean, z C / n_expected, can be read back from it; what is shown to a person is
+clamped to [0, 1] with that noise beside it (:mod:`fedrec.privacy.readable`).
+
 Simulations keep exact evaluation for research; their ledger header says
 ``evaluation: "not private (simulation)"`` and the audit report shows it.
 """
@@ -105,7 +109,7 @@ def release_metrics(
     replies = evaluate()
     session.record_release(
         mechanism=MECHANISM, purpose=purpose, noise_multiplier=noise_multiplier, sample_rate=1.0,
-        clipping_norm=sensitivity(len(names)), clients=len(replies),
+        clipping_norm=sensitivity(len(names)), clients=len(replies), devices_asked=expected_users,
     )
     means = noisy_mean(clipped_metrics(replies, names), noise_multiplier=noise_multiplier,
                        expected_users=expected_users, rng=rng)

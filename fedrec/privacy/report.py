@@ -25,6 +25,7 @@ from fedrec.privacy.accountant import Accountant, compress, epsilon
 from fedrec.privacy.audit import OK, OVER_BUDGET, AuditReport, audit_run
 from fedrec.privacy.audit_curve import prv_at, prv_rounds, rdp_curve
 from fedrec.privacy.ledger import LEDGER, PUBLIC_KEY, decode_epsilon, fingerprint, load_public_key, read_entries
+from fedrec.privacy.readable import audit_metrics, metric_release
 
 SCHEMA = "fedrec.audit-report/1"
 EMPIRICAL_AUDIT = "empirical_audit.json"  # written by fedrec.privacy.canaries (a test keeps the names equal)
@@ -210,20 +211,33 @@ def _releases(
             "clipping_norm": _num(entry.get("clipping_norm")), "steps": steps, "clients": _num(entry.get("clients")),
             "after_round": rounds_before, "epsilon_alone": alone,
             "epsilon_rdp_after": curve[steps_after - 1] if verified else None, "epsilon_recorded": _recorded(entry.get("epsilon")),
+            **_metric_noise(entry),
         })
     return out
 
 
-def _evaluation(header: dict[str, Any], releases: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the run's evaluation metrics left the devices, as the ledger says."""
+def _metric_noise(entry: dict[str, Any]) -> dict[str, Any]:
+    """For an evaluation-metric release: the devices asked and the noise sigma in each
+    released mean (z C / n, from the entry); nulls for any other release."""
+    release = metric_release(entry)
+    if release is None:
+        return {"devices_asked": None, "noise_std": None, "noise_std_is_bound": None, "informative": None}
+    return {"devices_asked": release.devices_asked, "noise_std": release.noise_std,
+            "noise_std_is_bound": not release.devices_recorded, "informative": release.informative}
+
+
+def _evaluation(header: dict[str, Any], releases: list[dict[str, Any]], entries: list[dict[str, Any]],
+                results: dict[str, Any] | None) -> dict[str, Any]:
+    """How the run's evaluation metrics left the devices, as the ledger says, and the
+    test metrics results.json reports, clamped to [0, 1] with the noise of their release."""
     statement = _text(header.get("evaluation"))
     metric_releases = [r["release"] for r in releases if (r["purpose"] or "").startswith("evaluation")]
     if metric_releases:
         return {"private": True, "statement": statement or "evaluation metrics released through a DP mechanism",
-                "releases": metric_releases}
+                "releases": metric_releases, "metrics": audit_metrics(entries, results)}
     if statement is not None:
-        return {"private": False, "statement": statement, "releases": []}
-    return {"private": None, "statement": "the ledger says nothing about evaluation", "releases": []}
+        return {"private": False, "statement": statement, "releases": [], "metrics": []}
+    return {"private": None, "statement": "the ledger says nothing about evaluation", "releases": [], "metrics": []}
 
 
 def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict[str, Any]:
@@ -297,7 +311,7 @@ def build_document(inputs: AuditInputs, *, prv_points: int = PRV_POINTS) -> dict
             "prv": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant=Accountant.PRV)),
             "rdp": _finite(epsilon(compress(round_steps), delta=audit.delta, accountant=Accountant.RDP)),
         }
-    doc["evaluation"] = _evaluation(header, doc["other_releases"])
+    doc["evaluation"] = _evaluation(header, doc["other_releases"], entries, inputs.results)
     accounted = doc["epsilon"]["headline"]
     doc["empirical"] = _empirical(inputs.empirical, accounted)
     return doc

@@ -194,9 +194,14 @@ def _releases(doc: dict[str, Any]) -> str:
         alone = r["epsilon_alone"] or {"prv": None, "rdp": None}
         rows.append((str(r["release"]), escape(str(r["purpose"] or "-")), escape(str(r["mechanism"] or "-")),
                      _g(r["noise_multiplier"]), _g(r["clipping_norm"]), _g(r["sample_rate"]), _g(r["steps"]), _g(r["clients"]),
-                     str(r["after_round"]), _f(alone["prv"]), _f(alone["rdp"]), _f(r["epsilon_rdp_after"])))
-    table = _table(["#", "purpose", "mechanism", "noise z", "clip C", "q", "steps", "clients", "after round",
-                    "epsilon alone (PRV)", "epsilon alone (RDP)", "total after (RDP)"], rows, left=3)
+                     _metric_sigma(r), str(r["after_round"]), _f(alone["prv"]), _f(alone["rdp"]), _f(r["epsilon_rdp_after"])))
+    table = _table(["#", "purpose", "mechanism", "noise z", "clip C", "q", "steps", "clients",
+                    "noise σ per metric (devices asked)", "after round", "epsilon alone (PRV)", "epsilon alone (RDP)",
+                    "total after (RDP)"], rows, left=3)
+    if any(r.get("noise_std") is not None for r in releases):
+        table += ('<p class="note">noise σ per metric: the standard deviation of the noise in each released mean metric, '
+                  "z·C / n with n the devices asked (the mechanism's denominator), from the release's signed entry; "
+                  "a release whose σ exceeds a quarter of the metric's range [0, 1] is not informative.</p>")
     only = eps["rounds_only"]
     share = ""
     if only is not None and eps["prv"] is not None:
@@ -210,11 +215,34 @@ def _releases(doc: dict[str, Any]) -> str:
     return "<h2>Other releases</h2>" + table + share
 
 
+def _metric_sigma(release: dict[str, Any]) -> str:
+    """The noise sigma cell of a release row ("-" for a release that is not a metric)."""
+    sigma = release.get("noise_std")
+    if sigma is None:
+        return "-"
+    bound = "at most " if release.get("noise_std_is_bound") else ""
+    label = "" if release.get("informative") else ' <span class="bad">not informative</span>'
+    return (f'<span class="metric-sigma">{bound}{sigma:.3g}</span> ({_g(release.get("devices_asked"))} devices)'
+            + label)
+
+
 def _evaluation(doc: dict[str, Any]) -> str:
     ev = doc["evaluation"]
     cls = {True: "good", False: "bad", None: ""}[ev["private"]]
     text = ev["statement"] if ev["private"] is None else f"evaluation {ev['statement']}"
-    return f'<h2>Evaluation metrics</h2><p id="evaluation" class="{cls}">{escape(text)}</p>'
+    out = f'<h2>Evaluation metrics</h2><p id="evaluation" class="{cls}">{escape(text)}</p>'
+    metrics = ev.get("metrics") or []
+    if not metrics:
+        return out
+    rows = []
+    for m in metrics:
+        note = "; ".join((["clamped"] if m["clamped"] else []) + ([] if m["informative"] else ["not informative"]))
+        sigma = "-" if m["noise_std"] is None else f'{m["noise_std"]:.3g}'
+        rows.append((escape(str(m["label"])), f'<span class="metric-value">{_f(m["value"], 3)}</span>', sigma,
+                     _g(m["devices_asked"]), f'<span class="bad">{escape(note)}</span>' if note else ""))
+    return (out + "<h3>Test metrics as released (results.json, not signed; noise from the signed release entry)</h3>"
+            + _table(["metric", "value, clamped to [0, 1]", "noise σ", "devices asked", ""], rows)
+            + '<p id="metric-texts" class="note">' + "<br>".join(escape(str(m["text"])) for m in metrics) + "</p>")
 
 
 def _empirical(doc: dict[str, Any]) -> str:

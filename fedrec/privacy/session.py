@@ -150,7 +150,7 @@ class PrivacySession:
 
     def record_release(
         self, *, mechanism: str, purpose: str, noise_multiplier: float, sample_rate: float, clipping_norm: float,
-        clients: int, steps: int = 1,
+        clients: int, steps: int = 1, devices_asked: int | None = None,
     ) -> dict[str, Any]:
         """Write (and fsync) a release other than a training round, before it is used.
 
@@ -159,6 +159,9 @@ class PrivacySession:
         clipping_norm`` and Poisson sampling rate ``sample_rate`` (1: every user).
         ``mechanism`` names it (e.g. ``gaussian-sum/item-counts``), ``purpose`` says what
         the released value is for. Its steps compose with the rounds in every epsilon.
+        ``devices_asked``: for a mean over devices, the mechanism's denominator (the
+        devices asked, fixed before any reply), so that the noise in the released mean,
+        ``noise_multiplier * clipping_norm / devices_asked``, can be read from the entry.
         Raises :class:`PrivacyError` if it would exceed the budget: check
         :meth:`allows_release` first to stop cleanly.
         """
@@ -179,6 +182,7 @@ class PrivacySession:
                 "kind": "release", "release": self.releases, "mechanism": mechanism, "purpose": purpose,
                 "sample_rate": float(sample_rate), "noise_multiplier": float(noise_multiplier),
                 "clipping_norm": float(clipping_norm), "steps": int(steps), "clients": int(clients),
+                **({"devices_asked": int(devices_asked)} if devices_asked is not None else {}),
                 "delta": self.delta, "epsilon": encode_epsilon(after), "accountant": self.accountant,
                 "config_hash": self.config_hash,
             }

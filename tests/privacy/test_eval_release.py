@@ -115,7 +115,7 @@ def test_a_simulation_says_its_evaluation_is_not_private(tiny_config, tmp_path: 
     entries = [json.loads(line) for line in (tmp_path / LEDGER).read_bytes().splitlines()]
     assert entries[0]["evaluation"] == NOT_PRIVATE and not [e for e in entries if e["kind"] == "release"]
     doc = audit_document(tmp_path, prv_points=0)
-    assert doc["evaluation"] == {"private": False, "statement": NOT_PRIVATE, "releases": []}
+    assert doc["evaluation"] == {"private": False, "statement": NOT_PRIVATE, "releases": [], "metrics": []}
     assert '<p id="evaluation" class="bad">evaluation not private (simulation)</p>' in render_html(doc)
 
 
