@@ -447,18 +447,27 @@ def tune(
 
 @app.command()
 def audit(
-    run_dir: Annotated[Path, typer.Argument(help="A run's folder (holds privacy_ledger.jsonl).")],
-    public_key: Annotated[Path | None, typer.Option(help="Trusted copy of the server's public key (PEM).")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="A run's folder (holds privacy_ledger.jsonl); several, or a folder of run folders: a population audit.")],
+    public_keys: Annotated[list[Path] | None, typer.Option(
+        "--public-key", help="Trusted copy of the server's public key (PEM); repeat for runs signed by other keys.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (schema: docs/audit-report.md).")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write the report as one self-contained HTML page.")] = None,
     prv_points: Annotated[int, typer.Option(min=0, help="Rounds (besides the last) at which the JSON/HTML report evaluates PRV.")] = 8,
+    delta: Annotated[float | None, typer.Option(help="Population audit: delta of the composed epsilon (default: the runs' smallest).")] = None,
+    budget: Annotated[float | None, typer.Option(help="Population audit: the population's epsilon budget (exit 4 above it).")] = None,
 ) -> None:
-    """Verify a run's privacy ledger and recompute its epsilon.
+    """Verify a run's privacy ledger and recompute its epsilon; with several runs, their composed epsilon per user.
 
     Exit code 0: verified and within budget; 3 tampered; 4 over budget; 5 malformed.
     """
     from fedrec.privacy.audit import audit_run
+    from fedrec.privacy.population import is_population
 
+    if is_population(run_dirs):
+        _audit_population(run_dirs, public_keys or [], as_json=as_json, html=html, delta=delta, budget=budget)
+    run_dir = run_dirs[0]
+    public_key = _single_key(run_dir, public_keys or [])
     if as_json or html is not None:
         from fedrec.privacy.report import build_document, collect
         from fedrec.privacy.report_html import render_html
@@ -501,6 +510,36 @@ def audit(
     if html is not None:
         console.print(f"Wrote {html}")
     raise typer.Exit(code=report.code)
+
+
+def _single_key(run_dir: Path, keys: list[Path]) -> Path | None:
+    from fedrec.privacy.population import trusted_key
+
+    return trusted_key(run_dir, keys)
+
+
+def _audit_population(
+    run_dirs: list[Path], keys: list[Path], *, as_json: bool, html: Path | None, delta: float | None, budget: float | None,
+) -> None:
+    """`fedrec audit RUN_DIR RUN_DIR ...`: every ledger verified, epsilon composed over all of them."""
+    from fedrec.privacy.population import audit_population
+    from fedrec.privacy.population_report import print_terminal, render_html
+
+    with _errors():
+        doc = audit_population(run_dirs, public_keys=keys, delta=delta, budget=budget).to_json()
+    if html is not None:
+        try:
+            html.write_text(render_html(doc), encoding="utf-8")
+        except OSError as err:
+            console.print(f"[bold red]error:[/] cannot write {html}: {err.strerror}; choose another --html path")
+            raise typer.Exit(code=2) from None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_terminal(console, doc)
+        if html is not None:
+            console.print(f"Wrote {html}")
+    raise typer.Exit(code=doc["code"])
 
 
 @app.command("audit-empirical")

@@ -57,6 +57,9 @@ class AuditReport:
     closed: bool = False
     resumes: int = 0  # times the run continued after a crash (rounds spent before it still count)
     stopped_by_budget: bool = False
+    # every verified mechanism step (z, q) in ledger order (empty unless chain and signatures
+    # hold); not part of the JSON report: a population audit composes it with other runs'
+    steps: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
     @property
     def status(self) -> str:
@@ -69,6 +72,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["steps"]
         out["status"] = self.status
         # NaN: not computed; an infinite budget (none) or epsilon (a step without noise) is Infinity
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
@@ -216,6 +220,7 @@ def _check_epsilon(steps: list[tuple[float, float]], spends: list[dict[str, Any]
     if report.code != OK:
         report.warnings.append("epsilon not recomputed: the entries are not the ones the server signed")
         return True
+    report.steps = list(steps)
     history = compress(steps)
     try:
         report.epsilon_prv = epsilon(history, delta=report.delta, accountant=Accountant.PRV)
