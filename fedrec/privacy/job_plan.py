@@ -169,3 +169,27 @@ def spent_within_plan(plan: JobPlan, spent: Sequence[tuple[float, float]]) -> st
             return (f"the ledger spent {count} step(s) with z={z:.6g}, q={q:.6g}; "
                     f"the plan announced {planned[(z, q)]}")
     return None
+
+
+def announce_plan(session: Any, releases: Sequence[PlannedRelease]) -> JobPlan:
+    """Sign the job's plan with ``session``'s ledger key and record it as the ledger's
+    first entry after the header, before any release (a
+    :class:`fedrec.privacy.session.PrivacySession`); returns the plan to send to devices."""
+    writer = session.writer
+    if any(e.get("kind") in ("round", "release", PLAN_KIND) for e in writer.entries):
+        raise LedgerError("a job's plan is announced once, before its first release")
+    plan = sign_plan(run_id=str(writer.entries[0]["run_id"]), accountant=session.accountant, delta=session.delta,
+                     releases=releases, key=writer.key)
+    writer.append({"kind": PLAN_KIND, "plan": plan.to_json()})
+    return plan
+
+
+def ledger_plan(entries: Sequence[dict[str, Any]]) -> JobPlan | None:
+    """The plan a ledger announced (None for a ledger without one); a plan entry that
+    is misplaced or malformed is a :class:`PlanError`."""
+    plans = [n for n, e in enumerate(entries) if e.get("kind") == PLAN_KIND]
+    if not plans:
+        return None
+    if plans != [1]:
+        raise PlanError("a ledger holds one plan entry, right after its header")
+    return JobPlan.from_json(entries[1].get("plan"))

@@ -317,12 +317,23 @@ class Odometer:
                     self.settings.epsilon)
         return Decision(True, "within the device's budget", before, after)
 
-    def took_part(self, run_id: str, release: str) -> None:
+    def took_part(self, run_id: str, release: str, *, channel: str | None = None) -> None:
         """Record that the device replied to ``release`` of an accepted job (informative:
-        the job's whole plan is already charged)."""
+        the job's whole plan is already charged). ``channel``: how the job reaches the
+        device (e.g. the transport's own run id), so that later requests on it can be
+        matched to the accepted job (:meth:`accepted_on`)."""
         if not any(e.get("kind") == "job" and e.get("run_id") == run_id for e in self.entries):
             raise PrivacyError(f"job {run_id} was never accepted by this device's odometer")
-        self._append({"kind": "took_part", "run_id": run_id, "release": release})
+        self._append({"kind": "took_part", "run_id": run_id, "release": release,
+                      **({"channel": channel} if channel is not None else {})})
+
+    def accepted_on(self, channel: str) -> str | None:
+        """The run id of the accepted job bound to ``channel``, or None (never accepted)."""
+        jobs = {e.get("run_id") for e in self.entries if e.get("kind") == "job"}
+        for entry in reversed(self.entries):
+            if entry.get("kind") == "took_part" and entry.get("channel") == channel and entry.get("run_id") in jobs:
+                return str(entry["run_id"])
+        return None
 
     def status(self) -> dict[str, Any]:
         """What the owner sees: intact or not, epsilon spent of the budget, jobs, resets."""
