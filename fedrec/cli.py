@@ -316,11 +316,12 @@ def sweep(
 
         ease = base.model.family is ModelFamily.DP_EASE  # two releases; the z shown is the co-occurrence release's
         table = Table(title=f"privacy-utility sweep of {base.model.family.value} (test metrics)")
-        for col in ("users", "epsilon target", "epsilon (PRV)", "z gram" if ease else "z", "releases" if ease else "rounds",
-                    "hr@10", "ndcg@10", "full_ndcg@10"):
+        for col in ("users", "epsilon target", "epsilon (PRV)", "composed so far", "z gram" if ease else "z",
+                    "releases" if ease else "rounds", "hr@10", "ndcg@10", "full_ndcg@10"):
             table.add_column(col, justify="right")
         for r in rows:
-            table.add_row(str(r["users"]), f"{r['epsilon_target']:g}", f"{r['epsilon']:.3g}", f"{r['noise_multiplier']:.3g}",
+            composed = "-" if r["epsilon_population"] is None else f"{r['epsilon_population']:.3g}"
+            table.add_row(str(r["users"]), f"{r['epsilon_target']:g}", f"{r['epsilon']:.3g}", composed, f"{r['noise_multiplier']:.3g}",
                           str(r["rounds"]), f"{r['hr@10']:.4f}", f"{r['ndcg@10']:.4f}", f"{r['full_ndcg@10']:.4f}")
         console.print(table)
         console.print(f"Wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")

@@ -39,11 +39,25 @@ def dp_ease_releases(
     return releases
 
 
-def no_contributor(plan: JobPlan, refused: int) -> FedrecError:
-    return FedrecError(
-        f"job {plan.run_id}: no device took part: all {refused} device(s) refused its plan (it would take their "
-        "privacy budget, device-epsilon, above its limit); nothing was released"
-    )
+NO_CONTRIBUTOR = "no_contributor.json"  # written by a deployment's server when every device refused the job
+
+
+class NoContributor(FedrecError):
+    """Every device refused the job's plan: nothing was asked, nothing released."""
+
+    def __init__(self, plan: JobPlan, refused: int) -> None:
+        self.run_id, self.refused = plan.run_id, refused
+        super().__init__(
+            f"job {plan.run_id}: no device took part: all {refused} device(s) refused its plan (it would take their "
+            "privacy budget, device-epsilon, above its limit); nothing was released"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "devices_refused": self.refused, "contributors": 0, "message": str(self)}
+
+
+def no_contributor(plan: JobPlan, refused: int) -> NoContributor:
+    return NoContributor(plan, refused)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from fedrec.config import parse_run_config
 from fedrec.data import Interactions
 from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
 from fedrec.deploy.fleet import split_fleet
+from fedrec.deploy.odometer import device_odometer
 from fedrec.deploy.pki import make_device_key
 from fedrec.deploy.recommend import recommend
 from fedrec.dpease.report import run_ease_and_report
@@ -74,8 +75,6 @@ def test_two_jobs_run_the_third_gets_no_contributor_and_recommend_still_works(
     for node, cfg in nodes.items():
         folder = Path(cfg["data-path"]).parent
         assert (folder / ODOMETER).is_file()
-        from fedrec.deploy.odometer import device_odometer
-
         odometer = device_odometer(cfg, cfg["data-path"])  # a restarted device process reads it back
         assert odometer is not None and odometer.intact
         assert odometer.settings == OdometerSettings(10.0, 1e-5)

@@ -125,3 +125,30 @@ def test_a_device_with_a_smaller_budget_is_a_dropout_and_results_count_it(tmp_pa
     releases = [e for e in read_entries(tmp_path / "run" / LEDGER).entries if e.get("kind") == "release"]
     assert all(e["clients"] <= 37 for e in releases)
     assert audit_run(tmp_path / "run").code == OK
+
+
+def test_a_restarted_job_is_charged_again_and_refused_when_it_would_exceed(tmp_path: Path) -> None:
+    """A job that dies after its first release was charged its whole plan when the
+    devices accepted it; its restart is a new plan, charged again: at epsilon 5.5 with
+    device-epsilon 10 the first restart fits (about 8.3), the second does not."""
+    odometers = SimulatedOdometers(OdometerSettings(epsilon=10.0, delta=1e-5), folder=tmp_path / "devices")
+    config = _config(tmp_path, epsilon=5.5)
+    split = simulated_population(config).split
+
+    def crash(number: int, info: dict[str, float]) -> None:
+        raise RuntimeError("the server died after the first release")
+
+    with pytest.raises(RuntimeError):
+        run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers),
+                    run_dir=tmp_path / "crashed", on_phase=crash)
+    run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers), run_dir=tmp_path / "restart")
+    with pytest.raises(FedrecError, match="no device took part"):
+        run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers),
+                    run_dir=tmp_path / "restart-2")
+    device = odometers.odometer(0)
+    assert len(device.status()["jobs"]) == 2 and len(device.status()["refused"]) == 1
+    # the population audit counts what was spent: the crashed job's first release, then the restart's two
+    population = audit_population([tmp_path / "crashed", tmp_path / "restart", tmp_path / "restart-2"])
+    assert population.code == OK
+    assert [sum(n for _, _, n in r.history) for r in population.runs] == [1, 2, 0]
+    assert population.epsilon["prv"] <= device.epsilon() <= 10.0  # the devices charged the whole plans

@@ -197,3 +197,27 @@ def test_the_page_and_the_terminal_show_the_json_numbers(tmp_path: Path) -> None
     assert not re.search(r"(src|href)=", text)
     assert f"{doc['epsilon']['headline']:.4f}" in result.stdout
     assert render_html(doc) == text
+
+
+def test_a_sweep_shows_the_composed_epsilon_of_its_points_so_far(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedrec.experiments import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "save_png", lambda path, fig: None)
+    key = Ed25519PrivateKey.generate()
+
+    def point(config: Any, run_dir: Path) -> dict[str, Any]:  # a ledger per private point, no training
+        if config.privacy.enabled:
+            _run(run_dir, key, rounds=3, z=4.0 / config.privacy.epsilon, q=0.2)
+        return {"clients": 100, "epsilon": config.privacy.epsilon if config.privacy.enabled else float("inf"),
+                "noise_multiplier": 1.0, "rounds": 3, "hr@10": 0.5, "ndcg@10": 0.3, "full_ndcg@10": 0.1,
+                "recall@20": 0.2, "seconds": 1.0}
+
+    rows = sweep_module.run_sweep(parse_run_config({"model": "neumf"}), epsilons=[2.0, 8.0, float("inf")], populations=[0],
+                                  out_dir=tmp_path, run_point=point)
+    dirs = [Path(r["run_dir"]) for r in rows]
+    # PRV discretises per history entry: one entry of 3 steps and 3 entries of 1 agree to float noise
+    assert rows[0]["epsilon_population"] == pytest.approx(_independent(_ledger_steps(dirs[0]), 1e-5)["prv"], rel=1e-6)
+    both = _independent(_ledger_steps(dirs[0]) + _ledger_steps(dirs[1]), 1e-5)["prv"]
+    assert rows[1]["epsilon_population"] == pytest.approx(both, rel=1e-6)
+    assert rows[2]["epsilon_population"] == float("inf")  # a point without DP on the same population
+    assert "epsilon_population" in (tmp_path / "sweep.csv").read_text().splitlines()[0]
