@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrec.deploy.commands import deploy_app, recommend
+from fedrec.deploy.odometer_command import odometer
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
 
@@ -34,6 +35,7 @@ data_app = typer.Typer(help="Get and check data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
 app.command("recommend")(recommend)
+app.command("odometer")(odometer)
 console = Console()
 
 # Engines are looked up by name so that the library never imports Flower itself.

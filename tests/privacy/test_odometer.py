@@ -208,3 +208,24 @@ def test_a_plan_is_checked_and_the_spent_steps_must_be_within_it() -> None:
         OdometerSettings(epsilon=4.0, delta=0.0)
     assert OdometerSettings.from_config({"device-epsilon": "10", "device-delta": 1e-6}) == OdometerSettings(10.0, 1e-6)
     assert OdometerSettings.from_config({}) is None
+
+
+def test_the_owner_sees_the_damage_and_repairs_it_from_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    key = make_device_key(tmp_path / "keys", "device-000").private
+    odometer = Odometer.beside(tmp_path, OdometerSettings(epsilon=20.0, accountant="rdp"), key=key)
+    for _ in range(2):
+        assert odometer.admit(_plan([(1.0, 0.1, 20)])).accepted
+    args = ["odometer", "--device-dir", str(tmp_path), "--device-epsilon", "20", "--device-accountant", "rdp",
+            "--key", str(key)]
+    intact = CliRunner().invoke(app, [*args, "--json"])
+    assert intact.exit_code == 0 and json.loads(intact.stdout)["epsilon"] == pytest.approx(odometer.epsilon())
+    _damage(tmp_path / ODOMETER, "reorder")
+    damaged = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert damaged.exit_code == 3 and "damaged" in damaged.stdout and "hash chain is broken" in damaged.stdout
+    repaired = CliRunner().invoke(app, [*args, "--repair", "restored after a bad sync"], env={"COLUMNS": "200"})
+    assert repaired.exit_code == 0 and "2 job(s) kept, 0 dropped" in repaired.stdout
+    assert "reset by the owner: restored after a bad sync" in repaired.stdout
