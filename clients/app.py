@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from clients.records import to_arrays, to_record
 from fedrec import protocol
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.deploy.odometer import consider
 from fedrec.dpease.run import device_evaluate, device_statistic
 from fedrec.federation.device import Device, simulated_population
 from fedrec.training.local import PrivateState
@@ -97,6 +98,14 @@ def query(msg: Message, context: Context) -> Message:
     """Which client this node is: its partition id in a simulation, -1 on a real device."""
     client_id = int(context.node_config.get("partition-id", -1))
     return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.CLIENT_ID: client_id})}), reply_to=msg)
+
+
+@app.query(protocol.PLAN_ACTION)
+def plan(msg: Message, context: Context) -> Message:
+    """A job's signed privacy plan: a simulated device (no budget of its own) accepts any
+    plan its ledger key signed."""
+    decision = consider(None, str(msg.content.config_records[protocol.CONFIG][protocol.JOB_PLAN]), channel=str(msg.metadata.run_id))
+    return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.ACCEPTED: int(decision.accepted)})}), reply_to=msg)
 
 
 @app.query(protocol.STATISTICS_ACTION)

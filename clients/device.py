@@ -40,10 +40,12 @@ from clients.records import to_arrays, to_record
 from fedrec import protocol
 from fedrec.config import ModelFamily, RunConfig, parse_run_config
 from fedrec.deploy.device import LocalDevice
+from fedrec.deploy.odometer import consider, device_odometer, require_accepted
 from fedrec.dpease.run import REQUEST_NAMES, STATISTIC_NAMES, device_evaluate, device_statistic
 from fedrec.dpease.statistics import COUNTS, GRAM
 from fedrec.errors import ConfigError, DataError, FedrecError
 from fedrec.models import shared_spec
+from fedrec.privacy.odometer import Odometer
 
 torch.set_num_threads(1)  # a phone-sized workload; several devices share a core in the demo
 
@@ -150,7 +152,10 @@ def _open(msg: Message, context: Context) -> tuple[LocalDevice, RunConfig, int]:
         # learns that this device's data is unusable.
         logger.error("device data unusable: %s", err)
         raise FedrecError("the device's data file is unusable (details in the device log)") from None
-    return local, config, int(str(record[protocol.SERVER_ROUND]))
+    round_ = int(str(record[protocol.SERVER_ROUND]))
+    # a device with its own budget answers only jobs whose signed plan it accepted
+    require_accepted(_odometer(context), channel=str(msg.metadata.run_id), release=f"{msg.metadata.message_type} {round_}")
+    return local, config, round_
 
 
 def _note_memory(local: LocalDevice) -> None:
@@ -209,6 +214,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = local.device.evaluate(shared=shared, private=local.state.private, config=config, which=str(record[protocol.HELD_OUT]))
     _note_memory(local)
     return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)
+
+
+def _odometer(context: Context) -> Odometer | None:
+    """This device's privacy odometer beside its data (None without device-epsilon)."""
+    return device_odometer(context.node_config, str(context.node_config.get(DATA_PATH, "")))
+
+
+@app.query(protocol.PLAN_ACTION)
+def plan(msg: Message, context: Context) -> Message:
+    """A job's signed privacy plan: accept it if it fits this device's own budget."""
+    record = msg.content.config_records[protocol.CONFIG]
+    decision = consider(_odometer(context), str(record[protocol.JOB_PLAN]), channel=str(msg.metadata.run_id))
+    return Message(RecordDict({protocol.METRICS: MetricRecord({protocol.ACCEPTED: int(decision.accepted)})}), reply_to=msg)
 
 
 @app.query(protocol.STATISTICS_ACTION)

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrec.deploy.commands import deploy_app, recommend
+from fedrec.deploy.odometer_command import odometer
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
 
@@ -34,6 +35,7 @@ data_app = typer.Typer(help="Get and check data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
 app.command("recommend")(recommend)
+app.command("odometer")(odometer)
 console = Console()
 
 # Engines are looked up by name so that the library never imports Flower itself.
@@ -320,11 +322,12 @@ def sweep(
 
         ease = base.model.family is ModelFamily.DP_EASE  # two releases; the z shown is the co-occurrence release's
         table = Table(title=f"privacy-utility sweep of {base.model.family.value} (test metrics)")
-        for col in ("users", "epsilon target", "epsilon (PRV)", "z gram" if ease else "z", "releases" if ease else "rounds",
-                    "hr@10", "ndcg@10", "full_ndcg@10"):
+        for col in ("users", "epsilon target", "epsilon (PRV)", "composed so far", "z gram" if ease else "z",
+                    "releases" if ease else "rounds", "hr@10", "ndcg@10", "full_ndcg@10"):
             table.add_column(col, justify="right")
         for r in rows:
-            table.add_row(str(r["users"]), f"{r['epsilon_target']:g}", f"{r['epsilon']:.3g}", f"{r['noise_multiplier']:.3g}",
+            composed = "-" if r["epsilon_population"] is None else f"{r['epsilon_population']:.3g}"
+            table.add_row(str(r["users"]), f"{r['epsilon_target']:g}", f"{r['epsilon']:.3g}", composed, f"{r['noise_multiplier']:.3g}",
                           str(r["rounds"]), f"{r['hr@10']:.4f}", f"{r['ndcg@10']:.4f}", f"{r['full_ndcg@10']:.4f}")
         console.print(table)
         console.print(f"Wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
@@ -486,18 +489,27 @@ def _tune_table(results: dict[str, Any]) -> Table:
 
 @app.command()
 def audit(
-    run_dir: Annotated[Path, typer.Argument(help="A run's folder (holds privacy_ledger.jsonl).")],
-    public_key: Annotated[Path | None, typer.Option(help="Trusted copy of the server's public key (PEM).")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="A run's folder (holds privacy_ledger.jsonl); several, or a folder of run folders: a population audit.")],
+    public_keys: Annotated[list[Path] | None, typer.Option(
+        "--public-key", help="Trusted copy of the server's public key (PEM); repeat for runs signed by other keys.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (schema: docs/audit-report.md).")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write the report as one self-contained HTML page.")] = None,
     prv_points: Annotated[int, typer.Option(min=0, help="Rounds (besides the last) at which the JSON/HTML report evaluates PRV.")] = 8,
+    delta: Annotated[float | None, typer.Option(help="Population audit: delta of the composed epsilon (default: the runs' smallest).")] = None,
+    budget: Annotated[float | None, typer.Option(help="Population audit: the population's epsilon budget (exit 4 above it).")] = None,
 ) -> None:
-    """Verify a run's privacy ledger and recompute its epsilon.
+    """Verify a run's privacy ledger and recompute its epsilon; with several runs, their composed epsilon per user.
 
     Exit code 0: verified and within budget; 3 tampered; 4 over budget; 5 malformed.
     """
     from fedrec.privacy.audit import OK, OVER_BUDGET, audit_run
+    from fedrec.privacy.population import is_population
 
+    if is_population(run_dirs):
+        _audit_population(run_dirs, public_keys or [], as_json=as_json, html=html, delta=delta, budget=budget)
+    run_dir = run_dirs[0]
+    public_key = _single_key(run_dir, public_keys or [])
     if as_json or html is not None:
         from fedrec.privacy.report import build_document, collect
         from fedrec.privacy.report_html import render_html
@@ -545,6 +557,36 @@ def audit(
     if html is not None:
         console.print(f"Wrote {html}")
     raise typer.Exit(code=report.code)
+
+
+def _single_key(run_dir: Path, keys: list[Path]) -> Path | None:
+    from fedrec.privacy.population import trusted_key
+
+    return trusted_key(run_dir, keys)
+
+
+def _audit_population(
+    run_dirs: list[Path], keys: list[Path], *, as_json: bool, html: Path | None, delta: float | None, budget: float | None,
+) -> None:
+    """`fedrec audit RUN_DIR RUN_DIR ...`: every ledger verified, epsilon composed over all of them."""
+    from fedrec.privacy.population import audit_population
+    from fedrec.privacy.population_report import print_terminal, render_html
+
+    with _errors():
+        doc = audit_population(run_dirs, public_keys=keys, delta=delta, budget=budget).to_json()
+    if html is not None:
+        try:
+            html.write_text(render_html(doc), encoding="utf-8")
+        except OSError as err:
+            console.print(f"[bold red]error:[/] cannot write {html}: {err.strerror}; choose another --html path")
+            raise typer.Exit(code=2) from None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        print_terminal(console, doc)
+        if html is not None:
+            console.print(f"Wrote {html}")
+    raise typer.Exit(code=doc["code"])
 
 
 @app.command("audit-empirical")

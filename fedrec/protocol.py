@@ -26,6 +26,10 @@ STATISTICS_ACTION = "statistics"  # DP-EASE: one device statistic for a phase
 STATISTICS = f"query.{STATISTICS_ACTION}"
 EASE_EVALUATE_ACTION = "ease"  # DP-EASE: score the released weights on the device
 EASE_EVALUATE = f"evaluate.{EASE_EVALUATE_ACTION}"
+PLAN_ACTION = "plan"  # a job's signed privacy plan, before its first request; the device accepts or refuses
+PLAN = f"query.{PLAN_ACTION}"
+JOB_PLAN = "job-plan"  # config key: the plan as one line of JSON
+ACCEPTED = "accepted"  # metrics key of the plan reply: 1 accepted, 0 refused
 
 # Keys of the metrics record sent back.
 NUM_EXAMPLES = "num-examples"

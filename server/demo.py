@@ -30,7 +30,9 @@ from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import DeviceFiles, DeviceState, save_state
 from fedrec.deploy.fleet import CATALOG, split_fleet
 from fedrec.deploy.pki import make_device_keys, make_tls
+from fedrec.errors import FedrecError
 from fedrec.experiments.results import RESULTS, write_json
+from fedrec.privacy.device_odometers import NO_CONTRIBUTOR
 from fedrec.privacy.ledger import LEDGER
 from fedrec.privacy.readable import released_summary
 from server.fleet import LocalFleet
@@ -105,6 +107,64 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
     return summary
 
 
+def run_jobs(out: Path, *, devices: int, jobs: int, job_epsilon: float, device_epsilon: float, data_dir: str,
+             seed: int = 0, overrides: dict[str, Any] | None = None, timeout: float = 1200.0) -> dict[str, Any]:
+    """Several successive DP-EASE jobs against the same fleet, each device with its own
+    budget (``device-epsilon``) kept in its odometer beside its key and data; then the
+    population audit of every job's ledger. A job that every device refuses writes
+    ``no_contributor.json`` instead of results.json."""
+    out = out.resolve()
+    values: dict[str, Any] = {"model": "dp-ease", "seed": seed, "data-dir": data_dir, "epsilon": job_epsilon,
+                              "ledger-key": str(out / "server-keys" / "ledger.pem"), **(overrides or {})}
+    config = parse_run_config(values)
+    parts = prepare_fleet(out, devices=devices, config=config, seed=seed)
+    n_items = load_catalog(parts["fleet"][0].folder / CATALOG).n_items
+    job_dirs = [out / f"job-{k}" for k in range(1, jobs + 1)]
+    apps = [write_app(out / f"app-{k}", app_config(config, out_dir=job_dir, min_devices=devices, n_items=n_items))
+            for k, job_dir in enumerate(job_dirs, start=1)]
+    summary: dict[str, Any] = {"devices": devices, "device_epsilon": device_epsilon, "job_epsilon": job_epsilon, "jobs": []}
+    with LocalFleet(out / "fleet", tls=parts["tls"], auth=True) as fleet:
+        fleet.start_superlink()
+        for key in parts["keys"]:
+            fleet.register(key.public)
+        for device, key in zip(parts["fleet"], parts["keys"]):
+            budget: dict[str, float | str] = {"device-epsilon": float(device_epsilon), "device-delta": 1e-5,
+                                              "device-key": str(key.private)}
+            fleet.start_supernode(device.name, data_path=device.data_path, private_key=key.private, node_config=budget)
+        fleet.wait_online(devices)
+        for job_dir, app in zip(job_dirs, apps):
+            started = time.perf_counter()
+            fleet.submit(app)
+            outcome = _wait_for_outcome(fleet, job_dir, timeout=timeout)
+            row: dict[str, Any] = {"out": str(job_dir), "seconds": time.perf_counter() - started}
+            if outcome.name == RESULTS:
+                results = json.loads(outcome.read_text())
+                row |= {"status": "ran", "epsilon": results["epsilon"], "devices_refused": results.get("devices_refused")}
+            else:
+                row |= {"status": "no contributor", **json.loads(outcome.read_text())}
+            summary["jobs"].append(row)
+    audit = subprocess.run([sys.executable, "-m", "fedrec", "audit", *map(str, job_dirs), "--json"],
+                           check=False, capture_output=True, text=True)
+    population = json.loads(audit.stdout) if audit.stdout.strip().startswith("{") else {}
+    summary["population_audit_exit_code"] = audit.returncode
+    summary["population_epsilon"] = population.get("epsilon")
+    write_json(out / "jobs.json", summary)
+    return summary
+
+
+def _wait_for_outcome(fleet: LocalFleet, job_dir: Path, *, timeout: float) -> Path:
+    """results.json, or no_contributor.json when every device refused the job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name in (RESULTS, NO_CONTRIBUTOR):
+            if (job_dir / name).is_file():
+                return job_dir / name
+        if fleet.procs and not fleet.procs[0].alive():
+            raise FedrecError(f"the SuperLink exited:\n{fleet.procs[0].tail()}")
+        time.sleep(1.0)
+    raise FedrecError(f"{job_dir}: no outcome within {timeout:.0f} s; SuperLink log:\n{fleet.procs[0].tail()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10)
@@ -114,9 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--secure-aggregation", action="store_true", help="aggregate with SecAgg+")
     parser.add_argument("--set", action="append", default=[], help="run setting key=value (repeatable)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="run this many successive DP-EASE jobs against the same fleet instead (with --device-epsilon)")
+    parser.add_argument("--device-epsilon", type=float, default=10.0, help="each device's own budget across the jobs")
+    parser.add_argument("--job-epsilon", type=float, default=5.5, help="each job's epsilon (with --jobs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = dict(pair.split("=", 1) for pair in args.set)
+    if args.jobs:
+        jobs = run_jobs(args.out, devices=args.devices, jobs=args.jobs, job_epsilon=args.job_epsilon,
+                        device_epsilon=args.device_epsilon, data_dir=args.data, seed=args.seed, overrides=overrides)
+        print(json.dumps(jobs, indent=2))
+        return 0 if jobs["population_audit_exit_code"] == 0 else 1
     summary = run_demo(
         args.out, devices=args.devices, rounds=args.rounds, data_dir=args.data, seed=args.seed, overrides=overrides,
         secure_aggregation=args.secure_aggregation,

@@ -19,6 +19,7 @@ from fedrec.dpease.report import run_ease_and_report
 from fedrec.errors import FedrecError
 from fedrec.experiments.results import RESULTS, write_json
 from fedrec.experiments.run import run_and_report
+from fedrec.privacy.device_odometers import NO_CONTRIBUTOR, NoContributor
 from server.app import split_out_dir
 from server.secagg import SecAggStatistics, SecAggTransport
 from server.statistics import GridStatistics
@@ -48,7 +49,12 @@ def main(grid: Grid, context: Context) -> None:
             if deploy.secure_aggregation
             else GridStatistics(grid, config, n_items=deploy.n_items, client_order=False, **common)  # type: ignore[arg-type]
         )
-        results = run_ease_and_report(config, out_dir, engine="flower-deployment", transport=transport)
+        try:
+            results = run_ease_and_report(config, out_dir, engine="flower-deployment", transport=transport)
+        except NoContributor as err:  # every device's own budget refused the job's plan
+            write_json(out_dir / NO_CONTRIBUTOR, err.to_json())
+            logger.error("%s", err)
+            raise
     else:
         transport = (
             SecAggTransport(grid, config, context=context, **common)  # type: ignore[arg-type]

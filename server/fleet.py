@@ -159,8 +159,10 @@ class LocalFleet:
             raise FedrecError(f"could not register {public_key}:\n{out.stdout}\n{out.stderr}")
 
     def start_supernode(
-        self, name: str, *, data_path: Path, private_key: Path | None, tls: bool = True, max_retries: int | None = None
+        self, name: str, *, data_path: Path, private_key: Path | None, tls: bool = True, max_retries: int | None = None,
+        node_config: dict[str, float | str] | None = None,
     ) -> Proc:
+        """``node_config``: more node-config keys beside ``data-path`` (e.g. ``device-epsilon``)."""
         args = ["flower-supernode", "--superlink", self.address, "--port", str(free_port())]
         if tls and self.tls:
             args += ["--root-certificates", str(self.tls["ca"])]
@@ -170,7 +172,8 @@ class LocalFleet:
             args += ["--auth-supernode-private-key", str(private_key)]
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
-        args += ["--node-config", f'data-path="{data_path}"']
+        extra = "".join(f' {k}="{v}"' if isinstance(v, str) else f" {k}={v}" for k, v in (node_config or {}).items())
+        args += ["--node-config", f'data-path="{data_path}"{extra}']
         return self._spawn(name, args, data_path.parent / ".flwr")
 
     def online_nodes(self) -> int:

@@ -35,7 +35,8 @@ from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import Accountant, History, calibrate_releases, epsilon
 from fedrec.privacy.dp_fedavg import Part, clipped_sum
-from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE, evaluation_generator, release_metrics
+from fedrec.privacy.device_odometers import announce_job, dp_ease_releases
+from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE, evaluation_generator, release_metrics, sensitivity
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import add_gaussian_noise, noise_generator
 from fedrec.privacy.session import PrivacySession
@@ -193,12 +194,18 @@ def run_dp_ease(
     z_counts, z_gram = phase_noise(config, evaluations=len(EVALUATIONS) if private_eval else 0)
     history = EaseHistory(noise_multipliers=(z_counts, z_gram))
     session, rng = _open_session(config, run_dir, population=len(clients), z_gram=z_gram, private_eval=private_eval)
+    clients, refused = announce_job(session, transport, clients, dp_ease_releases(
+        z_counts=z_counts, z_gram=z_gram, clipping_norm=config.privacy.clipping_norm,
+        evaluations=len(EVALUATIONS) if private_eval else 0, eval_noise_multiplier=config.privacy.eval_noise_multiplier,
+        eval_sensitivity=sensitivity(len(METRIC_NAMES))))
     sums = _release_statistics(config, transport, clients, session=session, rng=rng, history=history, on_phase=on_phase)
     release = _fit(config, sums, z_counts=z_counts, z_gram=z_gram)
     history.top_items = int(release.top_items.shape[0])
     arrays = release.to_arrays()
     metrics = _released_metrics(config, transport, clients, arrays, session=session, history=history) if private_eval else {}
     history.privacy = _privacy_summary(config, session, z_counts=z_counts, z_gram=z_gram, stopped=history.stopped_by_budget)
+    if session is not None:
+        history.privacy["devices_refused"] = refused  # refused the job's plan (their own budgets): dropouts
     if not private_eval:
         rows = {which: transport.evaluate(clients, arrays, which) for which in EVALUATIONS}
         metrics = {which: _mean(per_client) for which, per_client in rows.items()}

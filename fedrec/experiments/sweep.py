@@ -18,8 +18,8 @@ from typing import Any
 from fedrec.config import CALIBRATE, DPMode, ModelFamily, RunConfig
 from fedrec.experiments.results import save_png, write_atomic
 
-COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "noise_multiplier", "rounds", "hr@10", "ndcg@10",
-           "full_ndcg@10", "recall@20", "seconds", "run_dir")
+COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "epsilon_population", "noise_multiplier", "rounds",
+           "hr@10", "ndcg@10", "full_ndcg@10", "recall@20", "seconds", "run_dir")
 
 Runner = Callable[[RunConfig, Path], Mapping[str, Any]]
 
@@ -40,6 +40,7 @@ def run_sweep(
     central_ndcg: float | None = None,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    done: list[tuple[Path, bool]] = []  # every point so far and whether it was private
     for users in populations:
         for target in epsilons:
             run_dir = out_dir / f"users-{users or 'all'}_eps-{target:g}"
@@ -52,9 +53,24 @@ def run_sweep(
                     "seconds": result["seconds"], "run_dir": str(run_dir),
                 }
             )
+            done.append((run_dir, math.isfinite(target)))
+            rows[-1]["epsilon_population"] = population_epsilon(done)
             write_table(out_dir / "sweep.csv", rows)
     plot_sweep(out_dir / "sweep.png", rows, central_ndcg=central_ndcg, private_label=private_label(base))
     return rows
+
+
+def population_epsilon(points: Sequence[tuple[Path, bool]]) -> float | None:
+    """The composed epsilon of a user in every point's population after the points so far
+    (:mod:`fedrec.privacy.population`: every ledger verified, the accountant over their
+    concatenated histories): infinite once a point ran without DP, None when a private
+    point's ledger does not verify."""
+    if any(not private for _, private in points):
+        return math.inf
+    from fedrec.privacy.population import audit_population
+
+    audit = audit_population([run_dir for run_dir, _ in points])
+    return audit.headline if audit.code in (0, 4) else None
 
 
 def private_label(config: RunConfig) -> str:

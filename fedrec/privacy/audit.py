@@ -57,6 +57,10 @@ class AuditReport:
     closed: bool = False
     resumes: int = 0  # times the run continued after a crash (rounds spent before it still count)
     stopped_by_budget: bool = False
+    planned_steps: int | None = None  # mechanism steps the job's signed plan announced (None: no plan entry)
+    # every verified mechanism step (z, q) in ledger order (empty unless chain and signatures
+    # hold); not part of the JSON report: a population audit composes it with other runs'
+    steps: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
     @property
     def status(self) -> str:
@@ -69,6 +73,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["steps"]
         out["status"] = self.status
         # NaN: not computed; an infinite budget (none) or epsilon (a step without noise) is Infinity
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
@@ -123,6 +128,7 @@ def audit_run(run_dir: Path, *, public_key: Path | None = None) -> AuditReport:
     steps, spends = spent
     if not _check_epsilon(steps, spends, report):  # 3. epsilon
         return report
+    _check_plan(entries, steps, key, report)  # 3b. what was spent against what was announced
     _check_end(entries, report)  # 4. the run's end
     _check_results(run_dir, parsed, report)
     return report
@@ -216,6 +222,7 @@ def _check_epsilon(steps: list[tuple[float, float]], spends: list[dict[str, Any]
     if report.code != OK:
         report.warnings.append("epsilon not recomputed: the entries are not the ones the server signed")
         return True
+    report.steps = list(steps)
     history = compress(steps)
     try:
         report.epsilon_prv = epsilon(history, delta=report.delta, accountant=Accountant.PRV)
@@ -235,6 +242,31 @@ def _check_epsilon(steps: list[tuple[float, float]], spends: list[dict[str, Any]
     if headline > report.budget * (1 + TOLERANCE):
         report.fail(OVER_BUDGET, f"epsilon {headline:.4g} exceeds the budget {report.budget:.4g}")
     return True
+
+
+def _check_plan(entries: list[dict[str, Any]], steps: list[tuple[float, float]], key: Any, report: AuditReport) -> None:
+    """A ledger that announced its plan (:mod:`fedrec.privacy.job_plan`) spent no
+    mechanism step beyond it; the plan is signed by the run's own ledger key and names
+    the run. Ledgers without a plan entry are audited as before."""
+    from fedrec.privacy.job_plan import ledger_plan, spent_within_plan
+
+    try:
+        plan = ledger_plan(entries)
+    except LedgerError as err:
+        report.fail(MALFORMED, f"plan entry: {err}")
+        return
+    if plan is None:
+        return
+    report.planned_steps = sum(r.steps for r in plan.releases)
+    try:
+        plan.verify()
+        if plan.key_fingerprint != fingerprint(key) or plan.run_id != entries[0].get("run_id"):
+            report.fail(TAMPERED, "the plan names another run or another ledger key")
+    except LedgerError as err:
+        report.fail(TAMPERED, f"plan entry: {err}")
+    beyond = spent_within_plan(plan, steps)
+    if beyond is not None:
+        report.fail(OVER_BUDGET, f"spent beyond the announced plan: {beyond}")
 
 
 def _check_end(entries: list[dict[str, Any]], report: AuditReport) -> None:

@@ -1,0 +1,43 @@
+"""Real processes on localhost: a fleet of 10 devices, each with its own budget
+(device-epsilon 10) in the odometer beside its key and data, runs three successive
+DP-EASE jobs at epsilon 5.5 (two compose to about 8.3, three would reach 10.6): the
+first two run, the third gets no contributor and says so, and the population audit
+composes the first two. Slow (minutes): every message starts a ClientApp process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from opacus.accountants import PRVAccountant
+
+from fedrec.privacy.ledger import LEDGER
+from fedrec.privacy.odometer import ODOMETER
+from server.demo import run_jobs
+
+pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLIs are not installed")
+
+
+def test_three_jobs_against_one_fleet_the_third_gets_no_contributor(data_dir: Path, tmp_path: Path) -> None:
+    summary = run_jobs(tmp_path / "jobs", devices=10, jobs=3, job_epsilon=5.5, device_epsilon=10.0,
+                       data_dir=str(data_dir), timeout=900)
+    first, second, third = summary["jobs"]
+    assert (first["status"], second["status"], third["status"]) == ("ran", "ran", "no contributor")
+    assert first["devices_refused"] == second["devices_refused"] == 0
+    assert third["devices_refused"] == 10 and third["contributors"] == 0
+    assert summary["population_audit_exit_code"] == 0
+    steps = []
+    for job in ("job-1", "job-2"):
+        for line in (tmp_path / "jobs" / job / LEDGER).read_text().splitlines():
+            entry = json.loads(line)
+            if entry["kind"] == "release":
+                steps.append((entry["noise_multiplier"], entry["sample_rate"], entry["steps"]))
+    direct = PRVAccountant()
+    direct.history = steps
+    composed = direct.get_epsilon(delta=1e-5, eps_error=0.01)
+    assert summary["population_epsilon"]["prv"] == pytest.approx(composed, rel=1e-9)
+    assert composed <= 10.0
+    odometers = list((tmp_path / "jobs" / "devices").glob(f"*/{ODOMETER}"))
+    assert len(odometers) == 10
