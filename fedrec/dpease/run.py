@@ -34,8 +34,8 @@ from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import Accountant, History, calibrate_releases, epsilon
-from fedrec.privacy.dp_fedavg import Part, clipped_sum
 from fedrec.privacy.device_odometers import announce_job, dp_ease_releases
+from fedrec.privacy.dp_fedavg import Part, clipped_sum
 from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE, evaluation_generator, release_metrics, sensitivity
 from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import add_gaussian_noise, noise_generator

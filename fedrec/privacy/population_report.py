@@ -98,8 +98,8 @@ def render_html(doc: dict[str, Any]) -> str:
         "every ledger verified; epsilon composed by the accountant over all their mechanism steps")
     headline = fmt(eps["headline"])
     parts = [
-        f'<div class="verdict {escape(status.replace(" ", "-"))}">{escape(status.upper())}: composed epsilon per user '
-        f"{escape(headline)} ({escape(str(eps['accountant']))}, delta {escape(str(eps['delta']))})</div>",
+        (f'<div class="verdict {escape(status.replace(" ", "-"))}">{escape(status.upper())}: composed epsilon per user '
+        f"{escape(headline)} ({escape(str(eps['accountant']))}, delta {escape(str(eps['delta']))})</div>"),
         f'<p>{escape(reason)}</p>',
         "<h2>Composed epsilon</h2>",
         _table(["", "value"], [
@@ -109,9 +109,9 @@ def render_html(doc: dict[str, Any]) -> str:
             ["population budget", fmt(eps["budget"]) if eps["budget"] is not None else "none"],
             ["per user", escape(eps["per_user"])],
         ]),
-        f'<p class="note">Epsilon is recomputed by the accountant over the concatenation of every run\'s verified '
-        f"mechanism steps; epsilons are never added. Each run's share is what it adds to the composition of the runs "
-        f"before it (in the order their ledgers started); the shares add up to the composed epsilon.</p>",
+        ('<p class="note">Epsilon is recomputed by the accountant over the concatenation of every run\'s verified '
+        "mechanism steps; epsilons are never added. Each run's share is what it adds to the composition of the runs "
+        "before it (in the order their ledgers started); the shares add up to the composed epsilon.</p>"),
         "<h2>Runs</h2>",
     ]
     total = eps["headline"] if isinstance(eps["headline"], (int, float)) and eps["headline"] else None

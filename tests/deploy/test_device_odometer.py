@@ -72,7 +72,7 @@ def test_two_jobs_run_the_third_gets_no_contributor_and_recommend_still_works(
     assert {r.metadata.message_type for r in inline.sent} == {"query.plan"}  # nothing else was asked
     population = audit_population([*runs, tmp_path / "job-3"])
     assert population.code == OK and population.epsilon["prv"] <= 10.0
-    for node, cfg in nodes.items():
+    for cfg in nodes.values():
         folder = Path(cfg["data-path"]).parent
         assert (folder / ODOMETER).is_file()
         odometer = device_odometer(cfg, cfg["data-path"])  # a restarted device process reads it back

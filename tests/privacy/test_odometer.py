@@ -19,7 +19,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from fedrec.deploy.pki import make_device_key
 from fedrec.errors import PrivacyError
 from fedrec.privacy.accountant import calibrate_releases
-from fedrec.privacy.job_plan import JobPlan, PlannedRelease, PlanError, sign_plan, spent_within_plan
+from fedrec.privacy.job_plan import JobPlan, PlanError, PlannedRelease, sign_plan, spent_within_plan
 from fedrec.privacy.odometer import HEAD, ODOMETER, DeviceSigner, Odometer, OdometerSettings
 
 SERVER_KEY = Ed25519PrivateKey.generate()
