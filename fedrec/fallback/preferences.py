@@ -333,7 +333,7 @@ class PreferenceRecommender:
     @staticmethod
     def basis(query: Query) -> str:
         """What the list is built from: the user's stated preferences, or popularity alone."""
-        return BASIS_PREFERENCES if query.states_preferences else BASIS_POPULARITY
+        return basis(query)
 
     def reason(self, item: int, parts: Mapping[str, float], plan: Plan, query: Query) -> str:
         """One line naming the largest contribution to the item's score first; when that is
@@ -357,6 +357,11 @@ class PreferenceRecommender:
             return f"matches what you wrote: {said!r}"
         who = query.demographics.describe()
         return f"popular with users like you ({who})" if who else "popular with many users"
+
+
+def basis(query: Query) -> str:
+    """``preferences`` when the query states genres, liked items or text; ``popularity`` otherwise."""
+    return BASIS_PREFERENCES if query.states_preferences else BASIS_POPULARITY
 
 
 def largest(parts: Mapping[str, float]) -> str:

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedrec.errors import ProfileError
 from fedrec.fallback import Catalog, Demographics, Profile, resolve_profile
-from fedrec.fallback.preferences import PreferenceRecommender
+from fedrec.fallback.preferences import basis
 from fedrec.fallback.profile import MAX_TEXT
+from fedrec.fallback.recommender import Recommender
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ def _problems_from_pydantic(err: RequestValidationError) -> list[str]:
     return out
 
 
-def create_app(catalog: Catalog, recommender: PreferenceRecommender) -> FastAPI:
-    """The FastAPI app serving ``recommender`` over ``catalog``."""
+def create_app(catalog: Catalog, recommender: Recommender) -> FastAPI:
+    """The FastAPI app serving ``recommender`` (``serve-fallback``: the stated-preference one) over ``catalog``."""
     app = FastAPI(title="fedrec cold-start fallback", version="1")
 
     @app.exception_handler(RequestValidationError)
@@ -102,7 +103,7 @@ def create_app(catalog: Catalog, recommender: PreferenceRecommender) -> FastAPI:
         query = resolve_profile(profile, catalog)
         recs = recommender.recommend(query, k=body.k)
         return RecommendOut(
-            basis=recommender.basis(query),
+            basis=basis(query),
             items=[
                 ItemOut(item_id=catalog.item_id(r.item), title=catalog.titles[r.item], score=r.score, reason=r.reason)
                 for r in recs
