@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from fedrec.config import ModelFamily, RunConfig
+from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.central import population_sums
 from fedrec.dpease.fit import noise_edge
 from fedrec.dpease.run import phase_noise
 from fedrec.dpease.statistics import packed_size, unpack_symmetric
 from fedrec.errors import FedrecError
+from fedrec.families import family_of
 from fedrec.models import shared_spec
 from fedrec.privacy.accountant import History, calibrate_noise, compress, epsilon
 from fedrec.privacy.sampling import PoissonSampler
@@ -143,9 +144,7 @@ def plan_run(config: RunConfig, *, users: int = 0, items: int = 0, split: LeaveO
         users, items = split.n_users, split.n_items
     if users < 1 or items < 1:
         raise FedrecError("plan needs the data set, or --users N and --items M (both >= 1)")
-    if config.model.family is ModelFamily.DP_EASE:
-        return _plan_dp_ease(config, users=users, items=items, split=split)
-    return _plan_rounds(config, users=users, items=items, data=split is not None)
+    return family_of(config).plan(config, users=users, items=items, split=split)
 
 
 def _history(releases: tuple[PlannedRelease, ...]) -> History:
@@ -170,7 +169,7 @@ def _budget_notes(config: RunConfig, planned: float, what: str) -> list[str]:
     return []
 
 
-def _plan_rounds(config: RunConfig, *, users: int, items: int, data: bool) -> Plan:
+def plan_rounds(config: RunConfig, *, users: int, items: int, data: bool) -> Plan:
     """DP-FedAvg rounds (NeuMF, GMF): z for (q, rounds) from the accountant."""
     p, fed = config.privacy, config.federation
     q = PoissonSampler(expected_clients=fed.clients_per_round, population=users).rate
@@ -225,7 +224,7 @@ def spike_detectable(eigenvalues: np.ndarray, *, noise_std: float, k: int) -> np
     return (theta > bar) & (safe + noise_std**2 * k / safe > noise_edge(noise_std, k))
 
 
-def _plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOutSplit | None) -> Plan:
+def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOutSplit | None) -> Plan:
     """The two DP-EASE releases: z from :func:`phase_noise`, K and the Gram's directions
     from the data's own sums (preview) or bounded from N and C (public)."""
     p, e = config.privacy, config.ease
