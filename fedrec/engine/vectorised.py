@@ -37,12 +37,13 @@ import torch
 
 from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
-from fedrec.dpease.run import InProcessStatistics
 from fedrec.engine.lanes import LANES_ENV, Lane, default_lanes, intra_op_threads, keep_freed_memory
 from fedrec.errors import FedrecError
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.experiments.results import RESULTS
 from fedrec.experiments.run import run_family
+from fedrec.families import family_of
+from fedrec.families.contract import StatisticsTransport
 from fedrec.federation.compression import encode_update, upload_rng
 from fedrec.federation.device import simulated_population
 from fedrec.federation.fedavg import client_rng
@@ -315,8 +316,8 @@ class InProcessChannels:
         self._rounds = make_transport(self.config)
         return self._rounds
 
-    def statistics(self) -> InProcessStatistics:
-        return InProcessStatistics(simulated_population(self.config).split, clipping_norm=self.config.privacy.clipping_norm)
+    def statistics(self) -> StatisticsTransport:
+        return family_of(self.config).simulated_devices(simulated_population(self.config).split, self.config)
 
     def close(self) -> None:
         if isinstance(self._rounds, VectorisedTransport):

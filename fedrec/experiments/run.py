@@ -71,10 +71,9 @@ class FixedChannels:
 
     def statistics(self) -> StatisticsTransport:
         if self.statistics_transport is None:
-            from fedrec.dpease.run import InProcessStatistics
-
-            split = simulated_population(self.config).split
-            self.statistics_transport = InProcessStatistics(split, clipping_norm=self.config.privacy.clipping_norm)
+            self.statistics_transport = family_of(self.config).simulated_devices(
+                simulated_population(self.config).split, self.config
+            )
         self.opened.append(self.statistics_transport)
         return self.statistics_transport
 

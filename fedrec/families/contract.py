@@ -44,6 +44,27 @@ class StatisticsTransport(Protocol):
     def evaluate(self, clients: Any, release: Arrays, which: str) -> list[dict[str, float]]: ...
 
 
+class DeviceStatistics:
+    """The simulated devices of a split, each answering through its family's device
+    functions, one device at a time (a family may offer a faster equivalent)."""
+
+    def __init__(self, split: LeaveOneOutSplit, family: ModelFamily, config: RunConfig) -> None:
+        self.split, self.family, self.config, self.n_items = split, family, config, split.n_items
+
+    def clients(self) -> list[int]:
+        return list(range(self.split.n_users))
+
+    def statistics(self, clients: Any, phase: str, request: Arrays) -> Any:
+        for c in clients:
+            yield self.family.device_statistic(self.split.client(c), phase=phase, request=request, config=self.config)
+
+    def evaluate(self, clients: Any, release: Arrays, which: str) -> list[dict[str, float]]:
+        return [
+            self.family.device_evaluate(self.split.client(c), release=release, which=which, config=self.config)
+            for c in clients
+        ]
+
+
 class Channels(Protocol):
     """What an engine offers a family: every kind of exchange with the devices, opened
     on demand (a family opens the one it needs), and what the server may know."""
@@ -112,6 +133,11 @@ class ModelFamily(Protocol):
     ) -> RunOutcome:
         """The server side: plan, request, collect, release through the DP aggregator and
         the ledger in ``run_dir``, post-process; the devices' validation and test metrics."""
+        ...
+
+    def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> StatisticsTransport:
+        """The simulated devices of ``split`` answering statistics requests in this process
+        (:class:`DeviceStatistics`, or the family's faster equivalent)."""
         ...
 
     def device_statistic(self, data: ClientData, *, phase: str, request: Arrays, config: RunConfig) -> Arrays:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedrec.dpease.statistics import COUNTS, GRAM
 from fedrec.errors import FedrecError
 from fedrec.families.contract import Channels, Reason, RunOutcome, StepCallback
 
@@ -52,7 +53,7 @@ class DpEaseFamily:
     label: str = "DP-EASE"
     step: str = "release"
     noise_label: str = "z gram"  # results.json's noise_multiplier: the co-occurrence release's
-    uploads: frozenset[str] = frozenset({"counts", "gram"})  # fedrec.dpease.statistics.COUNTS, GRAM
+    uploads: frozenset[str] = frozenset({COUNTS, GRAM})  # one statistic per reply, of either release
     private_state: bool = False
     neural: bool = False
 
@@ -78,6 +79,11 @@ class DpEaseFamily:
             fields={"validation": val, "top_items": history.top_items},
             test_per_client=history.test_per_client,
         )
+
+    def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> Any:
+        from fedrec.dpease.run import InProcessStatistics
+
+        return InProcessStatistics(split, clipping_norm=config.privacy.clipping_norm)  # chunked, vectorised scoring
 
     def device_statistic(self, data: ClientData, *, phase: str, request: dict[str, np.ndarray], config: RunConfig) -> dict[str, np.ndarray]:
         from fedrec.dpease.run import device_statistic
@@ -120,12 +126,37 @@ class DpEaseFamily:
     def empirical_audit(
         self, config: RunConfig, *, out_dir: Path, settings: AuditSettings, on_step: StepCallback | None,
     ) -> dict[str, Any]:
-        from fedrec.errors import PrivacyError
+        """Canaries with rare items of their own; the attack reads the released item
+        counts back from the released popularity prior (:func:`released_counts`)."""
+        from fedrec.privacy.release_audit import audit_statistics_release
 
-        raise PrivacyError(
-            "the empirical audit attacks the item embeddings that DP-FedAvg releases; model = dp-ease releases none: "
-            "audit a neural model with --set model=neumf (or gmf)"
-        )
+        def read(release: dict[str, np.ndarray], results: dict[str, Any], known: np.ndarray, untouched: np.ndarray) -> np.ndarray:
+            z_counts = float(results["noise_multipliers"][0])
+            return released_counts(release, config, z_counts=z_counts, known=known, untouched=untouched)
+
+        return audit_statistics_release(config, out_dir=out_dir, settings=settings, on_step=on_step, phase="counts",
+                                        released_counts=read)
+
+
+def released_counts(
+    release: dict[str, np.ndarray], config: RunConfig, *, z_counts: float, known: np.ndarray, untouched: np.ndarray,
+) -> np.ndarray:
+    """The noisy item counts of the first release, read back from the released prior
+    ``w asinh(count / s)`` (:func:`fedrec.dpease.fit.popularity_prior`): ``s`` is the
+    count noise's std ``z C``; without noise it is the smallest positive count, which the
+    attacker recovers from items whose counts it knows (``known`` on ``untouched`` items)."""
+    from fedrec.errors import PrivacyError
+
+    weight = config.ease.prior_weight
+    if weight == 0:
+        raise PrivacyError("ease-prior-weight = 0 releases no item counts to attack: audit with a positive prior weight")
+    shape = np.sinh(np.asarray(release["prior"], dtype=np.float64) / weight)  # count / s
+    if z_counts > 0:
+        return shape * z_counts * config.privacy.clipping_norm
+    usable = untouched & (known > 0) & (shape > 0)
+    if not usable.any():
+        raise PrivacyError("no item outside the canaries' pool has a known positive count: the prior's scale is unknown")
+    return shape * float(np.median(known[usable] / shape[usable]))
 
 
 DP_EASE = DpEaseFamily()

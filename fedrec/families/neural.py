@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrec.errors import FedrecError
-from fedrec.families.contract import Channels, Reason, RunOutcome, StepCallback
+from fedrec.families.contract import Channels, DeviceStatistics, Reason, RunOutcome, StepCallback
 
 if TYPE_CHECKING:
     from fedrec.config import RunConfig
@@ -71,6 +71,9 @@ class NeuralFamily:
             },
             losses=True,
         )
+
+    def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> DeviceStatistics:
+        return DeviceStatistics(split, self, config)
 
     def device_statistic(self, data: ClientData, *, phase: str, request: dict[str, np.ndarray], config: RunConfig) -> dict[str, np.ndarray]:
         raise FedrecError(f"model {self.name} trains in rounds: its devices answer train messages, not statistics queries")
