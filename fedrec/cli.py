@@ -511,11 +511,15 @@ def audit_empirical(
     out: OutOpt = Path("runs/audit-empirical"),
     canaries: Annotated[int, typer.Option(help="Canary users; each joins training with probability 1/2.")] = 200,
     items: Annotated[int, typer.Option(help="Rarely-rated items per canary.")] = 64,
+    control: Annotated[
+        bool, typer.Option(help="Also audit the same run without DP (in OUT/control): the attack must work there.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Train once with canary users, attack the released model, bound epsilon from below.
+    """Run the model once with canary users, attack what it releases, bound epsilon from below.
 
-    Writes OUT/empirical_audit.json (and the run's results.json, model.npz, ledger).
+    Writes OUT/empirical_audit.json (and the run's results.json, model.npz, ledger);
+    with --control also OUT/control (the run without DP), summarised in the same file.
     """
     _setup_logging(verbose)
     with _errors():
@@ -533,10 +537,15 @@ def audit_empirical(
                 status = f"loss {info['train_loss']:.3f}" if "train_loss" in info else f"{int(info['aggregated'])} clients"
                 progress.update(task, completed=round_, status=status)
 
-            report = family.empirical_audit(
-                run_config, out_dir=out.resolve(), settings=AuditSettings(canaries=canaries, items_per_canary=items),
-                on_step=on_round,
-            )
+            settings = AuditSettings(canaries=canaries, items_per_canary=items)
+            report = family.empirical_audit(run_config, out_dir=out.resolve(), settings=settings, on_step=on_round)
+        if control and report["dp"]:
+            from fedrec.privacy.canaries import attach_control
+
+            without = _load_config(config, [*(set_ or []), "dp=off"], data)
+            with console.status("the same audit without DP (control)"):
+                checked = family.empirical_audit(without, out_dir=out.resolve() / "control", settings=settings, on_step=None)
+            report = attach_control(out.resolve(), report, checked)
     table = Table(title=f"empirical privacy audit ({'DP' if report['dp'] else 'no DP'})", show_header=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -547,6 +556,10 @@ def audit_empirical(
     table.add_row("canaries (members)", f"{report['canaries']} ({report['members']})")
     table.add_row("guesses / correct", f"{report['guesses']} / {report['correct']}")
     table.add_row("attack AUC", f"{report['auc']:.3f}")
+    if "control" in report:
+        ctl = report["control"]
+        table.add_row("control without DP: one-run lower bound", f"{ctl['one_run_epsilon_lower_bound']:.3f}")
+        table.add_row("control without DP: guesses / correct, AUC", f"{ctl['guesses']} / {ctl['correct']}, {ctl['auc']:.3f}")
     console.print(table)
     console.print(f"{report['rounds']} {family.step}s, {report['seconds']:.0f} s. Wrote {out / 'empirical_audit.json'}")
 

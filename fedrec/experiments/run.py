@@ -25,7 +25,7 @@ from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.evaluation.scoring import paired_difference
 from fedrec.experiments.references import cheap_references
-from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
+from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, plot_release, write_arrays, write_json
 from fedrec.families import family_of
 from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
@@ -148,11 +148,16 @@ def run_family(
         if outcome.test_per_client:  # the devices' own test metrics against popularity's, user by user
             model = {name: np.array([row[name] for row in outcome.test_per_client]) for name in METRIC_NAMES}
             results["versus_popularity"] = paired_difference(model, refs["popularity"].test_per_user)
-    plot_curves(
-        out_dir / CURVES, outcome.curve, losses=outcome.step_log if outcome.losses else (),
-        references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
-        title=outcome.title,
-    )
+    if outcome.one_shot and outcome.test_per_client:  # a release: the model beside the references, with error bars
+        per_user = {config.model.model: {m: np.array([r[m] for r in outcome.test_per_client]) for m in METRIC_NAMES}}
+        per_user.update({name: ref.test_per_user for name, ref in refs.items()})
+        plot_release(out_dir / CURVES, per_user, title=outcome.title)
+    else:
+        plot_curves(
+            out_dir / CURVES, outcome.curve, losses=outcome.step_log if outcome.losses else (),
+            references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
+            title=outcome.title,
+        )
     write_json(out_dir / RESULTS, results)
     logger.info("test hr@10 %.4f ndcg@10 %.4f in %.1f s", outcome.test["hr@10"], outcome.test["ndcg@10"], results["seconds"])
     return results

@@ -100,6 +100,7 @@ class RunOutcome:
     fields: dict[str, Any] = field(default_factory=dict)  # the family's own results keys
     test_per_client: list[dict[str, float]] = field(default_factory=list)  # exact (simulated) evaluation only
     losses: bool = False  # the step log holds training losses (curves.png draws them)
+    one_shot: bool = False  # no rounds: curves.png shows the release beside the references, not a curve
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class DpEaseFamily:
             title=f"dp-ease on {config.data.dataset}: {clients} clients, K={history.top_items}, "
             f"epsilon {history.privacy['epsilon']:.3g}",
             fields={"validation": val, "top_items": history.top_items},
-            test_per_client=history.test_per_client,
+            test_per_client=history.test_per_client, one_shot=True,
         )
 
     def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> Any:

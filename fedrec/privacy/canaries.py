@@ -198,3 +198,18 @@ def run_empirical_audit(
     }
     write_json(out_dir / EMPIRICAL_AUDIT, report)
     return report
+
+
+CONTROL_KEYS = ("one_run_epsilon_lower_bound", "cp_epsilon_lower_bound", "guesses", "correct", "auc", "canaries", "members")
+
+
+def attach_control(out_dir: Path, report: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with the no-DP control's bounds under ``"control"`` (the attack must
+    find the canaries there, or a low bound under DP means nothing), rewritten in
+    ``out_dir``'s empirical_audit.json so that the audit page shows both."""
+    from fedrec.experiments.results import write_json
+
+    joined = {**report, "control": {key: control[key] for key in CONTROL_KEYS} | {"dp": False}}
+    write_json(out_dir / EMPIRICAL_AUDIT, joined)
+    return joined
+
