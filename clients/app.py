@@ -1,8 +1,9 @@
 """The Flower ClientApp: parse the message, call fedrec, reply.
 
-NeuMF answers ``train`` and ``evaluate``; DP-EASE answers ``query.statistics`` (one
-clipped statistic of the device's own training items for a phase) and
-``evaluate.ease`` (its metrics with the released weights, scored on the device).
+A family that trains by rounds (NeuMF, GMF) answers ``train`` and ``evaluate``; a
+family of statistics releases (DP-EASE) answers ``query.statistics`` (one clipped
+statistic of the device's own training items for a phase, computed by the family) and
+``evaluate.ease`` (its metrics with the release, scored on the device).
 
 Private state (the user vectors) is kept in the node's ``Context.state`` between
 rounds and never put in a reply. Only ``result.update`` (shared tensors) is sent.
@@ -19,7 +20,7 @@ from clients.records import to_arrays, to_record
 from fedrec import protocol
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.deploy.odometer import consider
-from fedrec.dpease.run import device_evaluate, device_statistic
+from fedrec.families import family_of
 from fedrec.federation.device import Device, simulated_population
 from fedrec.training.local import PrivateState
 
@@ -110,21 +111,21 @@ def plan(msg: Message, context: Context) -> Message:
 
 @app.query(protocol.STATISTICS_ACTION)
 def statistics(msg: Message, context: Context) -> Message:
-    """DP-EASE: this device's statistic for the phase in the message, nothing else."""
+    """A release of statistics (DP-EASE, ...): this device's statistic for the phase in the message, nothing else."""
     config, record = _config(msg)
     data = simulated_population(config).split.client(int(context.node_config["partition-id"]))
-    statistic = device_statistic(
+    statistic = family_of(config).device_statistic(
         data, phase=str(record[protocol.PHASE]), request=to_arrays(msg.content.array_records[protocol.ARRAYS]),
-        clipping_norm=config.privacy.clipping_norm,
+        config=config,
     )
     return Message(RecordDict({protocol.ARRAYS: to_record(statistic)}), reply_to=msg)
 
 
 @app.evaluate(protocol.EASE_EVALUATE_ACTION)
 def evaluate_ease(msg: Message, context: Context) -> Message:
-    """DP-EASE: this device's metrics with the released weights."""
+    """A release of statistics: this device's metrics with the release, scored on the device."""
     config, record = _config(msg)
     data = simulated_population(config).split.client(int(context.node_config["partition-id"]))
     release = to_arrays(msg.content.array_records[protocol.ARRAYS])
-    metrics = device_evaluate(data, release=release, which=str(record[protocol.HELD_OUT]))
+    metrics = family_of(config).device_evaluate(data, release=release, which=str(record[protocol.HELD_OUT]), config=config)
     return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)

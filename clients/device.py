@@ -38,12 +38,12 @@ from flwr.compat.common import recorddict_compat as compat
 
 from clients.records import to_arrays, to_record
 from fedrec import protocol
-from fedrec.config import ModelFamily, RunConfig, parse_run_config
+from fedrec.config import RunConfig, parse_run_config
 from fedrec.deploy.device import LocalDevice
 from fedrec.deploy.odometer import consider, device_odometer, require_accepted
-from fedrec.dpease.run import REQUEST_NAMES, STATISTIC_NAMES, device_evaluate, device_statistic
-from fedrec.dpease.statistics import COUNTS, GRAM
+from fedrec.dpease.run import REQUEST_NAMES, STATISTIC_NAMES
 from fedrec.errors import ConfigError, DataError, FedrecError
+from fedrec.families import family_of
 from fedrec.models import shared_spec
 from fedrec.privacy.odometer import Odometer
 
@@ -73,23 +73,33 @@ def _carries_only_the_update(content: RecordDict) -> bool:
     )
 
 
-def _carries_only_one_statistic(content: RecordDict) -> bool:
+def _carries_only_one_statistic(content: RecordDict, uploads: frozenset[str]) -> bool:
+    """One array, named as one of the family's declared uploads, and nothing else."""
     if set(content.array_records) != {protocol.ARRAYS} or content.config_records or content.metric_records:
         return False
     names = set(content.array_records[protocol.ARRAYS])
-    return names in ({COUNTS}, {GRAM})
+    return len(names) == 1 and names <= uploads
+
+
+def _declared_uploads(msg: Message) -> frozenset[str]:
+    """The uploads the run's family declares (nothing where the message names no run)."""
+    record = msg.content.config_records.get(protocol.CONFIG)
+    if record is None or protocol.RUN_CONFIG not in record:
+        return frozenset()
+    config = parse_run_config(protocol.decode_run_config(str(record[protocol.RUN_CONFIG])))
+    return family_of(config).uploads
 
 
 def outbox_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Refuse to send a training reply that carries anything but the shared update, or a
-    DP-EASE statistics reply that carries anything but the one statistic."""
+    statistics reply that carries anything but one statistic the run's family declares."""
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
     kind = msg.metadata.message_type
     if kind == "train" and not _carries_only_the_update(reply.content):
         raise FedrecError("outbox guard: a training reply may carry only the shared-parameter update")
-    if kind == protocol.STATISTICS and not _carries_only_one_statistic(reply.content):
+    if kind == protocol.STATISTICS and not _carries_only_one_statistic(reply.content, _declared_uploads(msg)):
         raise FedrecError("outbox guard: a statistics reply may carry only the clipped statistic")
     return reply
 
@@ -168,7 +178,7 @@ def _note_memory(local: LocalDevice) -> None:
 def train(msg: Message, context: Context) -> Message:
     local, config, round_ = _open(msg, context)
     secure = "fitins.parameters" in msg.content.array_records
-    if secure and config.model.family is ModelFamily.DP_EASE:
+    if secure and protocol.PHASE in msg.content.config_records["fitins.config"]:  # a release of statistics
         return _secure_statistic(msg, local, config)
     if secure:
         if config.privacy.local_dp:
@@ -198,7 +208,7 @@ def _secure_statistic(msg: Message, local: LocalDevice, config: RunConfig) -> Me
     phase = str(msg.content.config_records["fitins.config"][protocol.PHASE])
     parameters = compat.recorddict_to_fitins(msg.content, keep_input=True).parameters
     request = dict(zip(REQUEST_NAMES[phase], parameters_to_ndarrays(parameters), strict=True))
-    statistic = device_statistic(local.device.data, phase=phase, request=request, clipping_norm=config.privacy.clipping_norm)
+    statistic = family_of(config).device_statistic(local.device.data, phase=phase, request=request, config=config)
     _note_memory(local)
     upload = ndarrays_to_parameters([statistic[STATISTIC_NAMES[phase]]])
     fitres = FitRes(status=Status(Code.OK, ""), parameters=upload, num_examples=1, metrics={})
@@ -234,9 +244,9 @@ def statistics(msg: Message, context: Context) -> Message:
     """DP-EASE: the clipped statistic of this device's training items for the phase asked."""
     local, config, _ = _open(msg, context)
     record = msg.content.config_records[protocol.CONFIG]
-    statistic = device_statistic(
+    statistic = family_of(config).device_statistic(
         local.device.data, phase=str(record[protocol.PHASE]),
-        request=to_arrays(msg.content.array_records[protocol.ARRAYS]), clipping_norm=config.privacy.clipping_norm,
+        request=to_arrays(msg.content.array_records[protocol.ARRAYS]), config=config,
     )
     _note_memory(local)
     return Message(RecordDict({protocol.ARRAYS: to_record(statistic)}), reply_to=msg)
@@ -249,6 +259,8 @@ def evaluate_ease(msg: Message, context: Context) -> Message:
     record = msg.content.config_records[protocol.CONFIG]
     release = to_arrays(msg.content.array_records[protocol.ARRAYS])
     local.remember(shared=release, config=config, round_=round_)  # `fedrec recommend` scores with it on the device
-    metrics = device_evaluate(local.device.data, release=release, which=str(record[protocol.HELD_OUT]))
+    metrics = family_of(config).device_evaluate(
+        local.device.data, release=release, which=str(record[protocol.HELD_OUT]), config=config
+    )
     _note_memory(local)
     return Message(RecordDict({protocol.METRICS: MetricRecord(dict(metrics))}), reply_to=msg)

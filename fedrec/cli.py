@@ -152,7 +152,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Federated training on simulated devices (one per user); writes OUT/results.json."""
-    from fedrec.config import ModelFamily, parse_run_config
+    from fedrec.config import parse_run_config
+    from fedrec.families import family_of
 
     _setup_logging(verbose)
     with _errors():
@@ -169,9 +170,8 @@ def simulate(
         runner = _engine(engine)
         if ray_address and engine != "flower":
             raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
-        rounds, steps = run_config.federation.num_rounds, "rounds"
-        if run_config.model.family is ModelFamily.DP_EASE:
-            rounds, steps = 2, "releases"  # two releases (item counts, co-occurrence), no training rounds
+        family = family_of(run_config)
+        rounds, steps = family.planned_steps(run_config), f"{family.step}s"
         with _progress() as progress:
             task = progress.add_task(f"federated ({engine})", total=rounds, status="resuming" if resume else "starting")
 
@@ -318,12 +318,12 @@ def sweep(
                 return result
 
             rows = run_sweep(base, epsilons=eps, populations=pops, out_dir=out.resolve(), run_point=run_point, central_ndcg=central_ndcg)
-        from fedrec.config import ModelFamily
+        from fedrec.families import family_of
 
-        ease = base.model.family is ModelFamily.DP_EASE  # two releases; the z shown is the co-occurrence release's
-        table = Table(title=f"privacy-utility sweep of {base.model.family.value} (test metrics)")
-        for col in ("users", "epsilon target", "epsilon (PRV)", "composed so far", "z gram" if ease else "z",
-                    "releases" if ease else "rounds", "hr@10", "ndcg@10", "full_ndcg@10"):
+        family = family_of(base)
+        table = Table(title=f"privacy-utility sweep of {family.name} (test metrics)")
+        for col in ("users", "epsilon target", "epsilon (PRV)", "composed so far", family.noise_label, f"{family.step}s",
+                    "hr@10", "ndcg@10", "full_ndcg@10"):
             table.add_column(col, justify="right")
         for r in rows:
             composed = "-" if r["epsilon_population"] is None else f"{r['epsilon_population']:.3g}"
@@ -597,29 +597,41 @@ def audit_empirical(
     out: OutOpt = Path("runs/audit-empirical"),
     canaries: Annotated[int, typer.Option(help="Canary users; each joins training with probability 1/2.")] = 200,
     items: Annotated[int, typer.Option(help="Rarely-rated items per canary.")] = 64,
+    control: Annotated[
+        bool, typer.Option(help="Also audit the same run without DP (in OUT/control): the attack must work there.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Train once with canary users, attack the released model, bound epsilon from below.
+    """Run the model once with canary users, attack what it releases, bound epsilon from below.
 
-    Writes OUT/empirical_audit.json (and the run's results.json, model.npz, ledger).
+    Writes OUT/empirical_audit.json (and the run's results.json, model.npz, ledger);
+    with --control also OUT/control (the run without DP), summarised in the same file.
     """
     _setup_logging(verbose)
     with _errors():
-        from fedrec.privacy.canaries import AuditSettings, check_auditable, run_empirical_audit
+        from fedrec.families import family_of
+        from fedrec.privacy.canaries import AuditSettings, check_auditable
 
         run_config = _load_config(config, set_, data)
         check_auditable(run_config)
         _data_note(run_config)
+        family = family_of(run_config)
         with _progress() as progress:
-            task = progress.add_task("training with canaries", total=run_config.federation.num_rounds, status="")
+            task = progress.add_task("training with canaries", total=family.planned_steps(run_config), status="")
 
             def on_round(round_: int, info: dict[str, float]) -> None:
-                progress.update(task, completed=round_, status=f"loss {info['train_loss']:.3f}")
+                status = f"loss {info['train_loss']:.3f}" if "train_loss" in info else f"{int(info['aggregated'])} clients"
+                progress.update(task, completed=round_, status=status)
 
-            report = run_empirical_audit(
-                run_config, out_dir=out.resolve(), settings=AuditSettings(canaries=canaries, items_per_canary=items),
-                on_round=on_round,
-            )
+            settings = AuditSettings(canaries=canaries, items_per_canary=items)
+            report = family.empirical_audit(run_config, out_dir=out.resolve(), settings=settings, on_step=on_round)
+        if control and report["dp"]:
+            from fedrec.privacy.canaries import attach_control
+
+            without = _load_config(config, [*(set_ or []), "dp=off"], data)
+            with console.status("the same audit without DP (control)"):
+                checked = family.empirical_audit(without, out_dir=out.resolve() / "control", settings=settings, on_step=None)
+            report = attach_control(out.resolve(), report, checked)
     table = Table(title=f"empirical privacy audit ({'DP' if report['dp'] else 'no DP'})", show_header=False)
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -630,8 +642,12 @@ def audit_empirical(
     table.add_row("canaries (members)", f"{report['canaries']} ({report['members']})")
     table.add_row("guesses / correct", f"{report['guesses']} / {report['correct']}")
     table.add_row("attack AUC", f"{report['auc']:.3f}")
+    if "control" in report:
+        ctl = report["control"]
+        table.add_row("control without DP: one-run lower bound", f"{ctl['one_run_epsilon_lower_bound']:.3f}")
+        table.add_row("control without DP: guesses / correct, AUC", f"{ctl['guesses']} / {ctl['correct']}, {ctl['auc']:.3f}")
     console.print(table)
-    console.print(f"{report['rounds']} rounds, {report['seconds']:.0f} s. Wrote {out / 'empirical_audit.json'}")
+    console.print(f"{report['rounds']} {family.step}s, {report['seconds']:.0f} s. Wrote {out / 'empirical_audit.json'}")
 
 
 @app.command("coldstart-eval")
@@ -663,10 +679,11 @@ def coldstart_eval(
     """
     _setup_logging(verbose)
     with _errors():
-        from fedrec.config import DPMode, ModelFamily, load_config_file, parse_overrides, parse_run_config
+        from fedrec.config import DPMode, load_config_file, parse_overrides, parse_run_config
         from fedrec.data.location import resolve_data_dir
         from fedrec.data.sources import load_dataset
         from fedrec.experiments.coldstart import CSV_NAME, PLOT_NAME, ColdStartConfig, Collaborative, run_coldstart_eval
+        from fedrec.families import family_of
 
         values: dict[str, Any] = {"num-rounds": 20, "clients-per-round": 50, "eval-every": 0, "dp": DPMode.OFF, "seed": seed}
         values.update(load_config_file(config) if config else {})
@@ -680,15 +697,17 @@ def coldstart_eval(
             raise FedrecError("--reveal takes comma-separated integers, e.g. 0,1,3,5") from None
         if any(n < 0 for n in reveal_n):
             raise FedrecError("--reveal values must be >= 0")
-        ease = run_config.model.family is ModelFamily.DP_EASE
-        if collaborative == "auto":
-            collaborative = "dp-ease" if ease else "none"
-        if ease and federated:
-            # the neural reference cannot be DP-EASE: its rows come from the release instead
+        family = family_of(run_config)
+        releases = {c.value for c in Collaborative} - {Collaborative.NONE.value}  # the releases cold start evaluates
+        if collaborative == "auto":  # the run's own release where cold start evaluates it
+            collaborative = family.name if family.name in releases else Collaborative.NONE.value
+        if not family.neural and federated:
+            # the federated reference is a neural model: this family is evaluated through its release instead
             federated = False
-            if collaborative == "none":
-                raise FedrecError("model = dp-ease is evaluated through its release (--collaborative dp-ease): with "
-                                  "--collaborative none add --no-federated, or --set model=neumf for the neural reference")
+            if collaborative == Collaborative.NONE.value:
+                raise FedrecError(f"model = {family.name} is evaluated through its release (--collaborative "
+                                  f"{'/'.join(sorted(releases))}): "
+                                  "with --collaborative none add --no-federated, or --set model=neumf for the neural reference")
         settings = ColdStartConfig(
             reveal=reveal_n, text_encoders=tuple(t.strip() for t in text.split(",")), federated=federated,
             first_rounds=first_rounds, seed=seed, collaborative=cast(Collaborative, collaborative), release_epsilon=epsilon, release_delta=delta,

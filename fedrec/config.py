@@ -125,28 +125,42 @@ class DataSettings(_Typed):
 
 
 class ModelFamily(StrEnum):
-    """What a run trains: a neural model by DP-FedAvg rounds, or DP-EASE (two DP
-    releases of item statistics, then EASE in closed form; :mod:`fedrec.dpease`)."""
+    """The built-in model families' names (:mod:`fedrec.families`): a neural model by
+    DP-FedAvg rounds, or DP-EASE (two DP releases of item statistics, then EASE in
+    closed form; :mod:`fedrec.dpease`). ``model`` takes any registered family's name."""
 
     NEUMF = "neumf"
     GMF = "gmf"
     DP_EASE = "dp-ease"
 
 
+def _registered_family(name: str) -> str | None:
+    from fedrec.families.registry import family_names
+
+    names = family_names()
+    return None if name in names else f"must be one of {', '.join(names)}"
+
+
 @dataclass(frozen=True)
 class ModelSettings(_Typed):
-    model: ModelFamily = field(default=ModelFamily.DP_EASE, metadata=_key("model"))
+    model: str = field(default=ModelFamily.DP_EASE.value, metadata=_key("model", check=_registered_family))
     gmf_dim: int = field(default=32, metadata=_key("gmf-dim", check=_positive))
     # the MLP tower's layer sizes; written "64,32,16,8" (or a TOML list of integers)
     mlp_layers: tuple[int, ...] = field(default=(64, 32, 16, 8), metadata=_key("mlp-layers"))
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model in ModelFamily.__members__.values() and not isinstance(self.model, ModelFamily):
+            object.__setattr__(self, "model", ModelFamily(self.model))  # a built-in family's name, typed
+
     @property
-    def family(self) -> ModelFamily:
+    def family(self) -> str:
+        """The registered name of the run's family (the family itself: :func:`fedrec.families.family_of`)."""
         return self.model
 
     def build(self, n_items: int) -> ModelConfig:
-        # DP-EASE has no neural model; where a device builds one anyway it is GMF-shaped (no MLP branch)
-        kind = ModelKind.NEUMF if self.model is ModelFamily.NEUMF else ModelKind.GMF
+        # only neumf has an MLP branch; where a device of another family builds a neural model it is GMF-shaped
+        kind = ModelKind.NEUMF if self.model == ModelFamily.NEUMF else ModelKind.GMF
         return ModelConfig(n_items=n_items, kind=kind, gmf_dim=self.gmf_dim, mlp_layers=self.mlp_layers)
 
 
@@ -289,8 +303,7 @@ class PrivacySettings(_Typed):
 # the enum type of each typed mode field, by its annotation
 _ENUMS: dict[str, type[StrEnum]] = {
     e.__name__: e
-    for e in (DataPreset, IdType, HeaderMode, Duplicates, SplitMode, ModelFamily, Optimizer, CentralModel, DPMode,
-              Accountant)
+    for e in (DataPreset, IdType, HeaderMode, Duplicates, SplitMode, Optimizer, CentralModel, DPMode, Accountant)
 }
 
 
@@ -446,7 +459,7 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
         known = sorted(RunConfig().to_flat())
         problems.append(f"unknown key(s) {', '.join(unknown)} (known keys: {', '.join(known)})")
     layers = config.model.mlp_layers
-    checked = config.model.model is ModelFamily.NEUMF or "mlp-layers" in values  # given sizes are checked whatever the model
+    checked = config.model.model == ModelFamily.NEUMF or "mlp-layers" in values  # given sizes are checked whatever the model
     if checked and (len(layers) < 2 or layers[0] % 2 or min(layers) <= 0):
         problems.append("mlp-layers: needs >= 2 positive sizes, the first even (user + item halves)")
     d = config.data
@@ -455,13 +468,13 @@ def parse_run_config(values: Mapping[str, Any]) -> RunConfig:
         problems += SyntheticSpec(
             n_users=d.synthetic_users, n_items=d.synthetic_items, mean_interactions=d.synthetic_interactions
         ).problems()
-    problems += _privacy_problems(config.privacy, config.model.family)
+    problems += _privacy_problems(config.privacy, config.model.model)
     if problems:
         raise ConfigError(problems)
     return config
 
 
-def _privacy_problems(p: PrivacySettings, family: ModelFamily) -> list[str]:
+def _privacy_problems(p: PrivacySettings, model: str) -> list[str]:
     """Cross-key checks of the privacy section (only when DP is on)."""
     if not p.enabled:
         return []
@@ -471,7 +484,7 @@ def _privacy_problems(p: PrivacySettings, family: ModelFamily) -> list[str]:
     z = p.fixed_noise
     if z is None and p.epsilon == math.inf:
         problems.append('noise-multiplier: "calibrate" needs a finite epsilon; give epsilon or a fixed noise-multiplier')
-    if z == 0 and family is ModelFamily.DP_EASE:
+    if z == 0 and model == ModelFamily.DP_EASE:
         problems.append("noise-multiplier: 0 with model = dp-ease: a DP release needs noise (z > 0); use dp = off for exact statistics")
     elif z == 0 and p.epsilon < math.inf:
         problems.append(

@@ -13,13 +13,11 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.config import ModelFamily, RunConfig, parse_run_config
-from fedrec.dpease.report import run_ease_and_report
-from fedrec.errors import ConfigError, FedrecError
-from fedrec.experiments.run import run_and_report
+from fedrec.config import RunConfig, parse_run_config
+from fedrec.errors import ConfigError
+from fedrec.experiments.run import run_family
 from fedrec.federation.device import simulated_population
-from server.statistics import GridStatistics
-from server.transport import GridTransport
+from server.channels import GridChannels
 
 OUT_DIR = "out-dir"  # run-config key of the results folder (not part of RunConfig)
 RESUME = "resume"  # run-config key: continue the crashed run in out-dir from its checkpoint
@@ -31,13 +29,8 @@ def serve(
     grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False
 ) -> dict[str, Any]:
     split = simulated_population(config).split
-    if config.model.family is ModelFamily.DP_EASE:
-        if resume:
-            raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
-        statistics = GridStatistics(grid, config, n_items=split.n_items, expected_nodes=split.n_users)
-        return run_ease_and_report(config, out_dir, engine="flower", transport=statistics, on_phase=on_round)
-    transport = GridTransport(grid, config, expected_nodes=split.n_users)
-    return run_and_report(config, transport, out_dir=out_dir, engine="flower", on_round=on_round, resume=resume)
+    channels = GridChannels(grid, config, n_items=split.n_items, expected_nodes=split.n_users, simulated=True)
+    return run_family(config, channels, out_dir=out_dir, engine="flower", on_round=on_round, resume=resume)
 
 
 def split_out_dir(values: Mapping[str, Any]) -> tuple[dict[str, Any], Path, bool]:

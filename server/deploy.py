@@ -13,17 +13,13 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.config import ModelFamily, parse_run_config
+from fedrec.config import parse_run_config
 from fedrec.deploy.settings import split_deploy_settings
-from fedrec.dpease.report import run_ease_and_report
-from fedrec.errors import FedrecError
 from fedrec.experiments.results import RESULTS, write_json
-from fedrec.experiments.run import run_and_report
+from fedrec.experiments.run import run_family
 from fedrec.privacy.device_odometers import NO_CONTRIBUTOR, NoContributor
 from server.app import split_out_dir
-from server.secagg import SecAggStatistics, SecAggTransport
-from server.statistics import GridStatistics
-from server.transport import GridTransport
+from server.channels import GridChannels
 
 logger = logging.getLogger(__name__)
 
@@ -40,30 +36,18 @@ def main(grid: Grid, context: Context) -> None:
         "expected_nodes": deploy.min_devices, "timeout": deploy.round_timeout, "patience": deploy.connect_timeout,
         "private_evaluation": config.privacy.enabled,
     }
-    transport: GridTransport | GridStatistics
-    if config.model.family is ModelFamily.DP_EASE:
-        if resume:
-            raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new out-dir")
-        transport = (
-            SecAggStatistics(grid, config, context=context, n_items=deploy.n_items, **common)  # type: ignore[arg-type]
-            if deploy.secure_aggregation
-            else GridStatistics(grid, config, n_items=deploy.n_items, client_order=False, **common)  # type: ignore[arg-type]
-        )
-        try:
-            results = run_ease_and_report(config, out_dir, engine="flower-deployment", transport=transport)
-        except NoContributor as err:  # every device's own budget refused the job's plan
-            write_json(out_dir / NO_CONTRIBUTOR, err.to_json())
-            logger.error("%s", err)
-            raise
-    else:
-        transport = (
-            SecAggTransport(grid, config, context=context, **common)  # type: ignore[arg-type]
-            if deploy.secure_aggregation
-            else GridTransport(grid, config, client_order=False, **common)  # type: ignore[arg-type]
-        )
-        results = run_and_report(
-            config, transport, out_dir=out_dir, engine="flower-deployment", n_items=deploy.n_items, resume=resume
-        )
+    channels = GridChannels(
+        grid, config, n_items=deploy.n_items, simulated=False,
+        secure_context=context if deploy.secure_aggregation else None, **common,  # type: ignore[arg-type]
+    )
+    try:
+        results = run_family(config, channels, out_dir=out_dir, engine="flower-deployment", resume=resume)
+    except NoContributor as err:  # every device's own budget refused the job's plan
+        write_json(out_dir / NO_CONTRIBUTOR, err.to_json())
+        logger.error("%s", err)
+        raise
+    transport = channels.opened
+    assert transport is not None  # the family opened its channel
     per_device = [u["bytes_per_device"] for u in transport.uploads]
     results["secure_aggregation"] = deploy.secure_aggregation
     results["upload"] = {

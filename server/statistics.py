@@ -18,7 +18,6 @@ from flwr.serverapp import Grid
 from clients.records import to_arrays
 from fedrec import protocol
 from fedrec.config import RunConfig
-from fedrec.dpease.run import PHASES
 from fedrec.models import Arrays
 from fedrec.privacy.dp_fedavg import Part
 from fedrec.privacy.job_plan import JobPlan
@@ -26,7 +25,6 @@ from server.transport import GridTransport
 
 logger = logging.getLogger(__name__)
 
-EVALUATE_ROUND = len(PHASES) + 1  # the round number the evaluation messages carry
 
 
 class GridStatistics:
@@ -53,6 +51,7 @@ class GridStatistics:
         self.batch = batch
         self.uploads: list[dict[str, float]] = []  # per phase: devices heard, bytes per device, seconds
         self.upload_contents: dict[str, list[str]] = {}  # what one statistics reply carried, by record
+        self.numbers: dict[str, int] = {}  # the round number each phase's messages carry, in the order asked
 
     def clients(self) -> list[int]:
         return self.links.clients()
@@ -80,7 +79,7 @@ class GridStatistics:
 
     def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | Part | None]:
         started = time.perf_counter()
-        number = PHASES.index(phase) + 1
+        number = self.numbers.setdefault(phase, len(self.numbers) + 1)
         sizes: list[int] = []
         for start in range(0, len(clients), self.batch):
             chunk = clients[start : start + self.batch]
@@ -112,7 +111,7 @@ class GridStatistics:
         out: list[dict[str, float]] = []
         for start in range(0, len(clients), self.batch):
             replies = self.links.send(
-                clients[start : start + self.batch], release, protocol.EASE_EVALUATE, EVALUATE_ROUND,
+                clients[start : start + self.batch], release, protocol.EASE_EVALUATE, len(self.numbers) + 1,
                 **{protocol.HELD_OUT: which},
             )
             for reply in replies:

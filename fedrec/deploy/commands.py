@@ -129,8 +129,8 @@ def recommend(
     except FedrecError as err:
         raise _fail(err) from None
     table = Table(title=f"top {len(recs.items)} for this device ({recs.source}: {recs.reason})")
-    for column in ("#", "item", "title", "score"):
+    for column in ("#", "item", "title", "score", "why (your history, the release)"):
         table.add_column(column)
     for rank, rec in enumerate(recs.items, start=1):
-        table.add_row(str(rank), str(rec.item_id), rec.title, f"{rec.score:.4g}")
+        table.add_row(str(rank), str(rec.item_id), rec.title, f"{rec.score:.4g}", rec.reason())
     console.print(table)

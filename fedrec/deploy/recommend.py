@@ -1,10 +1,12 @@
 """On-device recommendations from the device's own state file.
 
-The device scores every catalogue item with the latest shared parameters it received
-and its private user vectors, and drops the items its user has already interacted
-with. Below ``min_history`` positive interactions, or before the device has trained at
-all, the private vectors are not worth much: it falls back to the popularity prior
-shipped in the catalogue. Nothing is sent anywhere.
+The device scores every catalogue item with the latest release it received (and its
+private user vectors, for a family that keeps them) through the run's model family
+(:mod:`fedrec.families`), drops the items its user has already interacted with, and
+says why each item is recommended: the history items that weigh most for it under the
+release (the family's :meth:`explain`). Below ``min_history`` positive interactions, or
+before the device has what its family scores with, it falls back to the popularity
+prior shipped in the catalogue. Nothing is sent anywhere.
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrec.config import ModelFamily
 from fedrec.data.ids import shown
 from fedrec.deploy.catalog import load_catalog
 from fedrec.deploy.device import DeviceFiles, load_state, load_user_interactions, saved_config
 from fedrec.deploy.fleet import DATA_FILE
-from fedrec.dpease.fit import EaseRelease
 from fedrec.errors import DataError
-from fedrec.models import SharedTower, load_shared
+from fedrec.families import family_of
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,16 @@ class Recommendation:
     item_id: int | str  # the data set's own item id
     title: str
     score: float
+    because: tuple[str, ...] = ()  # the titles (else ids) of the history items that weigh most for it
+    weights: tuple[float, ...] = ()  # how much each weighs, in ``measure``
+    measure: str = ""
+
+    def reason(self) -> str:
+        """One line: why this item, from the device's own history and the release."""
+        if not self.because:
+            return "popular" if not self.measure else f"popular (no history item adds to it; {self.measure})"
+        parts = ", ".join(f"{title} ({weight:.3g})" for title, weight in zip(self.because, self.weights, strict=True))
+        return f"because of {parts} [{self.measure}]"
 
 
 @dataclass(frozen=True)
@@ -61,28 +71,33 @@ def recommend(device_dir: Path, *, k: int = 10, min_history: int = 3, data_file:
     seen_data = load_user_interactions(files, catalog)
     seen = np.unique(seen_data.items)
     history = int(np.unique(seen_data.positives(threshold).items).shape[0])
-    ease = config is not None and config.model.family is ModelFamily.DP_EASE
-    if state is None or state.shared is None or config is None or (state.private is None and not ease):
-        not_yet = "received a DP-EASE release" if ease else "trained a private model"
+    family = family_of(config) if config is not None else None
+    # the device's own positives in time order: what a family scores and explains with
+    positives = seen_data.positives(threshold)
+    in_time = positives.items[np.lexsort((np.arange(len(positives)), positives.timestamps))]
+    if (state is None or state.shared is None or config is None or family is None
+            or (state.private is None and family.private_state)):
+        not_yet = "trained a private model" if family is None or family.private_state else f"received a {family.label} release"
         scores, source, reason = catalog.popularity, "popularity", f"the device has not {not_yet} yet"
     elif history < min_history:
         scores, source, reason = catalog.popularity, "popularity", f"{history} positive interactions (< {min_history})"
-    elif ease or state.private is None:  # (no private state here means DP-EASE)
-        # DP-EASE: the released weights score the device's own positives, most recent weighing most
-        positives = seen_data.positives(threshold)
-        in_time = positives.items[np.lexsort((np.arange(len(positives)), positives.timestamps))]
-        scores = EaseRelease.from_arrays(state.shared).score_items(in_time)
-        source = "federated"
-        reason = f"DP-EASE release received in round {state.round_}, scored from {history} positive interactions"
     else:
-        tower = SharedTower(config.model.build(catalog.n_items), generator=None)
-        load_shared(tower, state.shared)
-        tower.eval()
-        user_gmf = torch.from_numpy(state.private.user_gmf)
-        user_mlp = torch.from_numpy(state.private.user_mlp)
-        scores = tower.score_all(user_gmf, user_mlp).numpy()
+        scores = family.scores(state.shared, in_time, config=config, private=state.private)
         source = "federated"
-        reason = f"shared parameters of round {state.round_}, private vectors trained {state.private.rounds_trained} rounds"
+        reason = family.source(round_=state.round_, private=state.private, history=history)
     best = top_k(scores, exclude=seen, k=k)
-    items = tuple(Recommendation(shown(catalog.item_ids[i]), catalog.titles[i], float(scores[i])) for i in best)
+    explained = (family.explain(state.shared, in_time, best, config=config, private=state.private)
+                 if source == "federated" and family is not None and state is not None and state.shared is not None
+                 and config is not None else [])
+
+    def title(index: int) -> str:
+        return catalog.titles[index] or str(shown(catalog.item_ids[index]))
+
+    items = tuple(
+        Recommendation(shown(catalog.item_ids[i]), catalog.titles[i], float(scores[i]))
+        if not explained else
+        Recommendation(shown(catalog.item_ids[i]), catalog.titles[i], float(scores[i]),
+                       because=tuple(title(j) for j in why.because), weights=why.weights, measure=why.measure)
+        for i, why in zip(best, explained or [None] * len(best), strict=True)
+    )
     return Recommendations(source=source, items=items, reason=reason)

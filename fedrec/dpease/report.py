@@ -1,86 +1,26 @@
 """A DP-EASE run from config to artefacts: results.json, model.npz, curves.png and,
-with DP on, the signed ledger that ``fedrec audit`` verifies."""
+with DP on, the signed ledger that ``fedrec audit`` verifies, through the one pipeline
+(:func:`fedrec.experiments.run.run_family`)."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedrec.config import RunConfig
-from fedrec.data.sources import write_run_ids
-from fedrec.dpease.run import InProcessStatistics, StatisticsTransport, run_dp_ease
-from fedrec.errors import FedrecError
-from fedrec.evaluation.metrics import METRIC_NAMES
-from fedrec.evaluation.scoring import paired_difference
-from fedrec.experiments.references import cheap_references
-from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
-from fedrec.federation.checkpoint import write_run_config
+from fedrec.dpease.run import StatisticsTransport
+from fedrec.experiments.run import FixedChannels, run_family
 from fedrec.federation.device import simulated_population
-from fedrec.privacy.readable import readable_run, released_lines
-
-logger = logging.getLogger(__name__)
 
 
 def run_ease_and_report(
     config: RunConfig, out_dir: Path, *, engine: str, transport: StatisticsTransport | None = None,
     on_phase: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / RESULTS).exists():
-        raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): choose a new --out")
-    simulated = transport is None  # a deployment's server holds no data set
-    if transport is None:
-        transport = InProcessStatistics(simulated_population(config).split, clipping_norm=config.privacy.clipping_norm)
-    write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
-    if simulated:
-        write_run_ids(config.data, seed=config.seed, out_dir=out_dir)  # index -> the data set's own ids
-    release, history, val, test = run_dp_ease(config, transport, run_dir=out_dir, on_phase=on_phase)
-    write_arrays(out_dir / MODEL, release.to_arrays())
-    seconds = time.perf_counter() - started
-    results: dict[str, Any] = {
-        "dataset": config.data.dataset,
-        "model": config.model.model,
-        "engine": engine,
-        **test,
-        "validation": val,
-        "rounds": len(history.phases),  # releases: each is one Gaussian sum over every device
-        "rounds_planned": 2,
-        "clients": len(transport.clients()),
-        "clients_per_round": float(len(transport.clients())),
-        "sample_rate": 1.0,
-        "top_items": history.top_items,
-        "seed": config.seed,
-        "seconds": seconds,
-        "seconds_per_round": seconds / max(len(history.phases), 1),
-        **history.privacy,
-        "rejected_updates": history.rejected,
-        "split": (simulated_population(config).split_mode if simulated else config.data.split).value,
-        "config": config.to_flat(),
-        "config_hash": config.digest(),
-        "curve": [{"round": float(len(history.phases)), **val}],
-        "round_log": history.phases,
-    }
-    # popularity and EASE on the same split, printed beside the private model (simulations only)
-    refs = cheap_references(simulated_population(config).split, knn=False) if simulated else {}
-    if refs:
-        results["references"] = {name: ref.to_json() for name, ref in refs.items()}
-        # the devices' own test metrics against popularity's, user by user (both in split order)
-        model = {name: np.array([row[name] for row in history.test_per_client]) for name in METRIC_NAMES}
-        results["versus_popularity"] = paired_difference(model, refs["popularity"].test_per_user)
-    results = readable_run(results, out_dir)  # DP-released metrics: clamped to [0, 1], with their noise
-    plot_curves(
-        out_dir / CURVES, results["curve"],
-        references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
-        title=f"dp-ease on {config.data.dataset}: {results['clients']} clients, K={history.top_items}, "
-        f"epsilon {history.privacy['epsilon']:.3g}",
-    )
-    write_json(out_dir / RESULTS, results)
-    for line in released_lines(results):  # a deployment's server log: the released metrics with their noise
-        logger.info("%s", line)
-    return results
+    """:func:`run_family` over a statistics transport already built (default: the
+    simulated devices of ``config``; a deployment's server holds no data set)."""
+    simulated = transport is None
+    n_items = simulated_population(config).split.n_items if transport is None else transport.n_items
+    channels = FixedChannels(config, n_items=n_items, simulated=simulated, statistics_transport=transport)
+    return run_family(config, channels, out_dir=out_dir, engine=engine, on_round=on_phase)

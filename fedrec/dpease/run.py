@@ -35,11 +35,11 @@ from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.models import Arrays
 from fedrec.privacy.accountant import Accountant, History, calibrate_releases, epsilon
 from fedrec.privacy.device_odometers import announce_job, dp_ease_releases
-from fedrec.privacy.dp_fedavg import Part, clipped_sum
+from fedrec.privacy.dp_fedavg import Part
 from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE, evaluation_generator, release_metrics, sensitivity
-from fedrec.privacy.ledger import load_or_create_key
-from fedrec.privacy.noise import add_gaussian_noise, noise_generator
-from fedrec.privacy.session import PrivacySession
+from fedrec.privacy.noise import noise_generator
+from fedrec.privacy.release import noisy_sum
+from fedrec.privacy.session import PrivacySession, open_session
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ TOP_ITEMS_REQUEST, PAIR_DECAY_REQUEST = "top_items", "pair_decay"
 STATISTIC_NAMES = {"counts": COUNTS, "gram": GRAM}  # the array each phase's reply carries
 REQUEST_NAMES = {"counts": (), "gram": (TOP_ITEMS_REQUEST, PAIR_DECAY_REQUEST)}  # the arrays each phase's request carries
 EVALUATIONS = ("val", "test")  # after the fit, each a release of its own when evaluation is private
-DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
 class StatisticsTransport(Protocol):
@@ -153,27 +152,10 @@ def _noisy_sum(
     replies: Iterable[Arrays | Part | None], *, name: str, size: int, clipping_norm: float, std: float,
     rng: np.random.Generator | None, history: EaseHistory,
 ) -> tuple[np.ndarray, int]:
-    """Sum of the replies, each clipped to C again (an honest device already did; a
-    secure sum of n devices to n C), plus N(0, std^2); malformed replies are rejected and
-    counted, never aggregated."""
-    like = {name: np.zeros(size, dtype=np.float64)}
-
-    def valid() -> Iterable[Part]:
-        for reply in replies:
-            devices = reply.contributors if isinstance(reply, Part) else 1
-            arrays = reply.update if isinstance(reply, Part) else reply
-            value = None if arrays is None else arrays.get(name)
-            if not isinstance(value, np.ndarray) or value.shape != (size,) or not np.all(np.isfinite(value)):
-                history.rejected += 1
-                continue
-            yield Part({name: value}, contributors=devices)
-
-    # DP-FedAvg's own bounded sum: a single reply clipped to C, a secure sum of n to n C
-    summed = clipped_sum(valid(), max_norm=clipping_norm, like=like)
-    total, good = summed.total, summed.contributors
-    if rng is not None:
-        total = add_gaussian_noise(total, std=std, rng=rng)
-    return total[name], good
+    """:func:`fedrec.privacy.release.noisy_sum`, its rejected replies counted in ``history``."""
+    summed = noisy_sum(replies, name=name, size=size, clipping_norm=clipping_norm, std=std, rng=rng)
+    history.rejected += summed.rejected
+    return summed.total, summed.contributors
 
 
 def run_dp_ease(
@@ -230,11 +212,9 @@ def _open_session(
     p = config.privacy
     if not p.enabled:
         return None, None
-    key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
-    session = PrivacySession(
-        run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
-        population=population, sample_rate=1.0, noise_multiplier=z_gram, clipping_norm=p.clipping_norm,
-        config_hash=config.digest(), evaluation=PRIVATE if private_eval else NOT_PRIVATE,
+    session = open_session(
+        config, run_dir, population=population, sample_rate=1.0, noise_multiplier=z_gram,
+        evaluation=PRIVATE if private_eval else NOT_PRIVATE,
     )
     return session, noise_generator(seed=config.seed, secure=p.secure_noise)
 

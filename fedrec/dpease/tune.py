@@ -40,17 +40,16 @@ from fedrec.config import EaseSettings, RunConfig, parse_run_config
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.central import noisy_release
 from fedrec.dpease.fit import EaseRelease
-from fedrec.dpease.run import DEFAULT_KEY, MECHANISMS, PURPOSES, InProcessStatistics
+from fedrec.dpease.run import MECHANISMS, PURPOSES, InProcessStatistics
 from fedrec.dpease.select import criterion, without_test_items
 from fedrec.errors import FedrecError
 from fedrec.experiments.results import MODEL, RESULTS, write_arrays, write_json
 from fedrec.privacy.accountant import calibrate_releases
 from fedrec.privacy.eval_release import MECHANISM as METRICS_MECHANISM
 from fedrec.privacy.eval_release import evaluation_generator, release_metrics
-from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import noise_generator
 from fedrec.privacy.readable import readable_run
-from fedrec.privacy.session import PrivacySession
+from fedrec.privacy.session import PrivacySession, open_session
 
 TUNE_METRICS = ("ndcg@10", "full_ndcg@10")  # what the criterion reads (fedrec.dpease.select.criterion)
 EVALUATION = (
@@ -138,10 +137,8 @@ def tune(
     session: PrivacySession | None = None
     rng = eval_rng = None
     if p.enabled:
-        key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
-        session = PrivacySession(
-            run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon, population=split.n_users,
-            sample_rate=1.0, noise_multiplier=noise[0][1], clipping_norm=p.clipping_norm,
+        session = open_session(
+            configs[0], run_dir, population=split.n_users, sample_rate=1.0, noise_multiplier=noise[0][1],
             config_hash=tuning_hash(base, candidates, eval_share), evaluation=EVALUATION,
         )
         rng = noise_generator(seed=configs[0].seed, secure=p.secure_noise)

@@ -35,13 +35,15 @@ from typing import Self
 import numpy as np
 import torch
 
-from fedrec.config import ModelFamily, RunConfig
+from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.engine.lanes import LANES_ENV, Lane, default_lanes, intra_op_threads, keep_freed_memory
 from fedrec.errors import FedrecError
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.experiments.results import RESULTS
-from fedrec.experiments.run import run_and_report
+from fedrec.experiments.run import run_family
+from fedrec.families import family_of
+from fedrec.families.contract import StatisticsTransport
 from fedrec.federation.compression import encode_update, upload_rng
 from fedrec.federation.device import simulated_population
 from fedrec.federation.fedavg import client_rng
@@ -300,6 +302,28 @@ def make_transport(config: RunConfig) -> Transport:
     return VectorisedTransport(config)
 
 
+class InProcessChannels:
+    """The in-process engine's channels to the simulated devices (:class:`fedrec.families.contract.Channels`):
+    the vectorised transport for rounds, direct calls for statistics."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.n_items = simulated_population(config).split.n_items
+        self.simulated = True
+        self._rounds: Transport | None = None
+
+    def rounds(self) -> Transport:
+        self._rounds = make_transport(self.config)
+        return self._rounds
+
+    def statistics(self) -> StatisticsTransport:
+        return family_of(self.config).simulated_devices(simulated_population(self.config).split, self.config)
+
+    def close(self) -> None:
+        if isinstance(self._rounds, VectorisedTransport):
+            self._rounds.close()  # its lane workers
+
+
 def run(
     config: RunConfig,
     out_dir: Path,
@@ -307,17 +331,9 @@ def run(
     *,
     resume: bool = False,
 ) -> Path:
-    if config.model.family is ModelFamily.DP_EASE:
-        if resume:
-            raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
-        from fedrec.dpease.report import run_ease_and_report
-
-        run_ease_and_report(config, out_dir, engine="inprocess", on_phase=on_round)
-        return out_dir / RESULTS
-    transport = make_transport(config)
+    channels = InProcessChannels(config)
     try:
-        run_and_report(config, transport, out_dir=out_dir, engine="inprocess", on_round=on_round, resume=resume)
+        run_family(config, channels, out_dir=out_dir, engine="inprocess", on_round=on_round, resume=resume)
     finally:
-        if isinstance(transport, VectorisedTransport):
-            transport.close()  # its lane workers
+        channels.close()
     return out_dir / RESULTS

@@ -49,6 +49,7 @@ from fedrec.fallback.evaluation import (
 from fedrec.fallback.features import FeatureConfig
 from fedrec.fallback.ondevice import fold_in, load_tower, profile_init
 from fedrec.fallback.signup import run_signup, signup_targets
+from fedrec.families import family_of
 from fedrec.federation.device import Device
 from fedrec.federation.rounds import InProcessTransport, run_federated
 from fedrec.models import Arrays, ModelConfig
@@ -72,7 +73,7 @@ class Collaborative(StrEnum):
     """``--collaborative``: the cold-start scorers alone, or with the DP-EASE release."""
 
     NONE = "none"
-    DP_EASE = "dp-ease"
+    DP_EASE = ModelFamily.DP_EASE.value  # the DP-EASE release of the training users
 
 
 COLLABORATIVE = tuple(Collaborative)
@@ -109,9 +110,9 @@ class FederatedReference:
 
 def train_federated_reference(config: RunConfig, data: Interactions, train_users: np.ndarray, run_dir: Path) -> FederatedReference:
     """A federated run over the training users only (held-out users never take part)."""
-    if config.model.family is ModelFamily.DP_EASE:  # its device model would be a GMF nobody asked for
+    if not family_of(config).neural:  # its device model would be a GMF nobody asked for
         problem = ("the federated reference is a neural model: set model = neumf or gmf "
-                   "(model = dp-ease is evaluated through its release, collaborative = dp-ease)")
+                   f"(model = {config.model.model} is evaluated through its release, collaborative = dp-ease)")
         raise ConfigError([problem])
     torch.set_num_threads(1)
     population = data.subset_users(train_users)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from fedrec.config import ModelFamily, RunConfig
+from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.central import population_sums
 from fedrec.dpease.fit import noise_edge
@@ -32,6 +32,7 @@ from fedrec.dpease.run import phase_noise
 from fedrec.dpease.statistics import packed_size, unpack_symmetric
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
+from fedrec.families import family_of
 from fedrec.models import shared_spec
 from fedrec.privacy.accountant import History, calibrate_noise, compress, epsilon
 from fedrec.privacy.eval_release import planned_evaluations, sensitivity
@@ -144,7 +145,7 @@ def planned_evaluation(config: RunConfig, *, users: int) -> PlannedEvaluation | 
     p, fed = config.privacy, config.federation
     if not p.enabled:
         return None
-    if config.model.family is ModelFamily.DP_EASE:
+    if family_of(config).step == "release":
         count = 2  # validation and test of the release
     else:
         count = planned_evaluations(rounds=fed.num_rounds, eval_every=fed.eval_every)
@@ -204,10 +205,7 @@ def plan_run(config: RunConfig, *, users: int = 0, items: int = 0, split: LeaveO
         users, items = split.n_users, split.n_items
     if users < 1 or items < 1:
         raise FedrecError("plan needs the data set, or --users N and --items M (both >= 1)")
-    if config.model.family is ModelFamily.DP_EASE:
-        plan = _plan_dp_ease(config, users=users, items=items, split=split)
-    else:
-        plan = _plan_rounds(config, users=users, items=items, data=split is not None)
+    plan = family_of(config).plan(config, users=users, items=items, split=split)
     evaluation = planned_evaluation(config, users=users)
     if evaluation is None:
         return plan
@@ -236,7 +234,7 @@ def _budget_notes(config: RunConfig, planned: float, what: str) -> list[str]:
     return []
 
 
-def _plan_rounds(config: RunConfig, *, users: int, items: int, data: bool) -> Plan:
+def plan_rounds(config: RunConfig, *, users: int, items: int, data: bool) -> Plan:
     """DP-FedAvg rounds (NeuMF, GMF): z for (q, rounds) from the accountant."""
     p, fed = config.privacy, config.federation
     q = PoissonSampler(expected_clients=fed.clients_per_round, population=users).rate
@@ -291,7 +289,7 @@ def spike_detectable(eigenvalues: np.ndarray, *, noise_std: float, k: int) -> np
     return (theta > bar) & (safe + noise_std**2 * k / safe > noise_edge(noise_std, k))
 
 
-def _plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOutSplit | None) -> Plan:
+def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOutSplit | None) -> Plan:
     """The two DP-EASE releases: z from :func:`phase_noise`, K and the Gram's directions
     from the data's own sums (preview) or bounded from N and C (public)."""
     p, e = config.privacy, config.ease

@@ -97,6 +97,34 @@ def plot_curves(
     save_png(path, fig)
 
 
+def plot_release(
+    path: Path, per_user: Mapping[str, Mapping[str, np.ndarray]], *, title: str,
+    metrics: Sequence[str] = ("ndcg@10", "full_ndcg@10", "hr@10", "full_hr@10"),
+) -> None:
+    """A one-shot release beside the references: each model's mean test metric (sampled
+    and full ranking) with its standard error over users, one panel per metric.
+
+    ``per_user`` maps a model's name to its per-user test metrics (name -> (U,))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8), constrained_layout=True)
+    names = list(per_user)
+    for ax, metric in zip(np.atleast_1d(axes), metrics):
+        values = [np.asarray(per_user[n][metric], dtype=np.float64) for n in names]
+        means = [float(v.mean()) if v.size else float("nan") for v in values]
+        errors = [float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0 for v in values]
+        ax.bar(range(len(names)), means, yerr=errors, capsize=4, color=["C0", *["0.6"] * (len(names) - 1)])
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        sampled = "99 sampled negatives" if not metric.startswith("full_") else "full ranking"
+        ax.set_ylabel(f"test {metric.removeprefix('full_')} ({sampled})")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{title} (test, mean +- standard error over users)")
+    save_png(path, fig)
+
+
 def save_png(path: Path, fig: Any) -> None:
     """Write a matplotlib figure atomically as PNG, then close it."""
     import io

@@ -1,4 +1,11 @@
-"""One federated run from config to artefacts, whatever the transport."""
+"""One federated run from config to artefacts, whatever the model family and transport.
+
+:func:`run_family` is the one pipeline: it prepares the run folder, hands the family
+(:mod:`fedrec.families`) the engine's channels to the devices, and writes what the
+family released (``model.npz``), ``results.json`` (:func:`run_results`, the one results
+writer) and ``curves.png``, beside popularity and EASE on the same split when the
+population is simulated.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +13,28 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
 from fedrec.errors import FedrecError
+from fedrec.evaluation.metrics import METRIC_NAMES
+from fedrec.evaluation.scoring import paired_difference
 from fedrec.experiments.references import cheap_references
-from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, write_arrays, write_json
+from fedrec.experiments.results import CURVES, MODEL, RESULTS, plot_curves, plot_release, write_arrays, write_json
+from fedrec.families import family_of
 from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
-from fedrec.federation.rounds import Transport, run_federated
 from fedrec.models import ModelConfig, shared_spec
 from fedrec.privacy.readable import readable_run, released_lines
+
+if TYPE_CHECKING:
+    from fedrec.families.contract import RunOutcome, StatisticsTransport
+    from fedrec.federation.rounds import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +52,122 @@ def upload_summary(config: RunConfig, model: ModelConfig, rounds: list[dict[str,
     }
 
 
+@dataclass
+class FixedChannels:
+    """Channels made of transports already built (a caller that holds its own); the
+    statistics transport defaults to the simulated devices of ``config``."""
+
+    config: RunConfig
+    n_items: int
+    simulated: bool
+    transport: Transport | None = None
+    statistics_transport: StatisticsTransport | None = None
+    opened: list[Any] = field(default_factory=list)
+
+    def rounds(self) -> Transport:
+        if self.transport is None:
+            raise FedrecError(f"model {self.config.model.model} trains by rounds: give it a round transport")
+        self.opened.append(self.transport)
+        return self.transport
+
+    def statistics(self) -> StatisticsTransport:
+        if self.statistics_transport is None:
+            self.statistics_transport = family_of(self.config).simulated_devices(
+                simulated_population(self.config).split, self.config
+            )
+        self.opened.append(self.statistics_transport)
+        return self.statistics_transport
+
+
+def run_results(config: RunConfig, outcome: RunOutcome, *, engine: str, seconds: float) -> dict[str, Any]:
+    """The one ``results.json`` of a run, every family alike: what was run, the test
+    metrics, privacy as spent, then the family's own keys, the config and the logs."""
+    return {
+        "dataset": config.data.dataset,
+        "model": config.model.model,
+        "engine": engine,
+        **outcome.test,
+        "rounds": outcome.steps,  # rounds or releases: each one application of the mechanism to the population
+        "rounds_planned": outcome.steps_planned,
+        "clients": outcome.clients,
+        "clients_per_round": outcome.clients_per_step,
+        "sample_rate": outcome.sample_rate,
+        "seed": config.seed,
+        "seconds": seconds,
+        "seconds_per_round": seconds / max(outcome.steps, 1),
+        **outcome.privacy,
+        "rejected_updates": outcome.rejected,
+        **outcome.fields,
+        "config": config.to_flat(),
+        "config_hash": config.digest(),
+        "curve": outcome.curve,
+        "round_log": outcome.step_log,
+    }
+
+
+def run_family(
+    config: RunConfig,
+    channels: Any,
+    *,
+    out_dir: Path,
+    engine: str,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+    resume: bool = False,
+    references: bool = True,
+) -> dict[str, Any]:
+    """Run ``config``'s family over ``channels`` (:class:`fedrec.families.contract.Channels`);
+    write ``model.npz``, ``results.json`` and ``curves.png`` into ``out_dir``.
+
+    ``resume`` continues the crashed run in ``out_dir`` from its last checkpoint (a
+    family with rounds). ``references``: when the population is simulated, also fit
+    popularity and EASE on the same split (``results["references"]``) so the private
+    model is always shown beside what users would otherwise get.
+    """
+    started = time.perf_counter()
+    family = family_of(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / RESULTS).exists():
+        then = "nothing to resume" if resume else "choose a new --out"
+        raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): {then}")
+    if not resume:
+        write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
+    if channels.simulated:  # the index -> own-id maps, so outputs can name the data set's own users and items
+        write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
+    # The data set, split and model built so far live as long as the run: keep Python's
+    # cyclic GC from rescanning them in every full collection (a noticeable pause each);
+    # unfrozen afterwards, so that a process running many runs can still collect them.
+    gc.freeze()
+    try:
+        outcome = family.run(config, channels, run_dir=out_dir, on_step=on_round, resume=resume)
+    finally:
+        gc.unfreeze()
+    write_arrays(out_dir / MODEL, outcome.release)
+    results = run_results(config, outcome, engine=engine, seconds=time.perf_counter() - started)
+    results["split"] = (simulated_population(config).split_mode if channels.simulated else config.data.split).value
+    refs = cheap_references(simulated_population(config).split, knn=False) if channels.simulated and references else {}
+    if refs:
+        results["references"] = {name: ref.to_json() for name, ref in refs.items()}
+        if outcome.test_per_client:  # the devices' own test metrics against popularity's, user by user
+            model = {name: np.array([row[name] for row in outcome.test_per_client]) for name in METRIC_NAMES}
+            results["versus_popularity"] = paired_difference(model, refs["popularity"].test_per_user)
+    results = readable_run(results, out_dir)  # DP-released metrics: clamped to [0, 1], with their noise
+    if outcome.one_shot and outcome.test_per_client:  # a release: the model beside the references, with error bars
+        per_user = {config.model.model: {m: np.array([r[m] for r in outcome.test_per_client]) for m in METRIC_NAMES}}
+        per_user.update({name: ref.test_per_user for name, ref in refs.items()})
+        plot_release(out_dir / CURVES, per_user, title=outcome.title)
+    else:
+        plot_curves(
+            out_dir / CURVES, results["curve"], losses=outcome.step_log if outcome.losses else (),
+            references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
+            title=outcome.title,
+        )
+    write_json(out_dir / RESULTS, results)
+    for line in released_lines(results) or [f"test hr@10 {results['hr@10']:.4f} ndcg@10 {results['ndcg@10']:.4f}"]:
+        logger.info("%s", line)
+    logger.info("finished in %.1f s", results["seconds"])
+    return results
+
+
 def run_and_report(
     config: RunConfig,
     transport: Transport,
@@ -49,73 +179,12 @@ def run_and_report(
     resume: bool = False,
     references: bool = True,
 ) -> dict[str, Any]:
-    """Train, evaluate, write ``results.json`` and ``curves.png`` into ``out_dir``.
-
-    ``n_items`` is the catalogue size when the server has no data (a deployment);
-    otherwise it comes from the simulated population. ``resume`` continues the crashed
-    run in ``out_dir`` from its last checkpoint. ``references``: when the population is
-    simulated, also fit popularity and EASE on the same split (``results["references"]``)
-    so the private model is always shown beside what users would otherwise get.
-    """
-    started = time.perf_counter()
+    """:func:`run_family` over a round transport already built. ``n_items`` is the
+    catalogue size when the server has no data (a deployment); otherwise it comes from
+    the simulated population."""
     simulated = n_items is None
-    if n_items is None:
-        n_items = simulated_population(config).split.n_items
-    model = config.model.build(n_items)
-    n_clients = len(transport.clients())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (out_dir / RESULTS).exists():
-        raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): nothing to resume")
-    if not resume:
-        write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
-    if simulated:  # the index -> own-id maps, so outputs can name the data set's own users and items
-        write_run_ids(config.data, seed=config.seed, out_dir=out_dir)
-    # The data set, split and model built so far live as long as the run: keep Python's
-    # cyclic GC from rescanning them in every full collection (a noticeable pause each);
-    # unfrozen afterwards, so that a process running many runs can still collect them.
-    gc.freeze()
-    try:
-        shared, history, test = run_federated(config, transport, model=model, run_dir=out_dir, on_round=on_round, resume=resume)
-    finally:
-        gc.unfreeze()
-    write_arrays(out_dir / MODEL, shared)
-    seconds = time.perf_counter() - started
-    results: dict[str, Any] = {
-        "dataset": config.data.dataset,
-        "model": config.model.model,
-        "engine": engine,
-        **test,
-        "rounds": history.rounds_run,
-        "rounds_planned": config.federation.num_rounds,
-        "clients": n_clients,
-        "clients_per_round": history.expected_clients,
-        "sample_rate": history.sample_rate,
-        "local_epochs": config.train.local_epochs,
-        "seed": config.seed,
-        "seconds": seconds,
-        "seconds_per_round": seconds / max(history.rounds_run, 1),
-        **history.privacy,
-        "rejected_updates": history.rejected,
-        "resumes": history.resumes,
-        **upload_summary(config, model, history.rounds),
-        "split": (simulated_population(config).split_mode if simulated else config.data.split).value,
-        "config": config.to_flat(),
-        "config_hash": config.digest(),
-        "curve": history.evals,
-        "round_log": history.rounds,
-    }
-    refs = cheap_references(simulated_population(config).split, knn=False) if simulated and references else {}
-    if refs:
-        results["references"] = {name: ref.to_json() for name, ref in refs.items()}
-    results = readable_run(results, out_dir)  # DP-released metrics: clamped to [0, 1], with their noise
-    plot_curves(
-        out_dir / CURVES, results["curve"], losses=history.rounds,
-        references={f"{name} (val): {m}": ref.val[m] for name, ref in refs.items() for m in ("hr@10", "ndcg@10")},
-        title=f"federated {config.model.model} on {config.data.dataset}: {n_clients} clients, "
-        f"{history.expected_clients:.0f}/round, epsilon {history.privacy['epsilon']:.3g}",
+    channels = FixedChannels(
+        config, n_items=simulated_population(config).split.n_items if n_items is None else n_items,
+        simulated=simulated, transport=transport,
     )
-    write_json(out_dir / RESULTS, results)
-    for line in released_lines(results) or [f"test hr@10 {results['hr@10']:.4f} ndcg@10 {results['ndcg@10']:.4f}"]:
-        logger.info("%s", line)
-    logger.info("finished in %.1f s", seconds)
-    return results
+    return run_family(config, channels, out_dir=out_dir, engine=engine, on_round=on_round, resume=resume, references=references)

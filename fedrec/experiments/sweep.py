@@ -15,8 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import CALIBRATE, DPMode, ModelFamily, RunConfig
+from fedrec.config import CALIBRATE, DPMode, RunConfig
 from fedrec.experiments.results import save_png, write_atomic
+from fedrec.families import family_of
 
 COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "epsilon_population", "noise_multiplier", "rounds",
            "hr@10", "ndcg@10", "full_ndcg@10", "recall@20", "seconds", "run_dir")
@@ -74,9 +75,8 @@ def population_epsilon(points: Sequence[tuple[Path, bool]]) -> float | None:
 
 
 def private_label(config: RunConfig) -> str:
-    """What the private curve of the plot is: DP-EASE's two releases or DP-FedAvg rounds of a neural model."""
-    family = config.model.family
-    return "DP-EASE" if family is ModelFamily.DP_EASE else f"DP-FedAvg ({family.value})"
+    """What the private curve of the plot is: the family's own label."""
+    return family_of(config).label
 
 
 def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -27,14 +27,12 @@ from fedrec.privacy.dp_fedavg import ClippedSum, DPFedAvg, Part
 from fedrec.privacy.eval_release import NOT_PRIVATE as EVAL_NOT_PRIVATE
 from fedrec.privacy.eval_release import PRIVATE as EVAL_PRIVATE
 from fedrec.privacy.eval_release import calibrate_with_evaluations, planned_evaluations
-from fedrec.privacy.ledger import load_or_create_key
 from fedrec.privacy.noise import noise_generator
 from fedrec.privacy.sampling import PoissonSampler
-from fedrec.privacy.session import PrivacySession
+from fedrec.privacy.session import open_session
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")
 
 
 class Aggregator(Protocol):
@@ -136,12 +134,9 @@ class DPAggregator:
                 target_epsilon=p.epsilon, delta=p.delta, sample_rate=sampler.rate, rounds=fed.num_rounds,
                 accountant=p.accountant,
             )
-        key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
-        self.session = PrivacySession(
-            run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon,
-            population=sampler.population, sample_rate=sampler.rate, noise_multiplier=z,
-            clipping_norm=p.clipping_norm, config_hash=config.digest(), resume=resume,
-            evaluation=EVAL_PRIVATE if private_evaluation else EVAL_NOT_PRIVATE,
+        self.session = open_session(
+            config, run_dir, population=sampler.population, sample_rate=sampler.rate, noise_multiplier=z,
+            resume=resume, evaluation=EVAL_PRIVATE if private_evaluation else EVAL_NOT_PRIVATE,
         )
         self.mechanism = DPFedAvg(noise_multiplier=z, clipping_norm=p.clipping_norm, expected_clients=sampler.expected_clients)
         self.secure_noise = p.secure_noise

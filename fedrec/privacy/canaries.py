@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.config import ModelFamily, RunConfig
+from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit, sample_negatives
 from fedrec.errors import PrivacyError
 from fedrec.models import Arrays, ModelConfig, init_shared
@@ -130,14 +130,6 @@ class AuditSettings:
 
 def check_auditable(config: RunConfig) -> None:
     """Refuse, before anything trains, a run this audit cannot attack."""
-    if config.model.family is ModelFamily.DP_EASE:
-        # The attack reads a neural model's released item embeddings; DP-EASE releases
-        # item statistics and EASE weights instead, so its neural engine would train a
-        # different model than the one configured.
-        raise PrivacyError(
-            "the empirical audit attacks the item embeddings that DP-FedAvg releases; model = dp-ease releases none: "
-            "audit a neural model with --set model=neumf (or gmf)"
-        )
     if config.privacy.local_dp:
         raise PrivacyError("the empirical audit runs the vectorised engine: turn local-dp off")
 
@@ -206,3 +198,18 @@ def run_empirical_audit(
     }
     write_json(out_dir / EMPIRICAL_AUDIT, report)
     return report
+
+
+CONTROL_KEYS = ("one_run_epsilon_lower_bound", "cp_epsilon_lower_bound", "guesses", "correct", "auc", "canaries", "members")
+
+
+def attach_control(out_dir: Path, report: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with the no-DP control's bounds under ``"control"`` (the attack must
+    find the canaries there, or a low bound under DP means nothing), rewritten in
+    ``out_dir``'s empirical_audit.json so that the audit page shows both."""
+    from fedrec.experiments.results import write_json
+
+    joined = {**report, "control": {key: control[key] for key in CONTROL_KEYS} | {"dp": False}}
+    write_json(out_dir / EMPIRICAL_AUDIT, joined)
+    return joined
+

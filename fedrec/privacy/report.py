@@ -181,6 +181,11 @@ def _empirical(raw: dict[str, Any] | None, accounted: float | None) -> dict[str,
             "members", "guesses", "correct", "auc", "beta", "rounds", "tpr", "fpr")
     out: dict[str, Any] = {k: _num(raw.get(k)) for k in keys}
     out["dp"] = raw.get("dp") if isinstance(raw.get("dp"), bool) else None
+    control = raw.get("control")  # the same audit without DP (audit-empirical --control)
+    out["control"] = (
+        {k: _num(control.get(k)) for k in ("one_run_epsilon_lower_bound", "cp_epsilon_lower_bound", "guesses", "correct", "auc")}
+        if isinstance(control, dict) else None
+    )
     lower = max((v for v in (out["one_run_epsilon_lower_bound"], out["cp_epsilon_lower_bound"]) if v is not None), default=None)
     out["lower_bound"] = lower
     # A lower bound above the accountant's upper bound means the run leaks more than accounted.

@@ -144,6 +144,8 @@ def _key(doc: dict[str, Any]) -> str:
 
 
 def _phases(doc: dict[str, Any]) -> str:
+    if not doc["phases"] and doc["other_releases"]:  # a family of releases (DP-EASE): its mechanisms are listed with them
+        return ""
     rows = []
     for p in doc["phases"]:
         local = p["local_dp"]
@@ -159,6 +161,8 @@ def _phases(doc: dict[str, Any]) -> str:
 
 def _rounds(doc: dict[str, Any]) -> str:
     if not doc["per_round"]:
+        if doc["other_releases"]:
+            return ""  # no training rounds: every mechanism and its epsilon is a release, listed below
         return "<h2>Epsilon per round</h2><p>No rounds recorded.</p>"
     plot = epsilon_plot_svg(doc) if doc["verdict"]["entries_verified"] else ""
     rows, classes = [], []
@@ -212,7 +216,8 @@ def _releases(doc: dict[str, Any]) -> str:
             ("rounds and every release (the total)", f'<span id="eps-total">{_f(eps["prv"])}</span>', _f(eps["rdp"])),
         ]) + f'<p>The releases add <span id="eps-releases-share">{_f(added)}</span> to the {escape(head.upper())} total ' \
              "(epsilons compose, they do not add: the total is recomputed by the accountant over every step).</p>"
-    return "<h2>Other releases</h2>" + table + share
+    title = "Other releases" if doc["per_round"] else "Releases (the run's mechanisms: no training rounds)"
+    return f"<h2>{title}</h2>" + table + share
 
 
 def _metric_sigma(release: dict[str, Any]) -> str:
@@ -257,6 +262,12 @@ def _empirical(doc: dict[str, Any]) -> str:
             ("canaries (members)", f"{_g(emp['canaries'])} ({_g(emp['members'])})"),
             ("guesses / correct", f"{_g(emp['guesses'])} / {_g(emp['correct'])}"),
             ("attack AUC", _f(emp["auc"], 3)), ("confidence level beta", _g(emp["beta"]))]
+    control = emp.get("control")
+    if control:  # the same attack on the same run without DP: it must find the canaries
+        rows += [("control without DP: one-run lower bound", f'<span id="emp-control">{_f(control["one_run_epsilon_lower_bound"], 3)}</span>'),
+                 ("control without DP: Clopper-Pearson lower bound", _f(control["cp_epsilon_lower_bound"], 3)),
+                 ("control without DP: guesses / correct", f"{_g(control['guesses'])} / {_g(control['correct'])}"),
+                 ("control without DP: attack AUC", _f(control["auc"], 3))]
     return ("<h2>Empirical audit (empirical_audit.json, not signed)</h2>" + _table(["", "value"], rows)
             + verdict[emp["consistent"]])
 

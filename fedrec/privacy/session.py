@@ -13,15 +13,37 @@ import math
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedrec.errors import LedgerError, PrivacyError
 from fedrec.privacy.accountant import compress, epsilon
-from fedrec.privacy.ledger import MECHANISM, LedgerWriter, encode_epsilon, fingerprint
+from fedrec.privacy.ledger import MECHANISM, LedgerWriter, encode_epsilon, fingerprint, load_or_create_key
+
+if TYPE_CHECKING:
+    from fedrec.config import RunConfig
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_KEY = Path("~/.fedrec/ledger_key.pem")  # the server's ledger signing key, unless ledger-key names one
+
+
+def open_session(
+    config: RunConfig, run_dir: Path, *, population: int, sample_rate: float, noise_multiplier: float,
+    evaluation: str, resume: bool = False, config_hash: str | None = None,
+) -> PrivacySession:
+    """The one way a run opens its ledger session, every family alike: the config's
+    signing key, accountant, delta, budget and clipping norm; what the header announces
+    (``population``, ``sample_rate``, ``noise_multiplier``, how ``evaluation`` leaves the
+    devices); ``config_hash`` defaults to the config's digest."""
+    p = config.privacy
+    key = load_or_create_key(Path(p.ledger_key).expanduser() if p.ledger_key else DEFAULT_KEY.expanduser())
+    return PrivacySession(
+        run_dir=run_dir, key=key, accountant=p.accountant, delta=p.delta, budget=p.epsilon, population=population,
+        sample_rate=sample_rate, noise_multiplier=noise_multiplier, clipping_norm=p.clipping_norm,
+        config_hash=config.digest() if config_hash is None else config_hash, resume=resume, evaluation=evaluation,
+    )
 
 
 class PrivacySession:

@@ -35,6 +35,7 @@ from fedrec.dpease.run import InProcessStatistics, device_evaluate, device_stati
 from fedrec.dpease.statistics import COUNTS
 from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.experiments.results import MODEL, read_arrays
+from fedrec.families.ease import DpEaseFamily
 from fedrec.federation.device import simulated_population
 from fedrec.privacy.audit import OK, audit_run
 from fedrec.privacy.dp_fedavg import Part
@@ -151,12 +152,12 @@ def test_outbox_guard_refuses_a_statistics_reply_with_anything_more(
     fleet: tuple[RunConfig, dict[int, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, nodes = fleet
-    leaky = device_module.device_statistic
+    leaky = DpEaseFamily.device_statistic
 
     def with_extra(*args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         return {**leaky(*args, **kwargs), "history": np.arange(3)}
 
-    monkeypatch.setattr(device_module, "device_statistic", with_extra)
+    monkeypatch.setattr(DpEaseFamily, "device_statistic", with_extra)  # what the device app calls
     config_record = ConfigRecord(
         {protocol.RUN_CONFIG: protocol.encode_run_config(config.to_flat()), protocol.SERVER_ROUND: 1, protocol.PHASE: "counts"}
     )

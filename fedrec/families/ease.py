@@ -1,0 +1,162 @@
+"""DP-EASE as a model family (:mod:`fedrec.dpease`).
+
+Every device uploads two clipped statistics of its own history (item counts, then the
+co-occurrence of the top items); the server releases each noisy sum through the ledger
+(:func:`fedrec.dpease.run.run_dp_ease`) and solves EASE on them. A device scores from the
+release and its own history, and explains an item by the history items that add most
+to its score (``B[j, i]`` times the history item's recency weight).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedrec.dpease.statistics import COUNTS, GRAM
+from fedrec.errors import FedrecError
+from fedrec.families.contract import Channels, Reason, RunOutcome, StepCallback
+
+if TYPE_CHECKING:
+    from fedrec.config import RunConfig
+    from fedrec.data.split import ClientData, LeaveOneOutSplit
+    from fedrec.experiments.plan import Plan
+    from fedrec.privacy.canaries import AuditSettings
+    from fedrec.training.local import PrivateState
+
+RELEASES = 2  # item counts, then co-occurrence (fedrec.dpease.run.PHASES)
+
+
+def contributions(release: dict[str, np.ndarray], history: np.ndarray, item: int) -> tuple[np.ndarray, np.ndarray]:
+    """(history items, their parts of ``item``'s score): ``x_j B[j, i]`` for every history
+    item ``j`` among the released top items, ``x_j`` its recency weight on the device.
+    The prior (popularity) is the rest of the score."""
+    from fedrec.dpease.fit import EaseRelease
+
+    model = EaseRelease.from_arrays(release)
+    position = {int(t): k for k, t in enumerate(model.top_items)}
+    if int(item) not in position:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    x = model.history(np.asarray(history, dtype=np.int64))
+    rows = np.array([j for j in np.flatnonzero(x) if int(j) in position], dtype=np.int64)
+    if rows.shape[0] == 0:
+        return rows, np.empty(0)
+    weights = np.asarray(model.weights, dtype=np.float64)[[position[int(j)] for j in rows], position[int(item)]]
+    return rows, x[rows] * weights
+
+
+@dataclass(frozen=True)
+class DpEaseFamily:
+    name: str = "dp-ease"
+    label: str = "DP-EASE"
+    step: str = "release"
+    noise_label: str = "z gram"  # results.json's noise_multiplier: the co-occurrence release's
+    uploads: frozenset[str] = frozenset({COUNTS, GRAM})  # one statistic per reply, of either release
+    private_state: bool = False
+    neural: bool = False
+
+    def planned_steps(self, config: RunConfig) -> int:
+        return RELEASES
+
+    def run(
+        self, config: RunConfig, channels: Channels, *, run_dir: Path, on_step: StepCallback | None, resume: bool,
+    ) -> RunOutcome:
+        from fedrec.dpease.run import run_dp_ease
+
+        if resume:
+            raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
+        transport = channels.statistics()
+        release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir, on_phase=on_step)
+        clients = len(transport.clients())
+        return RunOutcome(
+            release=release.to_arrays(), test=test, steps=len(history.phases), steps_planned=RELEASES, clients=clients,
+            clients_per_step=float(clients), sample_rate=1.0, privacy=dict(history.privacy), rejected=history.rejected,
+            curve=[{"round": float(len(history.phases)), **val}], step_log=history.phases,
+            title=f"dp-ease on {config.data.dataset}: {clients} clients, K={history.top_items}, "
+            f"epsilon {history.privacy['epsilon']:.3g}",
+            fields={"validation": val, "top_items": history.top_items},
+            test_per_client=history.test_per_client, one_shot=True,
+        )
+
+    def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> Any:
+        from fedrec.dpease.run import InProcessStatistics
+
+        return InProcessStatistics(split, clipping_norm=config.privacy.clipping_norm)  # chunked, vectorised scoring
+
+    def device_statistic(self, data: ClientData, *, phase: str, request: dict[str, np.ndarray], config: RunConfig) -> dict[str, np.ndarray]:
+        from fedrec.dpease.run import device_statistic
+
+        return device_statistic(data, phase=phase, request=request, clipping_norm=config.privacy.clipping_norm)
+
+    def device_evaluate(self, data: ClientData, *, release: dict[str, np.ndarray], which: str, config: RunConfig) -> dict[str, float]:
+        from fedrec.dpease.run import device_evaluate
+
+        return device_evaluate(data, release=release, which=which)
+
+    def scores(
+        self, release: dict[str, np.ndarray], history: np.ndarray, *, config: RunConfig, private: PrivateState | None,
+    ) -> np.ndarray:
+        from fedrec.dpease.fit import EaseRelease
+
+        return EaseRelease.from_arrays(release).score_items(history)
+
+    def explain(
+        self, release: dict[str, np.ndarray], history: np.ndarray, items: np.ndarray, *, config: RunConfig,
+        private: PrivateState | None, top: int = 3,
+    ) -> list[Reason]:
+        """The history items whose ``x_j B[j, i]`` adds most to each item's score (positive parts only)."""
+        out = []
+        for item in np.asarray(items, dtype=np.int64):
+            rows, parts = contributions(release, history, int(item))
+            order = [k for k in np.lexsort((rows, -parts)) if parts[k] > 0][:top]
+            out.append(Reason(int(item), tuple(int(rows[k]) for k in order), tuple(float(parts[k]) for k in order),
+                              "score contribution"))
+        return out
+
+    def source(self, *, round_: int, private: PrivateState | None, history: int) -> str:
+        return f"DP-EASE release received in round {round_}, scored from {history} positive interactions"
+
+    def plan(self, config: RunConfig, *, users: int, items: int, split: LeaveOneOutSplit | None) -> Plan:
+        from fedrec.experiments.plan import plan_dp_ease
+
+        return plan_dp_ease(config, users=users, items=items, split=split)
+
+    def empirical_audit(
+        self, config: RunConfig, *, out_dir: Path, settings: AuditSettings, on_step: StepCallback | None,
+    ) -> dict[str, Any]:
+        """Canaries with rare items of their own; the attack reads the released item
+        counts back from the released popularity prior (:func:`released_counts`)."""
+        from fedrec.privacy.release_audit import audit_statistics_release
+
+        def read(release: dict[str, np.ndarray], results: dict[str, Any], known: np.ndarray, untouched: np.ndarray) -> np.ndarray:
+            z_counts = float(results["noise_multipliers"][0])
+            return released_counts(release, config, z_counts=z_counts, known=known, untouched=untouched)
+
+        return audit_statistics_release(config, out_dir=out_dir, settings=settings, on_step=on_step, phase="counts",
+                                        released_counts=read)
+
+
+def released_counts(
+    release: dict[str, np.ndarray], config: RunConfig, *, z_counts: float, known: np.ndarray, untouched: np.ndarray,
+) -> np.ndarray:
+    """The noisy item counts of the first release, read back from the released prior
+    ``w asinh(count / s)`` (:func:`fedrec.dpease.fit.popularity_prior`): ``s`` is the
+    count noise's std ``z C``; without noise it is the smallest positive count, which the
+    attacker recovers from items whose counts it knows (``known`` on ``untouched`` items)."""
+    from fedrec.errors import PrivacyError
+
+    weight = config.ease.prior_weight
+    if weight == 0:
+        raise PrivacyError("ease-prior-weight = 0 releases no item counts to attack: audit with a positive prior weight")
+    shape = np.sinh(np.asarray(release["prior"], dtype=np.float64) / weight)  # count / s
+    if z_counts > 0:
+        return shape * z_counts * config.privacy.clipping_norm
+    usable = untouched & (known > 0) & (shape > 0)
+    if not usable.any():
+        raise PrivacyError("no item outside the canaries' pool has a known positive count: the prior's scale is unknown")
+    return shape * float(np.median(known[usable] / shape[usable]))
+
+
+DP_EASE = DpEaseFamily()
