@@ -12,7 +12,8 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
-from fedrec.dpease.run import InProcessStatistics, StatisticsTransport, run_dp_ease
+from fedrec.dpease.population import PopulationStatistics
+from fedrec.dpease.run import StatisticsTransport, run_dp_ease
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.evaluation.scoring import paired_difference
@@ -32,7 +33,8 @@ def run_ease_and_report(
         raise FedrecError(f"{out_dir} holds a finished run ({RESULTS} exists): choose a new --out")
     simulated = transport is None  # a deployment's server holds no data set
     if transport is None:
-        transport = InProcessStatistics(simulated_population(config).split, clipping_norm=config.privacy.clipping_norm)
+        # simulated honest devices: their uploads summed in vectorised chunks, the same floats
+        transport = PopulationStatistics(simulated_population(config).split, clipping_norm=config.privacy.clipping_norm)
     write_run_config(out_dir, config.to_flat(), engine=engine, config_hash=config.digest())
     if simulated:
         write_run_ids(config.data, seed=config.seed, out_dir=out_dir)  # index -> the data set's own ids
@@ -62,7 +64,9 @@ def run_ease_and_report(
         "round_log": history.phases,
     }
     # popularity and EASE on the same split, printed beside the private model (simulations only)
-    refs = cheap_references(simulated_population(config).split, knn=False) if simulated else {}
+    split = simulated_population(config).split if simulated else None
+    sample = np.asarray(history.evaluated, dtype=np.int64) if split is not None and len(history.evaluated) < split.n_users else None
+    refs = cheap_references(split, knn=False, users=sample) if split is not None else {}
     if refs:
         results["references"] = {name: ref.to_json() for name, ref in refs.items()}
         # the devices' own test metrics against popularity's, user by user (both in split order)
