@@ -23,9 +23,9 @@ handled in chunks (similar lengths together) so memory stays bounded for million
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from fedrec.data.interactions import Interactions
 from fedrec.errors import DataError
@@ -121,6 +121,8 @@ def _by_inverse_cdf(
     """Each user's ``length`` items: draws with replacement from the user's weights,
     the first ``length`` distinct ones in draw order (a sequential sample without
     replacement). Users short of distinct items draw as many again, appended to their draws."""
+    import torch  # batched cumulative sums and searches; imported where used (the data layer loads without it)
+
     weights = torch.from_numpy(users @ items.T).mul_(affinity).add_(torch.from_numpy(log_pop)).exp_()  # in place
     cdf = torch.cumsum(weights, dim=1)  # (c, m) float64; the log weights are small: no overflow
     del weights
@@ -143,9 +145,11 @@ def _by_inverse_cdf(
     return out
 
 
-def _first_distinct(drawn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_distinct(drawn: Any) -> tuple[Any, Any]:
     """Per row of draws: the distinct values in order of first appearance (left-aligned,
     padded with -1) and how many there are."""
+    import torch
+
     t, d = drawn.shape
     position = torch.arange(d).expand(t, d)
     order = torch.sort(drawn * d + position, dim=1).indices  # by value, then by position
