@@ -90,10 +90,8 @@ def timed_generator(stage: str, function: Callable[..., Iterator[Any]]) -> Calla
 
 
 def instrument() -> None:
-    import fedrec.data.sources as sources
-    import fedrec.dpease.population as population
-    import fedrec.dpease.report as report
-    import fedrec.dpease.run as run
+    from fedrec.data import sources
+    from fedrec.dpease import population, report, run
 
     sources.generate = timed("generate the synthetic data", sources.generate)
     sources.leave_one_out = timed("leave-one-out split (evaluation negatives)", sources.leave_one_out)

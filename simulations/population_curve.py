@@ -81,7 +81,7 @@ def gram_eigenvalues(config: RunConfig, top_items: np.ndarray) -> np.ndarray:
 def cache_references() -> None:
     """Popularity and EASE depend on the split and the evaluation users only, not on
     epsilon: fit and score them once per population (the same numbers in every row)."""
-    import fedrec.dpease.report as report
+    from fedrec.dpease import report
 
     computed: dict[tuple[int, int, bytes], Any] = {}
     fit = report.cheap_references

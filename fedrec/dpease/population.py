@@ -27,6 +27,7 @@ Real devices, and tests of hostile uploads, go through the per-device path.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -140,7 +141,7 @@ def gram_sums(
     m = (k_indptr[users + 1] - k_indptr[users]).astype(np.int64)
     pairs = m * (m + 1) // 2
     bounds = _chunks(pairs, limit=pairs_per_chunk)
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         block, mb, pb = users[start:stop], m[start:stop], pairs[start:stop]
         elements = _ranges(k_indptr[block], mb)  # the block's items in K, device by device
         local = np.arange(elements.shape[0], dtype=np.int64) - np.repeat(np.cumsum(mb) - mb, mb)  # index within its device
