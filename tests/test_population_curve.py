@@ -39,3 +39,10 @@ def test_a_small_curve_writes_audited_points_ratios_and_predictions(tmp_path: Pa
         assert min(floor, 1.0) <= row["predicted_ratio"] <= max(floor, 1.0)
     # popularity and EASE are the same for every epsilon of a population (same split, same users)
     assert rows[0]["ease_full_ndcg@10"] == rows[1]["ease_full_ndcg@10"] > 0
+
+
+def test_the_crossing_is_where_the_ratio_stays_above_the_level() -> None:
+    rows = [{"users": n, "epsilon_target": 8.0, "ratio_full_ndcg@10": r} for n, r in ((10, 0.92), (100, 0.88), (1000, 0.95), (10_000, 0.97))]
+    assert curve.crossing(rows, epsilon=8.0, level=0.9) == 1000.0  # 10 reaches it, 100 falls back below
+    assert curve.crossing(rows, epsilon=8.0, level=0.99) is None
+    assert curve.crossing(rows, epsilon=4.0, level=0.9) is None
