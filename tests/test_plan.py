@@ -17,7 +17,7 @@ from fedrec.config import parse_run_config
 from fedrec.dpease.fit import noise_edge, signal_directions
 from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import phase_noise
-from fedrec.experiments.plan import PREVIEW, PUBLIC, plan_run, spike_detectable
+from fedrec.experiments.plan import PREVIEW, PUBLIC, plan_run, predicted_ratio, retained_structure, spike_detectable
 from fedrec.federation.device import simulated_population
 from fedrec.models import shared_spec
 from fedrec.privacy.accountant import calibrate_noise, epsilon
@@ -167,3 +167,25 @@ def test_plan_says_the_evaluations_noise_and_the_devices_it_needs_for_a_hundredt
     doc = json.loads(json.dumps(ease.to_json(), allow_nan=False))
     assert doc["evaluation"]["devices_for_target"] == 4473 and doc["evaluation"]["noise_std"] == pytest.approx(20 * math.sqrt(5) / 943)
     assert plan_run(parse_run_config({"model": "dp-ease", "dp": "off"}), users=100, items=50).evaluation is None
+
+
+def test_predicted_ratio_on_hand_computed_spectra() -> None:
+    # the largest eigenvalue (10, popularity) is left out; bar = noise^2 k = 1 * 4 = 4:
+    # 3^2 = 9 keeps 9 - 4 = 5, 1^2 = 1 keeps nothing; energy 9 + 1 = 10 -> retained 0.5
+    theta = np.array([1.0, 10.0, 3.0])
+    assert retained_structure(theta, noise_std=1.0, k=4) == pytest.approx(0.5)
+    assert predicted_ratio(theta, noise_std=1.0, k=4, floor=0.2) == pytest.approx(0.2 + 0.8 * 0.5)
+    # noise 0.5, k 4: bar 1; 9 -> 8, 1 -> 0 (not above the bar): 0.8
+    assert retained_structure(theta, noise_std=0.5, k=4) == pytest.approx(0.8)
+    assert predicted_ratio(theta, noise_std=0.0, k=4, floor=0.3) == 1.0  # no noise: the noiseless model
+    assert predicted_ratio(theta, noise_std=10.0, k=4, floor=0.3) == pytest.approx(0.3)  # all lost: popularity's share
+    assert retained_structure(np.array([5.0]), noise_std=1.0, k=4) == 0.0  # popularity alone: no structure beyond it
+
+
+def test_a_data_plan_says_how_much_structure_the_noise_keeps(tmp_path: Path) -> None:
+    config = parse_run_config({"model": "dp-ease", "dataset": "synthetic", "synthetic-users": 400, "synthetic-items": 200,
+                               "synthetic-interactions": 12, "epsilon": 8.0})
+    split = simulated_population(config).split
+    plan = plan_run(config, split=split)
+    assert plan.retained_structure is not None and 0.0 <= plan.retained_structure <= 1.0
+    assert any("structure beyond popularity" in note for note in plan.notes)

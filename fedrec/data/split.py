@@ -113,6 +113,21 @@ class LeaveOneOutSplit:
             test_negatives=self.test_negatives[user],
         )
 
+    def subset(self, users: np.ndarray) -> LeaveOneOutSplit:
+        """The split of ``users`` (split indices, in the order given): their data unchanged."""
+        users = np.asarray(users, dtype=np.int64)
+        if users.shape[0] and (users.min() < 0 or users.max() >= self.n_users):
+            raise DataError(f"subset users must be split indices in 0..{self.n_users - 1}")
+        lengths = self.train_indptr[users + 1] - self.train_indptr[users]
+        starts = np.repeat(self.train_indptr[users], lengths)
+        offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return LeaveOneOutSplit(
+            n_items=self.n_items, users=self.users[users],
+            train_indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            train_items=self.train_items[starts + offsets], val_item=self.val_item[users], test_item=self.test_item[users],
+            val_negatives=self.val_negatives[users], test_negatives=self.test_negatives[users],
+        )
+
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """All training (user, item) pairs: the centralized view of the same data."""
         counts = np.diff(self.train_indptr)

@@ -123,6 +123,7 @@ class EaseHistory:
     top_items: int = 0
     privacy: dict[str, object] = field(default_factory=dict)
     test_per_client: list[dict[str, float]] = field(default_factory=list)  # exact (simulated) evaluation only
+    evaluated: list[int] = field(default_factory=list)  # the clients test_per_client belongs to, in that order
 
 
 def phase_noise(config: RunConfig, *, evaluations: int = 0) -> tuple[float, float]:
@@ -189,11 +190,21 @@ def run_dp_ease(
     if session is not None:
         history.privacy["devices_refused"] = refused  # refused the job's plan (their own budgets): dropouts
     if not private_eval:
-        rows = {which: transport.evaluate(clients, arrays, which) for which in EVALUATIONS}
+        history.evaluated = evaluation_clients(config, clients)
+        rows = {which: transport.evaluate(history.evaluated, arrays, which) for which in EVALUATIONS}
         metrics = {which: _mean(per_client) for which, per_client in rows.items()}
         history.test_per_client = rows["test"]
     unreleased = {name: math.nan for name in METRIC_NAMES}
     return release, history, metrics.get("val", unreleased), metrics.get("test", unreleased)
+
+
+def evaluation_clients(config: RunConfig, clients: list[int]) -> list[int]:
+    """The clients a simulation evaluates exactly: all, or ``eval-users`` of them drawn
+    from the run's seed as a DP-FedAvg run draws them (in client order)."""
+    if 0 < config.federation.eval_users < len(clients):
+        chosen = np.sort(np.random.default_rng([config.seed, 5]).choice(len(clients), size=config.federation.eval_users, replace=False))
+        return [clients[i] for i in chosen]
+    return list(clients)
 
 
 @dataclass

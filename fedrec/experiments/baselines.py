@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.evaluation.scoring import evaluate_scorer
@@ -24,6 +25,14 @@ def user_item_matrix(split: LeaveOneOutSplit) -> np.ndarray:
     users, items = split.train_pairs()
     matrix = np.zeros((split.n_users, split.n_items), dtype=np.float32)
     matrix[users, items] = 1.0
+    return matrix
+
+
+def sparse_user_items(split: LeaveOneOutSplit) -> sp.csr_matrix:
+    """:func:`user_item_matrix` as a sparse CSR matrix (for populations too large to hold dense)."""
+    users, items = split.train_pairs()
+    matrix = sp.csr_matrix((np.ones(users.shape[0], dtype=np.float32), (users, items)), shape=(split.n_users, split.n_items))
+    matrix.data[:] = 1.0  # a repeated (user, item) pair is one 1, as in the dense matrix
     return matrix
 
 
@@ -108,23 +117,36 @@ class EASE:
     """Scores ``X_u B`` with the EASE weights of the training interactions.
 
     With fewer users than items every user's scores are computed at once
-    (:func:`ease_scores`); otherwise from the item-item weights."""
+    (:func:`ease_scores`); otherwise from the item-item weights, with the histories held
+    sparse and ``gram`` (``X^T X``, float64) computed once if not given."""
 
-    def __init__(self, split: LeaveOneOutSplit, *, l2: float) -> None:
+    def __init__(self, split: LeaveOneOutSplit, *, l2: float, gram: np.ndarray | None = None) -> None:
         self.l2 = l2
-        self.user_items = user_item_matrix(split)  # (U, I)
         self.weights: np.ndarray | None = None
         self.scores: np.ndarray | None = None
+        self.user_items: np.ndarray | sp.csr_matrix
         if split.n_users < split.n_items:
+            self.user_items = user_item_matrix(split)  # (U, I)
             self.scores = ease_scores(self.user_items, l2=l2).astype(np.float32)  # (U, I)
         else:
-            self.weights = ease_weights(self.user_items, l2=l2).astype(np.float32)  # (I, I)
+            if l2 <= 0:
+                raise ValueError(f"EASE needs l2 > 0 (got {l2}); it keeps X^T X + l2 I invertible")
+            self.user_items = sparse_user_items(split)  # (U, I)
+            regularised = np.array(training_gram(self.user_items) if gram is None else gram, dtype=np.float64)
+            regularised[np.diag_indices_from(regularised)] += l2
+            self.weights = _weights_from_inverse(np.linalg.inv(regularised)).astype(np.float32)  # (I, I)
 
     def score(self, users: np.ndarray) -> np.ndarray:
         if self.scores is not None:
             return self.scores[users]
         assert self.weights is not None  # one of the two is always set in __init__
-        return self.user_items[users] @ self.weights
+        return np.asarray(self.user_items[users] @ self.weights)
+
+
+def training_gram(user_items: sp.csr_matrix) -> np.ndarray:
+    """``X^T X`` (float64, dense) of sparse 0/1 histories: the same integers as the dense product."""
+    wide = user_items.astype(np.float64)
+    return np.asarray((wide.T @ wide).toarray())
 
 
 def ease_l2_grid(split: LeaveOneOutSplit, scales: Sequence[float] = EASE_L2_SCALES) -> list[float]:
@@ -133,9 +155,11 @@ def ease_l2_grid(split: LeaveOneOutSplit, scales: Sequence[float] = EASE_L2_SCAL
     return [float(round(scale * per_item, 1)) for scale in scales]
 
 
-def fit_ease(split: LeaveOneOutSplit, *, l2s: Sequence[float] | None = None) -> tuple[EASE, dict[float, float]]:
+def fit_ease(
+    split: LeaveOneOutSplit, *, l2s: Sequence[float] | None = None, users: np.ndarray | None = None,
+) -> tuple[EASE, dict[float, float]]:
     """EASE with the ``l2`` (default :func:`ease_l2_grid`) that gives the best validation
-    NDCG@10 (sampled).
+    NDCG@10 (sampled), on every user or on ``users`` (split indices) only.
 
     Only the validation users' held-out items are looked at; returns the model and the
     validation NDCG@10 of every ``l2`` tried. One LU inverse per ``l2``: an
@@ -144,9 +168,12 @@ def fit_ease(split: LeaveOneOutSplit, *, l2s: Sequence[float] | None = None) -> 
     """
     tried: dict[float, float] = {}
     best: EASE | None = None
+    gram = training_gram(sparse_user_items(split)) if split.n_users >= split.n_items else None
+    judged = split if users is None else split.subset(users)
     for l2 in ease_l2_grid(split) if l2s is None else l2s:
-        model = EASE(split, l2=l2)
-        tried[l2] = evaluate_scorer(model.score, split, which="val")["ndcg@10"]
+        model = EASE(split, l2=l2, gram=gram)
+        score = model.score if users is None else (lambda u, m=model: m.score(users[u]))
+        tried[l2] = evaluate_scorer(score, judged, which="val")["ndcg@10"]
         if best is None or tried[l2] > tried[best.l2]:
             best = model
     if best is None:

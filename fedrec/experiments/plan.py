@@ -174,6 +174,7 @@ class Plan:
     top_items_bound: int | None = None  # DP-EASE without data: the largest K whose Gram can hold a direction
     signal_directions: int | None = None  # DP-EASE with data: Gram directions expected above the noise edge
     evaluation: PlannedEvaluation | None = None  # the evaluation releases of a deployment (None without DP)
+    retained_structure: float | None = None  # DP-EASE with data: share of the Gram's structure beyond popularity kept
 
     @property
     def history(self) -> History:
@@ -289,6 +290,34 @@ def spike_detectable(eigenvalues: np.ndarray, *, noise_std: float, k: int) -> np
     return (theta > bar) & (safe + noise_std**2 * k / safe > noise_edge(noise_std, k))
 
 
+def retained_structure(eigenvalues: np.ndarray, *, noise_std: float, k: int) -> float:
+    """The share of the Gram's structure beyond popularity that the noisy release keeps.
+
+    The largest eigenvalue is the popularity direction (every user's items overlap on
+    the popular ones) and is left out: popularity is the floor of
+    :func:`predicted_ratio`. Of the others (their squared eigenvalues), a spike ``theta``
+    above ``noise_std sqrt(k)`` keeps ``theta^2 - noise_std^2 k`` of its ``theta^2`` (its
+    noisy eigenvector's squared overlap with the true one is ``1 - noise_std^2 k /
+    theta^2``; Féral and Péché 2007, Benaych-Georges and Nadakuditi 2011), one below it
+    keeps nothing. 1 without noise; 0 for a Gram without structure."""
+    theta = np.sort(np.abs(np.asarray(eigenvalues, dtype=np.float64)))[:-1]
+    energy = float(np.sum(theta**2))
+    if energy == 0:
+        return 0.0
+    if noise_std == 0:
+        return 1.0
+    bar = noise_std**2 * k
+    return float(np.sum(np.where(theta**2 > bar, theta**2 - bar, 0.0)) / energy)
+
+
+def predicted_ratio(eigenvalues: np.ndarray, *, noise_std: float, k: int, floor: float) -> float:
+    """Expected quality of the private model as a share of the noiseless one's:
+    ``floor + (1 - floor) * retained``, with ``floor`` the share the popularity ranking
+    alone reaches (what is left when no structure clears the noise) and ``retained``
+    from :func:`retained_structure`."""
+    return floor + (1.0 - floor) * retained_structure(eigenvalues, noise_std=noise_std, k=k)
+
+
 def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOutSplit | None) -> Plan:
     """The two DP-EASE releases: z from :func:`phase_noise`, K and the Gram's directions
     from the data's own sums (preview) or bounded from N and C (public)."""
@@ -303,6 +332,7 @@ def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOu
     top_expected: float | None = None
     k_bound: int | None = None
     directions: int | None = None
+    retained: float | None = None
     if split is not None:
         counts = population_sums(split, clipping_norm=c, top_items=None)
         counts_norm = float(np.linalg.norm(counts))
@@ -317,6 +347,10 @@ def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOu
         if k:
             theta = np.linalg.eigvalsh(unpack_symmetric(gram, k))
             directions = int(spike_detectable(theta, noise_std=sigma2, k=k).sum())
+            retained = retained_structure(theta, noise_std=sigma2, k=k)
+            notes.append(f"the noisy Gram keeps {retained:.0%} of the co-occurrence structure beyond popularity: expected "
+                         f"quality ratio to the noiseless model f + (1 - f) x {retained:.2f}, f the share popularity "
+                         "reaches (predicted_ratio; docs/dp-ease.md#large-populations)")
         else:
             directions = 0
         notes.append(f"K is the expected number of items whose noisy count clears {e.item_threshold:g} noise std "
@@ -354,5 +388,5 @@ def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOu
         model=str(config.model.model), population=users, items=items, dp=p.enabled, epsilon_target=p.epsilon if p.enabled else math.inf,
         delta=p.delta, accountant=str(p.accountant), epsilon=eps, epsilon_rdp=eps_rdp, releases=releases,
         source=PREVIEW if split is not None else PUBLIC, verdict=verdict, notes=tuple(notes),
-        top_items=top_expected, top_items_bound=k_bound, signal_directions=directions,
+        top_items=top_expected, top_items_bound=k_bound, signal_directions=directions, retained_structure=retained,
     )

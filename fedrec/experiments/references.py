@@ -56,20 +56,31 @@ def _scored(score: Callable[[Any], Any], split: LeaveOneOutSplit, started: float
 
 
 def cheap_references(
-    split: LeaveOneOutSplit, *, knn: bool = True, ease_max_items: int = EASE_MAX_ITEMS
+    split: LeaveOneOutSplit, *, knn: bool = True, ease_max_items: int = EASE_MAX_ITEMS, users: np.ndarray | None = None,
 ) -> dict[str, Reference]:
     """Popularity, item-kNN (when ``knn``) and EASE (l2 chosen on validation users; left
-    out, with a log line, when the catalogue has more than ``ease_max_items`` items)."""
+    out, with a log line, when the catalogue has more than ``ease_max_items`` items).
+
+    Every reference is fitted on all of the split's training items and scored on every
+    user, or on ``users`` (split indices, in that order) only: a large population's
+    evaluation sample."""
     refs: dict[str, Reference] = {}
+    judged = split if users is None else split.subset(users)
+
+    def on_judged(score: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        return score if users is None else (lambda u: score(users[u]))
+
     started = time.perf_counter()
-    refs["popularity"] = _scored(Popularity(split).score, split, started)
+    refs["popularity"] = _scored(on_judged(Popularity(split).score), judged, started)
     if knn:
         started = time.perf_counter()
-        refs["item-knn"] = _scored(ItemKNN(split).score, split, started, k=50)
+        refs["item-knn"] = _scored(on_judged(ItemKNN(split).score), judged, started, k=50)
     if split.n_items <= ease_max_items:
         started = time.perf_counter()
-        ease, tried = fit_ease(split)
-        refs["ease"] = _scored(ease.score, split, started, l2=ease.l2, val_ndcg_by_l2={str(k): v for k, v in tried.items()})
+        ease, tried = fit_ease(split, users=users)
+        refs["ease"] = _scored(
+            on_judged(ease.score), judged, started, l2=ease.l2, val_ndcg_by_l2={str(k): v for k, v in tried.items()}
+        )
     else:
         logger.warning("EASE left out: %d items is more than %d (cubic in the catalogue size)", split.n_items, ease_max_items)
     return refs

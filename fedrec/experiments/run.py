@@ -144,7 +144,9 @@ def run_family(
     write_arrays(out_dir / MODEL, outcome.release)
     results = run_results(config, outcome, engine=engine, seconds=time.perf_counter() - started)
     results["split"] = (simulated_population(config).split_mode if channels.simulated else config.data.split).value
-    refs = cheap_references(simulated_population(config).split, knn=False) if channels.simulated and references else {}
+    split = simulated_population(config).split if channels.simulated and references else None
+    sample = outcome.evaluated if split is not None and 0 < len(outcome.evaluated) < split.n_users else None
+    refs = cheap_references(split, knn=False, users=None if sample is None else np.asarray(sample, dtype=np.int64)) if split else {}
     if refs:
         results["references"] = {name: ref.to_json() for name, ref in refs.items()}
         if outcome.test_per_client:  # the devices' own test metrics against popularity's, user by user

@@ -99,6 +99,7 @@ class RunOutcome:
     title: str  # of curves.png
     fields: dict[str, Any] = field(default_factory=dict)  # the family's own results keys
     test_per_client: list[dict[str, float]] = field(default_factory=list)  # exact (simulated) evaluation only
+    evaluated: list[int] = field(default_factory=list)  # the clients test_per_client belongs to (empty: every client)
     losses: bool = False  # the step log holds training losses (curves.png draws them)
     one_shot: bool = False  # no rounds: curves.png shows the release beside the references, not a curve
 

@@ -77,13 +77,14 @@ class DpEaseFamily:
             title=f"dp-ease on {config.data.dataset}: {clients} clients, K={history.top_items}, "
             f"epsilon {history.privacy['epsilon']:.3g}",
             fields={"validation": val, "top_items": history.top_items},
-            test_per_client=history.test_per_client, one_shot=True,
+            test_per_client=history.test_per_client, evaluated=history.evaluated, one_shot=True,
         )
 
     def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> Any:
-        from fedrec.dpease.run import InProcessStatistics
+        from fedrec.dpease.population import PopulationStatistics
 
-        return InProcessStatistics(split, clipping_norm=config.privacy.clipping_norm)  # chunked, vectorised scoring
+        # simulated honest devices: their uploads summed in vectorised chunks, the same floats
+        return PopulationStatistics(split, clipping_norm=config.privacy.clipping_norm)
 
     def device_statistic(self, data: ClientData, *, phase: str, request: dict[str, np.ndarray], config: RunConfig) -> dict[str, np.ndarray]:
         from fedrec.dpease.run import device_statistic

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedrec.federation.fedavg import sum_updates
 from fedrec.models import Arrays
-from fedrec.privacy.clipping import clip_update
+from fedrec.privacy.clipping import clip_update, global_norm
 from fedrec.privacy.noise import add_gaussian_noise
 
 
@@ -51,7 +51,8 @@ class ClippedSum:
 
 def clipped_sum(parts: Iterable[Part], *, max_norm: float, like: Arrays) -> ClippedSum:
     """Each single update clipped to ``max_norm``, each pre-summed part of k updates
-    bounded by ``k * max_norm`` (not re-clipped to C), summed in float64.
+    bounded by ``k * max_norm`` (not re-clipped to C; a part within its bound is added as
+    it is, float64 precision included), summed in float64.
 
     The parts are clipped one at a time as the sum consumes them: never a second copy of
     every update.
@@ -65,10 +66,14 @@ def clipped_sum(parts: Iterable[Part], *, max_norm: float, like: Arrays) -> Clip
             if part.contributors < 1:
                 raise ValueError(f"a part needs >= 1 contributor, got {part.contributors}")
             contributors += part.contributors
-            clipped, norm = clip_update(part.update, max_norm=max_norm * part.contributors)
             if part.contributors == 1:
+                clipped, norm = clip_update(part.update, max_norm=max_norm)
                 norms.append(norm)
-            yield clipped
+                yield clipped
+            elif global_norm(part.update) <= max_norm * part.contributors:
+                yield part.update
+            else:
+                yield clip_update(part.update, max_norm=max_norm * part.contributors)[0]
 
     total = sum_updates(bounded(), like)
     return ClippedSum(total=total, contributors=contributors, norms=tuple(norms), clipped=sum(n > max_norm for n in norms))
