@@ -219,6 +219,8 @@ class EaseSettings(_Typed):
     pair_decay: float = field(default=0.97, metadata=_key("ease-pair-decay", check=_decay))
     # a device scores with its k-th most recent item weighted decay ** k; 1: all equal
     score_decay: float = field(default=0.9, metadata=_key("ease-score-decay", check=_decay))
+    # every top item ranks above every other item (whose released count is mostly noise)
+    top_first: bool = field(default=True, metadata=_key("ease-top-first"))
 
 
 class DPMode(StrEnum):

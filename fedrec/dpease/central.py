@@ -118,4 +118,5 @@ def noisy_release(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * c, gram_noise_std=z_gram * c,
         noise_scale=e.lambda_noise, base_scale=e.lambda_base, eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
         content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
+        top_first=e.top_first,
     )

@@ -287,6 +287,7 @@ def _fit(config: RunConfig, sums: _Sums, *, z_counts: float, z_gram: float) -> E
         gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
         eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
         content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
+        top_first=e.top_first,
     )
 
 
