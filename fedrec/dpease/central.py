@@ -90,7 +90,7 @@ def simulate_release(config: RunConfig, split: LeaveOneOutSplit, *, draw: int = 
     ``draw`` k > 0 draws the noise from seed ``config.seed + k`` instead: another
     release the same run could have made."""
     rng = noise_generator(seed=config.seed + draw, secure=False) if config.privacy.enabled else None
-    return noisy_release(config, split, noise_multipliers=phase_noise(config), rng=rng)
+    return noisy_release(config, split, noise_multipliers=phase_noise(config, n_items=split.n_items), rng=rng)
 
 
 def noisy_release(
