@@ -6,7 +6,8 @@ answers), each in its own process: wall seconds and peak resident memory of each
 
 The file is drawn by :mod:`fedrec.data.synthetic` (long-tailed item popularity,
 heavy-tailed history lengths, latent taste) into a temporary folder, deleted
-afterwards; each user's rows are in random order, so row order is a random split.
+afterwards; each user's rows are in random order, so row order is a random split. An item file (``item_id title genres``: a made-up product title and
+category per item) sits beside it, as the cold-start fallback needs item content.
 
     python benchmarks/big_catalogue.py [--users 7000] [--items 160000] [--skew 0.55]
 
@@ -47,7 +48,15 @@ def write_file(path: Path, *, users: int, items: int, interactions: float, skew:
     with path.open("w") as out:
         out.write("user_id\titem_id\trating\n")
         np.savetxt(out, np.c_[data.users[order], data.items[order], stars], fmt="%d", delimiter="\t")
-    return users, int(np.unique(data.items).shape[0]), int(data.items.shape[0])
+    drawn = np.unique(data.items)
+    words = np.array(["red", "blue", "case", "cable", "lamp", "book", "mini", "pro", "kit", "set", "pack", "home"])
+    categories = np.array(["Electronics", "Books", "Home", "Toys", "Garden", "Sports", "Beauty", "Music"])
+    with path.with_name("items.tsv").open("w") as out:  # a product catalogue: a title and a category per item
+        out.write("item_id\ttitle\tgenres\n")
+        for item in drawn:
+            title = " ".join(words[rng.integers(0, words.shape[0], size=3)])
+            out.write(f"{item}\t{title} {item}\t{categories[rng.integers(0, categories.shape[0])]}\n")
+    return users, int(drawn.shape[0]), int(data.items.shape[0])
 
 
 def timed(argv: list[str], *, env: dict[str, str]) -> tuple[float, float, str]:
@@ -108,25 +117,29 @@ def main() -> None:
         users, items, rows = write_file(
             path, users=args.users, items=args.items, interactions=args.interactions, skew=args.skew, seed=args.seed
         )
-        print(f"file: {users} users, {items} items, {rows} rows ({time.perf_counter() - started:.0f} s to generate)")
+        print(f"file: {users} users, {items} items, {rows} rows ({time.perf_counter() - started:.0f} s to generate)", flush=True)
         run = Path(tmp) / "run"
         steps: list[tuple[str, float, float]] = []
+        print(f"{'step':<44} {'seconds':>8} {'peak GiB':>9}", flush=True)
+
+        def done(name: str, seconds: float, rss: float) -> None:
+            steps.append((name, seconds, rss))
+            print(f"{name:<44} {seconds:>8.1f} {rss:>9.2f}", flush=True)
+
         seconds, rss, _ = timed([*fedrec, "data", "check", str(path)], env=env)
-        steps.append(("data check", seconds, rss))
-        seconds, rss, output = timed([*fedrec, "simulate", "--set", f"dataset={path}", "--out", str(run)], env=env)
-        steps.append(("simulate (DP-EASE, epsilon 8, references)", seconds, rss))
+        done("data check", seconds, rss)
+        seconds, rss, _ = timed([*fedrec, "simulate", "--set", f"dataset={path}", "--out", str(run)], env=env)
+        done("simulate (DP-EASE, epsilon 8, references)", seconds, rss)
         seconds, rss, _ = timed([*fedrec, "audit", str(run)], env=env)
-        steps.append(("audit", seconds, rss))
+        done("audit", seconds, rss)
         port = free_port()
         seconds, rss = serve_until_healthy(
-            [*fedrec, "serve-fallback", "--dataset", str(path), "--port", str(port), "--run-dir", str(Path(tmp) / "fb")],
+            [*fedrec, "serve-fallback", "--dataset", str(path), "--set", f"item-file={path.with_name('items.tsv')}",
+             "--port", str(port), "--run-dir", str(Path(tmp) / "fb")],
             env=env, port=port,
         )
-        steps.append(("serve-fallback (until /health answers)", seconds, rss))
+        done("serve-fallback (until /health answers)", seconds, rss)
         results = json.loads((run / "results.json").read_text())
-    print(f"{'step':<44} {'seconds':>8} {'peak GiB':>9}")
-    for name, seconds, rss in steps:
-        print(f"{name:<44} {seconds:>8.1f} {rss:>9.2f}")
     print(f"{'total':<44} {sum(s for _, s, _ in steps):>8.1f} {max(r for _, _, r in steps):>9.2f}")
     k = int(results["top_items"])
     print(f"uploads per device: {items} item counts + {k * (k + 1) // 2} co-occurrence values (K = {k}), float32: "
