@@ -169,8 +169,10 @@ def test_top_first_is_post_processing_of_the_released_arrays_only() -> None:
     counts = rng.normal(10.0, 3.0, size=30)
     top = np.argsort(-counts)[:6]
     gram = np.abs(rng.normal(5.0, 1.0, size=size(6)))
-    kwargs = dict(counts=counts, top_items=top, gram_packed=gram, count_noise_std=1.0, gram_noise_std=0.0,
-                  noise_scale=2.0, base_scale=5.0, eigen_floor=0.5, prior_weight=0.001)
+    kwargs = {
+        "counts": counts, "top_items": top, "gram_packed": gram, "count_noise_std": 1.0, "gram_noise_std": 0.0,
+        "noise_scale": 2.0, "base_scale": 5.0, "eigen_floor": 0.5, "prior_weight": 0.001,
+    }
     a, b = fit_release(**kwargs), fit_release(**kwargs, top_first=True)  # type: ignore[arg-type]
     np.testing.assert_array_equal(a.weights, b.weights)
     np.testing.assert_array_equal(a.prior, b.prior)
