@@ -199,7 +199,7 @@ def simulate(
             privacy = "epsilon inf (clipped, no noise)" if results.get("accountant") else "no DP"
         rows: dict[str, dict[str, Any]] = {f"federated {results['model']}": results}
         references = results.get("references", {})
-        rows.update({name: ref["test"] for name, ref in references.items()})
+        rows.update(_reference_rows(references))
         title = f"{results['dataset']}: test metrics after {results.get('rounds', rounds)} {steps}, {privacy}"
         if references:
             title += f" ({', '.join(references)}: no DP, same split)"
@@ -208,12 +208,28 @@ def simulate(
 
         for line in released_lines(results):  # DP-released metrics: clamped, with their noise
             console.print(line, markup=False, soft_wrap=True)
+        _print_left_out(results)
         if "popularity" in references:
             console.print(_versus_popularity(results, references["popularity"]["test"]))
         console.print(
             f"{results['clients']} clients, {results['clients_per_round']:.0f} per {steps[:-1]}, seed {results['seed']}, "
             f"{results['seconds']:.1f} s. Wrote {path} and {path.parent / 'curves.png'}"
         )
+
+
+def _reference_rows(references: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Reference test metrics by row name; EASE fitted on part of the catalogue says on how much."""
+    rows = {}
+    for name, ref in references.items():
+        label = f"{name} (top {ref['items_fitted']:,} of {ref['catalogue']:,} items)" if "items_fitted" in ref else name
+        rows[label] = ref["test"]
+    return rows
+
+
+def _print_left_out(results: dict[str, Any]) -> None:
+    """One line per reference the run left out, with why."""
+    for name, why in results.get("left_out", {}).items():
+        console.print(f"{name} left out: {why}")
 
 
 def _versus_popularity(model: dict[str, Any], popularity: dict[str, float]) -> str:
@@ -265,7 +281,10 @@ def centralized(
 
             results = run_baselines(run_config, out.resolve(), on_epoch=on_epoch)
             progress.update(task, completed=central_max_epochs(run_config))
-        console.print(_table(f"{results['dataset']}: test metrics", results["models"]))
+        rows = _reference_rows({k: v for k, v in results["references"].items() if k in results["models"]})
+        rows.update({name: m for name, m in results["models"].items() if name not in results["references"]})
+        console.print(_table(f"{results['dataset']}: test metrics", rows))
+        _print_left_out(results)
         console.print(_reference_notes(results["references"]))
         console.print(f"seed {results['seed']}, {results['seconds']:.1f} s. Wrote {out / 'results.json'}")
 
@@ -449,7 +468,7 @@ def tune(
     for line in released_tries_lines(results):  # the noise in each try's released validation metrics
         console.print(line, markup=False, soft_wrap=True)
     rows: dict[str, dict[str, Any]] = {"chosen DP-EASE release": results}
-    rows.update({name: ref["test"] for name, ref in results["references"].items()})
+    rows.update(_reference_rows(results["references"]))
     console.print(_table("test metrics of the chosen try (references: no DP, same split)", rows))
     if "popularity" in results["references"]:
         console.print(_versus_popularity(results, results["references"]["popularity"]["test"]))

@@ -224,6 +224,9 @@ class EaseSettings(_Typed):
 
     # phase 1's part of the budget (the rest goes to the co-occurrence release)
     count_share: float = field(default=0.2, metadata=_key("ease-count-share", check=_probability))
+    # ... plus this much times the part of the catalogue past twice ease-max-items, where only
+    # the counts rank items (fedrec.dpease.run.count_share)
+    count_share_tail: float = field(default=0.3, metadata=_key("ease-count-share-tail", check=_non_negative))
     # K = the items whose noisy count is above this many noise standard deviations ...
     item_threshold: float = field(default=2.0, metadata=_key("ease-item-threshold", check=_non_negative))
     # ... and at most this many (the Gram is K x K; each device uploads K (K + 1) / 2 values)
@@ -240,6 +243,8 @@ class EaseSettings(_Typed):
     pair_decay: float = field(default=0.97, metadata=_key("ease-pair-decay", check=_decay))
     # a device scores with its k-th most recent item weighted decay ** k; 1: all equal
     score_decay: float = field(default=0.9, metadata=_key("ease-score-decay", check=_decay))
+    # every top item ranks above every other item (whose released count is mostly noise)
+    top_first: bool = field(default=True, metadata=_key("ease-top-first"))
 
 
 class DPMode(StrEnum):

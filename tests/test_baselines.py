@@ -11,7 +11,15 @@ import pytest
 from fedrec.data.split import leave_one_out
 from fedrec.data.synthetic import SyntheticSpec, generate
 from fedrec.evaluation.scoring import evaluate_scorer
-from fedrec.experiments.baselines import ease_l2_grid, ease_scores, ease_weights, fit_ease
+from fedrec.experiments.baselines import (
+    EASE,
+    ease_items,
+    ease_l2_grid,
+    ease_scores,
+    ease_weights,
+    fit_ease,
+    user_item_matrix,
+)
 
 # Three users, three items: user 0 has items {0, 1}, user 1 {1, 2}, user 2 all three.
 X = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=np.float32)
@@ -101,3 +109,42 @@ def test_l2_is_chosen_on_validation_users_only() -> None:
     # ... although the poisoning does change what a test evaluation would see
     assert evaluate_scorer(model_p.score, poisoned)["ndcg@10"] != evaluate_scorer(model.score, split)["ndcg@10"]
 
+
+
+def test_ease_items_is_none_when_the_catalogue_fits_and_the_most_frequent_otherwise() -> None:
+    split = _split()
+    assert ease_items(split, max_items=10_000) is None  # type: ignore[arg-type]
+    items = ease_items(split, max_items=50)  # type: ignore[arg-type]
+    assert items is not None and items.shape == (50,)
+    counts = np.bincount(split.train_pairs()[1], minlength=split.n_items)  # type: ignore[attr-defined]
+    assert counts[items].min() >= np.delete(counts, items).max()  # no left-out item is more frequent
+    # the cost bound alone restricts too: 600 users, M items cost min(600, M)^2 max(600, M) flops
+    bounded = ease_items(split, max_items=10_000, max_flops=100**2 * 600)  # type: ignore[arg-type]
+    assert bounded is not None and bounded.shape == (100,)
+    assert ease_items(split, max_items=10_000, max_cells=600 * 40).shape == (40,)  # type: ignore[arg-type, union-attr]
+
+
+def test_restricted_ease_is_ease_on_those_columns_with_the_rest_below_by_popularity() -> None:
+    split = _split()
+    items = ease_items(split, max_items=60)  # type: ignore[arg-type]
+    assert items is not None
+    model = EASE(split, l2=20.0, items=items)  # type: ignore[arg-type]
+    users = np.arange(split.n_users)  # type: ignore[attr-defined]
+    scores = model.score(users)
+    x = user_item_matrix(split)[:, items]  # type: ignore[arg-type]
+    np.testing.assert_allclose(scores[:, items], x @ ease_weights(x, l2=20.0), atol=1e-4)
+    rest = np.setdiff1d(np.arange(split.n_items), items)  # type: ignore[attr-defined]
+    assert (scores[:, rest].max(axis=1) < scores[:, items].min(axis=1)).all()
+    counts = np.bincount(split.train_pairs()[1], minlength=split.n_items)[rest]  # type: ignore[attr-defined]
+    order = np.argsort(-scores[0, rest], kind="stable")
+    assert (np.diff(counts[order]) <= 0).all()  # the rest in popularity order
+
+
+def test_references_say_what_ease_was_restricted_to_and_what_was_left_out() -> None:
+    from fedrec.experiments.references import cheap_references, left_out
+
+    split = _split()
+    refs = cheap_references(split, knn=False, ease_max_items=60)  # type: ignore[arg-type]
+    assert refs["ease"].detail["items_fitted"] == 60 and refs["ease"].detail["catalogue"] == split.n_items  # type: ignore[attr-defined]
+    assert "items_fitted" not in cheap_references(split, knn=False)["ease"].detail  # type: ignore[arg-type]
+    assert left_out(split, knn=False) == {}  # type: ignore[arg-type]

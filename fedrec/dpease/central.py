@@ -90,7 +90,7 @@ def simulate_release(config: RunConfig, split: LeaveOneOutSplit, *, draw: int = 
     ``draw`` k > 0 draws the noise from seed ``config.seed + k`` instead: another
     release the same run could have made."""
     rng = noise_generator(seed=config.seed + draw, secure=False) if config.privacy.enabled else None
-    return noisy_release(config, split, noise_multipliers=phase_noise(config), rng=rng)
+    return noisy_release(config, split, noise_multipliers=phase_noise(config, n_items=split.n_items), rng=rng)
 
 
 def noisy_release(
@@ -118,4 +118,5 @@ def noisy_release(
         counts=counts, top_items=top, gram_packed=gram, count_noise_std=z_counts * c, gram_noise_std=z_gram * c,
         noise_scale=e.lambda_noise, base_scale=e.lambda_base, eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
         content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
+        top_first=e.top_first,
     )

@@ -20,6 +20,7 @@ from fedrec.models.ease import ease_weights
 
 TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # the released arrays (model.npz)
 SCORE_DECAY = "score_decay"  # one value; releases without it score with equal weights
+TOP_FIRST = "top_first"  # one value, 1: every top item ranks above every other item; releases without it: 0
 
 
 @dataclass(frozen=True)
@@ -30,29 +31,43 @@ class EaseRelease:
     weights: np.ndarray  # (K, K) EASE weights B over top_items
     prior: np.ndarray  # (n_items,) popularity prior added to every score
     score_decay: float = 1.0  # a device weighs its k-th most recent item score_decay ** k
+    top_first: bool = False  # every top item ranks above every item outside them
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
             TOP_ITEMS: self.top_items, WEIGHTS: self.weights.astype(np.float32), PRIOR: self.prior.astype(np.float32),
             SCORE_DECAY: np.array([self.score_decay], dtype=np.float64),
+            TOP_FIRST: np.array([1.0 if self.top_first else 0.0], dtype=np.float64),
         }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EaseRelease:
         decay = float(np.asarray(arrays[SCORE_DECAY]).reshape(-1)[0]) if SCORE_DECAY in arrays else 1.0
+        top_first = bool(np.asarray(arrays[TOP_FIRST]).reshape(-1)[0] > 0) if TOP_FIRST in arrays else False
         return cls(
             top_items=np.asarray(arrays[TOP_ITEMS], dtype=np.int64), weights=arrays[WEIGHTS], prior=arrays[PRIOR],
-            score_decay=decay,
+            score_decay=decay, top_first=top_first,
         )
 
     def score(self, history: np.ndarray) -> np.ndarray:
         """Scores over every item for (U, n_items) histories (0/1, or each item's recency
         weight, :meth:`history`): ``x_K B`` on the top items plus the prior everywhere, so
-        the tail is ranked by the prior."""
+        the tail is ranked by the prior. With ``top_first`` each user's top-item scores
+        are shifted by one constant so that the lowest of them lies above every other
+        item's score: the order within the top items and within the tail is unchanged,
+        and a tail item whose released count is mostly noise never outranks an item the
+        co-occurrence release covers."""
         history = np.atleast_2d(history)
         out = np.broadcast_to(self.prior.astype(np.float64), history.shape).copy()  # (U, n_items)
-        if self.top_items.shape[0]:
+        k = self.top_items.shape[0]
+        if k:
             out[:, self.top_items] += history[:, self.top_items] @ self.weights  # (U, K) @ (K, K)
+        if self.top_first and 0 < k < out.shape[1]:
+            tail = np.ones(out.shape[1], dtype=bool)
+            tail[self.top_items] = False
+            ceiling = float(self.prior[tail].max())
+            lowest = out[:, self.top_items].min(axis=1, keepdims=True)  # (U, 1)
+            out[:, self.top_items] += np.maximum(ceiling - lowest + 1.0, 0.0)
         return out
 
     def history(self, train_items: np.ndarray) -> np.ndarray:
@@ -185,7 +200,7 @@ def ease_lambda(gram: np.ndarray, *, noise_std: float, noise_scale: float, base_
 def fit_release(
     *, counts: np.ndarray, top_items: np.ndarray, gram_packed: np.ndarray | None, count_noise_std: float,
     gram_noise_std: float, noise_scale: float, base_scale: float, eigen_floor: float, prior_weight: float,
-    content: np.ndarray | None = None, content_weight: float = 0.0, score_decay: float = 1.0,
+    content: np.ndarray | None = None, content_weight: float = 0.0, score_decay: float = 1.0, top_first: bool = False,
 ) -> EaseRelease:
     """The released model from the noisy counts and (unless phase 2 was not run) the
     noisy packed Gram over ``top_items``.
@@ -198,9 +213,13 @@ def fit_release(
     With public item ``content`` (n_items, d) and ``content_weight`` > 0, EASE is shrunk
     towards ``content_weight *`` :func:`content_target` instead of 0: where the noisy
     Gram is weak (lambda grows with the noise), the weights lean on the content.
+    ``top_first``: devices rank every top item above every other item (:meth:`EaseRelease.score`).
     """
     prior = popularity_prior(counts, noise_std=count_noise_std, weight=prior_weight)
-    empty = EaseRelease(top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior, score_decay=score_decay)
+    empty = EaseRelease(
+        top_items=np.empty(0, dtype=np.int64), weights=np.zeros((0, 0)), prior=prior, score_decay=score_decay,
+        top_first=top_first,
+    )
     if gram_packed is None or top_items.shape[0] == 0:
         return empty
     noisy = unpack_symmetric(gram_packed, int(top_items.shape[0]))
@@ -209,7 +228,12 @@ def fit_release(
     gram = conditioned_gram(noisy, noise_std=gram_noise_std, eigen_floor=eigen_floor)
     lam = ease_lambda(gram, noise_std=gram_noise_std, noise_scale=noise_scale, base_scale=base_scale)
     if content is None or content_weight == 0:
-        return EaseRelease(top_items=top_items, weights=ease_weights(gram, lam), prior=prior, score_decay=score_decay)
+        return EaseRelease(
+            top_items=top_items, weights=ease_weights(gram, lam), prior=prior, score_decay=score_decay,
+            top_first=top_first,
+        )
     target = content_weight * content_target(content[top_items])
     weights = ease_weights_towards(gram, lam, target)
-    return EaseRelease(top_items=top_items, weights=weights, prior=prior, score_decay=score_decay)
+    return EaseRelease(
+        top_items=top_items, weights=weights, prior=prior, score_decay=score_decay, top_first=top_first,
+    )

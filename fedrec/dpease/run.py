@@ -126,11 +126,25 @@ class EaseHistory:
     evaluated: list[int] = field(default_factory=list)  # the clients test_per_client belongs to, in that order
 
 
-def phase_noise(config: RunConfig, *, evaluations: int = 0) -> tuple[float, float]:
+def count_share(config: RunConfig, n_items: int | None) -> float:
+    """Phase 1's part of the budget for a catalogue of ``n_items`` (public: every device
+    knows the catalogue): ``ease-count-share`` plus ``ease-count-share-tail`` times
+    ``max(0, 1 - 2 max_items / n_items)``, at most 0.9. Past the co-occurrence cap the
+    released counts alone rank most of the catalogue, so they get more of the budget;
+    a catalogue within twice the cap keeps ``ease-count-share``. None: the base share."""
+    e = config.ease
+    if n_items is None or n_items <= 0:
+        return e.count_share
+    beyond = max(0.0, 1.0 - 2.0 * e.max_items / n_items)
+    return e.count_share + min(e.count_share_tail * beyond, max(0.0, 0.9 - e.count_share))
+
+
+def phase_noise(config: RunConfig, *, evaluations: int = 0, n_items: int | None = None) -> tuple[float, float]:
     """(z_counts, z_gram): given, or calibrated so that the two releases, followed by
     ``evaluations`` metric releases at ``eval-noise-multiplier`` (private evaluation on
-    real devices), spend the budget: the history calibrated is the ledger's, in its order."""
-    p, e = config.privacy, config.ease
+    real devices), spend the budget: the history calibrated is the ledger's, in its order.
+    The budget is split by :func:`count_share` for a catalogue of ``n_items``."""
+    p = config.privacy
     if not p.enabled:
         return 0.0, 0.0
     fixed = p.fixed_noise
@@ -142,8 +156,9 @@ def phase_noise(config: RunConfig, *, evaluations: int = 0) -> tuple[float, floa
             f"{evaluations} evaluation releases at eval-noise-multiplier {p.eval_noise_multiplier} alone spend epsilon "
             f">= {p.epsilon:.3g}: raise eval-noise-multiplier or epsilon"
         )
+    share = count_share(config, n_items)
     z1, z2 = calibrate_releases(
-        target_epsilon=p.epsilon, delta=p.delta, shares=(e.count_share, 1 - e.count_share), accountant=p.accountant,
+        target_epsilon=p.epsilon, delta=p.delta, shares=(share, 1 - share), accountant=p.accountant,
         after=after,
     )
     return z1, z2
@@ -174,7 +189,9 @@ def run_dp_ease(
     clients = transport.clients()
     # real devices' metrics leave only through a DP release; simulations evaluate exactly
     private_eval = config.privacy.enabled and bool(getattr(transport, "private_evaluation", False))
-    z_counts, z_gram = phase_noise(config, evaluations=len(EVALUATIONS) if private_eval else 0)
+    z_counts, z_gram = phase_noise(
+        config, evaluations=len(EVALUATIONS) if private_eval else 0, n_items=int(transport.n_items),
+    )
     history = EaseHistory(noise_multipliers=(z_counts, z_gram))
     session, rng = _open_session(config, run_dir, population=len(clients), z_gram=z_gram, private_eval=private_eval)
     clients, refused = announce_job(session, transport, clients, dp_ease_releases(
@@ -285,6 +302,7 @@ def _fit(config: RunConfig, sums: _Sums, *, z_counts: float, z_gram: float) -> E
         gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
         eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
         content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
+        top_first=e.top_first,
     )
 
 

@@ -20,28 +20,46 @@ from fedrec.evaluation.scoring import evaluate_scorer
 EASE_L2_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
-def user_item_matrix(split: LeaveOneOutSplit) -> np.ndarray:
-    """Dense (n_users, n_items) 0/1 matrix of training interactions."""
-    users, items = split.train_pairs()
-    matrix = np.zeros((split.n_users, split.n_items), dtype=np.float32)
-    matrix[users, items] = 1.0
+def user_item_matrix(split: LeaveOneOutSplit, *, items: np.ndarray | None = None) -> np.ndarray:
+    """Dense (n_users, n_items) 0/1 matrix of training interactions; with ``items``,
+    only those columns, in that order: (n_users, len(items))."""
+    users, train = split.train_pairs()
+    if items is None:
+        matrix = np.zeros((split.n_users, split.n_items), dtype=np.float32)
+        matrix[users, train] = 1.0
+        return matrix
+    column = np.full(split.n_items, -1, dtype=np.int64)
+    column[items] = np.arange(items.shape[0])
+    keep = column[train] >= 0
+    matrix = np.zeros((split.n_users, items.shape[0]), dtype=np.float32)
+    matrix[users[keep], column[train[keep]]] = 1.0
     return matrix
 
 
-def sparse_user_items(split: LeaveOneOutSplit) -> sp.csr_matrix:
+def sparse_user_items(split: LeaveOneOutSplit, *, items: np.ndarray | None = None) -> sp.csr_matrix:
     """:func:`user_item_matrix` as a sparse CSR matrix (for populations too large to hold dense)."""
-    users, items = split.train_pairs()
-    matrix = sp.csr_matrix((np.ones(users.shape[0], dtype=np.float32), (users, items)), shape=(split.n_users, split.n_items))
+    users, train = split.train_pairs()
+    width = split.n_items
+    if items is not None:
+        column = np.full(split.n_items, -1, dtype=np.int64)
+        column[items] = np.arange(items.shape[0])
+        keep = column[train] >= 0
+        users, train, width = users[keep], column[train[keep]], int(items.shape[0])
+    matrix = sp.csr_matrix((np.ones(users.shape[0], dtype=np.float32), (users, train)), shape=(split.n_users, width))
     matrix.data[:] = 1.0  # a repeated (user, item) pair is one 1, as in the dense matrix
     return matrix
+
+
+def training_counts(split: LeaveOneOutSplit) -> np.ndarray:
+    """(n_items,) how many training users each item has."""
+    return np.bincount(split.train_pairs()[1], minlength=split.n_items).astype(np.float64)
 
 
 class Popularity:
     """Scores each item by how many training users interacted with it."""
 
     def __init__(self, split: LeaveOneOutSplit) -> None:
-        _, items = split.train_pairs()
-        self.counts = np.bincount(items, minlength=split.n_items).astype(np.float64)
+        self.counts = training_counts(split)
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.counts, (users.shape[0], self.counts.shape[0])).copy()
@@ -118,29 +136,48 @@ class EASE:
 
     With fewer users than items every user's scores are computed at once
     (:func:`ease_scores`); otherwise from the item-item weights, with the histories held
-    sparse and ``gram`` (``X^T X``, float64) computed once if not given."""
+    sparse and ``gram`` (``X^T X``, float64) computed once if not given. With ``items``
+    (a subset of the catalogue, :func:`ease_items`), EASE is fitted on those columns only
+    and every other item ranks below all of them, in order of training popularity.
+    """
 
-    def __init__(self, split: LeaveOneOutSplit, *, l2: float, gram: np.ndarray | None = None) -> None:
+    def __init__(
+        self, split: LeaveOneOutSplit, *, l2: float, items: np.ndarray | None = None, gram: np.ndarray | None = None,
+    ) -> None:
         self.l2 = l2
+        self.items = None if items is None else np.asarray(items, dtype=np.int64)
+        self.n_items = split.n_items
         self.weights: np.ndarray | None = None
         self.scores: np.ndarray | None = None
         self.user_items: np.ndarray | sp.csr_matrix
-        if split.n_users < split.n_items:
-            self.user_items = user_item_matrix(split)  # (U, I)
-            self.scores = ease_scores(self.user_items, l2=l2).astype(np.float32)  # (U, I)
+        fitted = split.n_items if self.items is None else int(self.items.shape[0])
+        if split.n_users < fitted:
+            self.user_items = user_item_matrix(split, items=self.items)  # (U, M)
+            self.scores = ease_scores(self.user_items, l2=l2).astype(np.float32)  # (U, M)
         else:
             if l2 <= 0:
                 raise ValueError(f"EASE needs l2 > 0 (got {l2}); it keeps X^T X + l2 I invertible")
-            self.user_items = sparse_user_items(split)  # (U, I)
+            self.user_items = sparse_user_items(split, items=self.items)  # (U, M)
             regularised = np.array(training_gram(self.user_items) if gram is None else gram, dtype=np.float64)
             regularised[np.diag_indices_from(regularised)] += l2
-            self.weights = _weights_from_inverse(np.linalg.inv(regularised)).astype(np.float32)  # (I, I)
+            self.weights = _weights_from_inverse(np.linalg.inv(regularised)).astype(np.float32)  # (M, M)
+        counts = training_counts(split)
+        self.tail = counts / (counts.max() + 1.0)  # in [0, 1): popularity order among the other items
 
-    def score(self, users: np.ndarray) -> np.ndarray:
+    def _inner(self, users: np.ndarray) -> np.ndarray:
         if self.scores is not None:
             return self.scores[users]
         assert self.weights is not None  # one of the two is always set in __init__
         return np.asarray(self.user_items[users] @ self.weights)
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        inner = self._inner(users)  # (U, M)
+        if self.items is None:
+            return inner
+        below = inner.min(axis=1, keepdims=True) - 2.0 if inner.shape[1] else np.zeros((inner.shape[0], 1))
+        out = (below + self.tail[None, :]).astype(np.float32)  # (U, n_items): under every fitted item
+        out[:, self.items] = inner
+        return out
 
 
 def training_gram(user_items: sp.csr_matrix) -> np.ndarray:
@@ -149,17 +186,55 @@ def training_gram(user_items: sp.csr_matrix) -> np.ndarray:
     return np.asarray((wide.T @ wide).toarray())
 
 
-def ease_l2_grid(split: LeaveOneOutSplit, scales: Sequence[float] = EASE_L2_SCALES) -> list[float]:
-    """The L2 values to try: ``scales`` times the mean training interactions per item."""
-    per_item = split.train_items.shape[0] / split.n_items
+# What one EASE fit may cost on this machine: floating-point operations per l2 tried
+# (an (M, M) or, by Woodbury, an (U, U) solve) and dense (users x items) cells held
+EASE_MAX_FLOPS = 8e10
+EASE_MAX_CELLS = 60_000_000
+
+
+def ease_items(
+    split: LeaveOneOutSplit, *, max_items: int, max_flops: float = EASE_MAX_FLOPS, max_cells: int = EASE_MAX_CELLS
+) -> np.ndarray | None:
+    """The items EASE is fitted on: None (the whole catalogue) when it fits the budget,
+    else the ``M`` most frequent training items, ``M`` the largest with ``M <=
+    max_items``, ``min(U, M)^2 max(U, M) <= max_flops`` (the cubic solve) and ``U M <=
+    max_cells`` (the dense matrices)."""
+    u = split.n_users
+
+    def fits(m: int) -> bool:
+        if u < m:  # dense histories, the (U, U) solve
+            return m <= max_items and u * u * m <= max_flops and u * m <= max_cells
+        return m <= max_items and m**3 <= max_flops  # sparse histories, the (M, M) solve of their Gram
+
+    if fits(split.n_items):
+        return None
+    low, high = 1, split.n_items  # the largest m that fits, by bisection (fits is monotone in m)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    counts = training_counts(split)
+    return np.argsort(-counts, kind="stable")[:low].astype(np.int64)
+
+
+def ease_l2_grid(
+    split: LeaveOneOutSplit, scales: Sequence[float] = EASE_L2_SCALES, *, items: np.ndarray | None = None
+) -> list[float]:
+    """The L2 values to try: ``scales`` times the mean training interactions per item
+    (of ``items`` where EASE is fitted on those only)."""
+    if items is None:
+        per_item = split.train_items.shape[0] / split.n_items
+    else:
+        per_item = float(training_counts(split)[items].sum()) / max(items.shape[0], 1)
     return [float(round(scale * per_item, 1)) for scale in scales]
 
 
 def fit_ease(
-    split: LeaveOneOutSplit, *, l2s: Sequence[float] | None = None, users: np.ndarray | None = None,
+    split: LeaveOneOutSplit, *, l2s: Sequence[float] | None = None, items: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> tuple[EASE, dict[float, float]]:
     """EASE with the ``l2`` (default :func:`ease_l2_grid`) that gives the best validation
-    NDCG@10 (sampled), on every user or on ``users`` (split indices) only.
+    NDCG@10 (sampled), on every user or on ``users`` (split indices) only; fitted on
+    ``items`` only where given (:class:`EASE`).
 
     Only the validation users' held-out items are looked at; returns the model and the
     validation NDCG@10 of every ``l2`` tried. One LU inverse per ``l2``: an
@@ -168,10 +243,11 @@ def fit_ease(
     """
     tried: dict[float, float] = {}
     best: EASE | None = None
-    gram = training_gram(sparse_user_items(split)) if split.n_users >= split.n_items else None
+    fitted = split.n_items if items is None else int(items.shape[0])
+    gram = training_gram(sparse_user_items(split, items=items)) if split.n_users >= fitted else None
     judged = split if users is None else split.subset(users)
-    for l2 in ease_l2_grid(split) if l2s is None else l2s:
-        model = EASE(split, l2=l2, gram=gram)
+    for l2 in ease_l2_grid(split, items=items) if l2s is None else l2s:
+        model = EASE(split, l2=l2, items=items, gram=gram)
         score = model.score if users is None else (lambda u, m=model: m.score(users[u]))
         tried[l2] = evaluate_scorer(score, judged, which="val")["ndcg@10"]
         if best is None or tried[l2] > tried[best.l2]:

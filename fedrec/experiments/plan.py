@@ -323,7 +323,7 @@ def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOu
     from the data's own sums (preview) or bounded from N and C (public)."""
     p, e = config.privacy, config.ease
     c = p.clipping_norm
-    z1, z2 = phase_noise(config)
+    z1, z2 = phase_noise(config, n_items=items)
     sigma1, sigma2 = z1 * c, z2 * c
     cap = min(e.max_items, items)
     notes: list[str] = []

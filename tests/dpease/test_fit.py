@@ -134,3 +134,46 @@ def test_the_content_prior_reads_only_public_item_data() -> None:
     assert np.array_equal(everyone, item_content(meta))
     assert public_item_content(parse_run_config({**base, "ease-content-weight": 0.0})) is None
     assert public_item_content(parse_run_config(SYNTHETIC | {"ease-content-weight": 1.0})) is None  # no metadata
+
+
+def test_top_first_puts_every_top_item_above_the_tail_and_keeps_both_orders() -> None:
+    from fedrec.dpease.fit import EaseRelease
+
+    rng = np.random.default_rng(4)
+    top = np.array([5, 2, 7])
+    weights = rng.normal(size=(3, 3))
+    np.fill_diagonal(weights, 0.0)
+    prior = rng.normal(size=10)
+    prior[[0, 1]] = 50.0  # tail items whose noisy counts came out high
+    plain = EaseRelease(top_items=top, weights=weights, prior=prior)
+    first = EaseRelease(top_items=top, weights=weights, prior=prior, top_first=True)
+    history = (rng.random((6, 10)) < 0.4).astype(np.float64)
+    a, b = plain.score(history), first.score(history)
+    tail = np.setdiff1d(np.arange(10), top)
+    assert (b[:, top].min(axis=1) > b[:, tail].max(axis=1)).all()
+    assert (a[:, top].min(axis=1) < a[:, tail].max(axis=1)).any()  # without it the noisy tail can outrank them
+    for u in range(6):  # one shift per user: the order inside the top items and inside the tail is the same
+        assert (np.argsort(a[u, top]) == np.argsort(b[u, top])).all()
+        np.testing.assert_array_equal(a[u, tail], b[u, tail])
+    # released with the model: a device reading model.npz scores the same way; older releases did not rank top first
+    assert EaseRelease.from_arrays(first.to_arrays()).top_first
+    old = {k: v for k, v in first.to_arrays().items() if k != "top_first"}
+    assert not EaseRelease.from_arrays(old).top_first
+
+
+def test_top_first_is_post_processing_of_the_released_arrays_only() -> None:
+    # same counts, top items and Gram -> the same released arrays but the flag; scoring uses only them
+    from fedrec.dpease.statistics import packed_size as size
+
+    rng = np.random.default_rng(5)
+    counts = rng.normal(10.0, 3.0, size=30)
+    top = np.argsort(-counts)[:6]
+    gram = np.abs(rng.normal(5.0, 1.0, size=size(6)))
+    kwargs = {
+        "counts": counts, "top_items": top, "gram_packed": gram, "count_noise_std": 1.0, "gram_noise_std": 0.0,
+        "noise_scale": 2.0, "base_scale": 5.0, "eigen_floor": 0.5, "prior_weight": 0.001,
+    }
+    a, b = fit_release(**kwargs), fit_release(**kwargs, top_first=True)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(a.prior, b.prior)
+    np.testing.assert_array_equal(a.top_items, b.top_items)

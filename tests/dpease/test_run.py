@@ -219,3 +219,22 @@ def test_fedrec_simulate_runs_dp_ease_and_fedrec_audit_verifies_it(tmp_path: Pat
     assert "federated dp-ease" in result.output
     assert runner.invoke(app, ["audit", str(out)]).exit_code == 0
     assert json.loads((out / "results.json").read_text())["epsilon"] <= 4.0
+
+
+def test_the_count_share_follows_the_catalogue_past_the_cooccurrence_cap() -> None:
+    from fedrec.dpease.run import count_share
+    from fedrec.privacy.accountant import epsilon
+
+    config = parse_run_config({"model": "dp-ease", "epsilon": 8.0, "ease-max-items": 100})
+    assert count_share(config, None) == count_share(config, 150) == count_share(config, 200) == pytest.approx(0.2)
+    # 1 - 2 * 100 / 1000 = 0.8 of the catalogue past twice the cap: 0.2 + 0.3 * 0.8
+    assert count_share(config, 1000) == pytest.approx(0.44)
+    assert count_share(config, 10**9) == pytest.approx(0.5, abs=1e-6)  # at most base + tail
+    high = parse_run_config({"model": "dp-ease", "ease-count-share": 0.95, "ease-max-items": 100})
+    assert count_share(high, 10**6) == pytest.approx(0.95)  # a share set above 0.9 is kept, never lowered
+    # the split changes, the budget does not: both ways spend epsilon 8 by the accountant
+    for n in (150, 1000):
+        z1, z2 = phase_noise(config, n_items=n)
+        spent = epsilon(((z1, 1.0, 1), (z2, 1.0, 1)), delta=1e-5, accountant=config.privacy.accountant)
+        assert spent == pytest.approx(8.0, abs=0.02)
+    assert phase_noise(config, n_items=1000)[0] < phase_noise(config, n_items=150)[0]  # less noise on the counts
