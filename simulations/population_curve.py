@@ -81,10 +81,10 @@ def gram_eigenvalues(config: RunConfig, top_items: np.ndarray) -> np.ndarray:
 def cache_references() -> None:
     """Popularity and EASE depend on the split and the evaluation users only, not on
     epsilon: fit and score them once per population (the same numbers in every row)."""
-    from fedrec.dpease import report
+    from fedrec.experiments import run as pipeline  # the one pipeline fits the references
 
     computed: dict[tuple[int, int, bytes], Any] = {}
-    fit = report.cheap_references
+    fit = pipeline.cheap_references
 
     def cached(split: Any, *, knn: bool = True, users: np.ndarray | None = None, **kwargs: Any) -> Any:
         key = (split.n_users, split.n_items, b"" if users is None else np.asarray(users).tobytes())
@@ -93,7 +93,7 @@ def cache_references() -> None:
             computed[key] = fit(split, knn=knn, users=users, **kwargs)
         return computed[key]
 
-    report.cheap_references = cached
+    pipeline.cheap_references = cached
 
 
 def run_point(args: argparse.Namespace, users: int, epsilon: float) -> dict[str, Any]:

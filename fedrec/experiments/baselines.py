@@ -193,18 +193,22 @@ EASE_MAX_CELLS = 60_000_000
 
 
 def ease_items(
-    split: LeaveOneOutSplit, *, max_items: int, max_flops: float = EASE_MAX_FLOPS, max_cells: int = EASE_MAX_CELLS
+    split: LeaveOneOutSplit, *, max_items: int, max_flops: float = EASE_MAX_FLOPS, max_cells: int = EASE_MAX_CELLS,
+    users: int | None = None,
 ) -> np.ndarray | None:
     """The items EASE is fitted on: None (the whole catalogue) when it fits the budget,
     else the ``M`` most frequent training items, ``M`` the largest with ``M <=
     max_items``, ``min(U, M)^2 max(U, M) <= max_flops`` (the cubic solve) and ``U M <=
-    max_cells`` (the dense matrices)."""
+    max_cells`` (the dense matrices); ``U`` is every user where there are fewer users
+    than items (dense histories), else the ``users`` scored (default: every user)."""
     u = split.n_users
+    judged = u if users is None else min(users, u)  # how many users are scored
 
     def fits(m: int) -> bool:
-        if u < m:  # dense histories, the (U, U) solve
-            return m <= max_items and u * u * m <= max_flops and u * m <= max_cells
-        return m <= max_items and m**3 <= max_flops  # sparse histories, the (M, M) solve of their Gram
+        # fewer users than items: dense histories of every user; otherwise sparse ones, and
+        # only the users scored (an evaluation sample) are held dense
+        n = u if u < m else judged
+        return m <= max_items and min(n, m) ** 2 * max(n, m) <= max_flops and n * m <= max_cells
 
     if fits(split.n_items):
         return None

@@ -87,7 +87,7 @@ def cheap_references(
         started = time.perf_counter()
         refs["item-knn"] = _scored(on_judged(ItemKNN(split).score), judged, started, k=50)
     started = time.perf_counter()
-    items = ease_items(split, max_items=ease_max_items)
+    items = ease_items(split, max_items=ease_max_items, users=None if users is None else int(users.shape[0]))
     if items is not None:
         logger.warning(
             "EASE fitted on the %d most frequent of %d items (the rest ranked below them by popularity): "
