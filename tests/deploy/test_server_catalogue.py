@@ -92,7 +92,7 @@ def test_simulated_and_deployment_content_targets_are_the_same_arrays(
     np.testing.assert_array_equal(content_target(deployed[top]), content_target(simulated[top]))
 
 
-def test_a_server_without_a_catalogue_asks_no_device_unless_the_content_weight_is_zero(
+def test_no_catalogue_is_refused_unless_the_content_weight_is_zero_and_a_wrong_one_is_refused(
     ml100k: Interactions, tmp_path: Path,
 ) -> None:
     config = parse_run_config({"model": "dp-ease", "dp": "off"})
@@ -118,10 +118,13 @@ def _fleet(tmp_path: Path, data: Path) -> dict[int, dict[str, Any]]:
     return nodes
 
 
-def _serve(config: RunConfig, nodes: dict[int, dict[str, Any]], out_dir: Path, catalog: Path | None) -> dict[str, np.ndarray]:
+def _serve(
+    config: RunConfig, nodes: dict[int, dict[str, Any]], out_dir: Path, catalog: Path | None, grid: InlineGrid | None = None,
+) -> dict[str, np.ndarray]:
     """The deployment ServerApp over the in-process grid; its model.npz."""
     run_config = app_config(config, out_dir=out_dir, min_devices=DEVICES, n_items=1682, catalog=catalog)
-    deployment_server(InlineGrid(nodes), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    deployment_server(grid or InlineGrid(nodes), context)
     return read_arrays(out_dir / MODEL)
 
 
@@ -149,6 +152,10 @@ def test_a_deployment_server_with_no_interactions_file_runs_dp_ease_with_its_con
 
     shutil.rmtree(data)
     assert not (data / "ml-100k" / "u.data").exists()
+    inline = InlineGrid(nodes)
+    with pytest.raises(FedrecError, match="catalog=PATH"):  # no catalogue: refused before any device is asked
+        _serve(config, nodes, tmp_path / "no-catalogue", catalog=None, grid=inline)
+    assert inline.sent == []
     model = _serve(config, nodes, tmp_path / "without-data", catalog=server_catalog)
     assert model["top_items"].shape[0] > 1 and np.abs(model["weights"]).sum() > 0
     assert expected.keys() == model.keys()
