@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.deploy.catalog import run_catalog
 from fedrec.errors import ConfigError
 from fedrec.experiments.run import run_family
 from fedrec.federation.device import simulated_population
@@ -29,7 +30,10 @@ def serve(
     grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False
 ) -> dict[str, Any]:
     split = simulated_population(config).split
-    channels = GridChannels(grid, config, n_items=split.n_items, expected_nodes=split.n_users, simulated=True)
+    channels = GridChannels(
+        grid, config, n_items=split.n_items, expected_nodes=split.n_users, simulated=True,
+        catalog=run_catalog(config),
+    )
     return run_family(config, channels, out_dir=out_dir, engine="flower", on_round=on_round, resume=resume)
 
 

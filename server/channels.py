@@ -13,6 +13,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid
 
 from fedrec.config import RunConfig
+from fedrec.deploy.catalog import Catalog
 from server.statistics import GridStatistics
 from server.transport import GridTransport
 
@@ -21,15 +22,16 @@ class GridChannels:
     """Opens a Grid transport of the kind a family asks for.
 
     ``simulated``: the population is simulated from the data set (Flower's simulation
-    runtime); a deployment's server knows ``n_items`` and nothing else of the data.
+    runtime); a deployment's server knows ``n_items`` and the public ``catalog`` (item
+    ids, titles, content) and nothing else of the data.
     ``secure_context``: run the uploads through SecAgg+ (a deployment's ``Context``).
     """
 
     def __init__(
         self, grid: Grid, config: RunConfig, *, n_items: int, expected_nodes: int, simulated: bool,
-        secure_context: Context | None = None, **options: Any,
+        catalog: Catalog | None = None, secure_context: Context | None = None, **options: Any,
     ) -> None:
-        self.grid, self.config, self.n_items, self.simulated = grid, config, n_items, simulated
+        self.grid, self.config, self.n_items, self.simulated, self.catalog = grid, config, n_items, simulated, catalog
         self.expected_nodes, self.secure_context, self.options = expected_nodes, secure_context, options
         self.opened: GridTransport | GridStatistics | None = None  # what the family opened: its uploads are reported
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -60,10 +61,21 @@ def prepare_fleet(out: Path, *, devices: int, config: RunConfig, seed: int, secu
         save_state(DeviceFiles.beside(device.data_path), DeviceState(device_seed=1_000 * seed + k))
     tls = make_tls(out / "tls")
     keys = make_device_keys(out / "device-keys", [d.name for d in fleet])
-    n_items = load_catalog(fleet[0].folder / CATALOG).n_items
-    run_config = app_config(config, out_dir=out / "run", min_devices=devices, n_items=n_items, secure_aggregation=secure_aggregation)
+    catalog = server_catalog(out, fleet)
+    n_items = load_catalog(catalog).n_items
+    run_config = app_config(config, out_dir=out / "run", min_devices=devices, n_items=n_items,
+                            secure_aggregation=secure_aggregation, catalog=catalog)
     app = write_app(out / "app", run_config)
-    return {"fleet": fleet, "tls": tls, "keys": keys, "app": app}
+    return {"fleet": fleet, "tls": tls, "keys": keys, "app": app, "catalog": catalog}
+
+
+def server_catalog(out: Path, fleet: list[Any]) -> Path:
+    """The server's copy of the public catalogue (the same catalog.json every device has):
+    all the server reads of the data set."""
+    catalog = out / "server" / CATALOG
+    catalog.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fleet[0].folder / CATALOG, catalog)
+    return catalog
 
 
 def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int = 0,
@@ -118,9 +130,10 @@ def run_jobs(out: Path, *, devices: int, jobs: int, job_epsilon: float, device_e
                               "ledger-key": str(out / "server-keys" / "ledger.pem"), **(overrides or {})}
     config = parse_run_config(values)
     parts = prepare_fleet(out, devices=devices, config=config, seed=seed)
-    n_items = load_catalog(parts["fleet"][0].folder / CATALOG).n_items
+    n_items = load_catalog(parts["catalog"]).n_items
     job_dirs = [out / f"job-{k}" for k in range(1, jobs + 1)]
-    apps = [write_app(out / f"app-{k}", app_config(config, out_dir=job_dir, min_devices=devices, n_items=n_items))
+    apps = [write_app(out / f"app-{k}", app_config(config, out_dir=job_dir, min_devices=devices, n_items=n_items,
+                                                   catalog=parts["catalog"]))
             for k, job_dir in enumerate(job_dirs, start=1)]
     summary: dict[str, Any] = {"devices": devices, "device_epsilon": device_epsilon, "job_epsilon": job_epsilon, "jobs": []}
     with LocalFleet(out / "fleet", tls=parts["tls"], auth=True) as fleet:

@@ -1,9 +1,10 @@
 """The ServerApp for Flower's deployment runtime (SuperLink + real SuperNodes).
 
-Unlike the simulation app, the server holds no data: the catalogue size and the
-number of devices to wait for come from the run config (``num-items``,
-``min-devices``). Results and the privacy ledger go to ``out-dir`` on the machine
-that runs the ServerApp.
+Unlike the simulation app, the server holds no interactions: the catalogue size, the
+public catalogue (``catalog.json`` of ``fedrec deploy split``: item ids, titles,
+content) and the number of devices to wait for come from the run config
+(``num-items``, ``catalog``, ``min-devices``). Results and the privacy ledger go to
+``out-dir`` on the machine that runs the ServerApp.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.config import parse_run_config
-from fedrec.deploy.settings import split_deploy_settings
+from fedrec.deploy.settings import deploy_catalog, split_deploy_settings
 from fedrec.experiments.results import RESULTS, write_json
 from fedrec.experiments.run import run_family
 from fedrec.privacy.device_odometers import NO_CONTRIBUTOR, NoContributor
@@ -37,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
         "private_evaluation": config.privacy.enabled,
     }
     channels = GridChannels(
-        grid, config, n_items=deploy.n_items, simulated=False,
+        grid, config, n_items=deploy.n_items, simulated=False, catalog=deploy_catalog(deploy),
         secure_context=context if deploy.secure_aggregation else None, **common,  # type: ignore[arg-type]
     )
     try:

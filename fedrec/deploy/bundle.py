@@ -34,9 +34,10 @@ def _toml_value(value: Any) -> str:
 
 def app_config(
     config: RunConfig, *, out_dir: Path, min_devices: int, n_items: int, round_timeout: float = 300.0,
-    secure_aggregation: bool = False,
+    secure_aggregation: bool = False, catalog: Path | None = None,
 ) -> dict[str, Any]:
-    """The flat run config of a deployment: fedrec's keys plus the server's deployment keys."""
+    """The flat run config of a deployment: fedrec's keys plus the server's deployment keys
+    (``catalog``: the public catalog.json on the server machine, the item content of the fit)."""
     return {
         **config.to_flat(),
         "out-dir": str(out_dir),
@@ -46,6 +47,7 @@ def app_config(
         settings.ROUND_TIMEOUT: round_timeout,
         settings.CONNECT_TIMEOUT: 300.0,
         settings.SECURE_AGGREGATION: secure_aggregation,
+        settings.CATALOG: "" if catalog is None else str(catalog),
     }
 
 

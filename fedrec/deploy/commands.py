@@ -99,6 +99,10 @@ def app_folder(
     run_out: Annotated[Path, typer.Option("--run-out", help="Where the ServerApp writes results and the ledger.")] = Path(
         "runs/deployment"
     ),
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--catalog", help="catalog.json from `fedrec deploy split`, where the server reads it (item content)."),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of run settings.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: key=value.")] = None,
 ) -> None:
@@ -110,7 +114,10 @@ def app_folder(
         values = load_config_file(config) if config else {}
         values.update(parse_overrides(set_ or []))
         run_config = parse_run_config(values)
-        path = write_app(out, app_config(run_config, out_dir=run_out.resolve(), min_devices=min_devices, n_items=num_items))
+        path = write_app(out, app_config(
+            run_config, out_dir=run_out.resolve(), min_devices=min_devices, n_items=num_items,
+            catalog=None if catalog is None else catalog.resolve(),
+        ))
     except FedrecError as err:
         raise _fail(err) from None
     console.print(f"wrote {path}; submit it with: flwr run {path} SUPERLINK")

@@ -10,13 +10,18 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedrec.config import DataSettings, RunConfig
 from fedrec.data.interactions import ItemMetadata
 from fedrec.dpease.statistics import recency_weights, unpack_symmetric
+from fedrec.errors import FedrecError
 from fedrec.models.ease import ease_weights
+
+if TYPE_CHECKING:
+    from fedrec.deploy.catalog import Catalog
 
 TOP_ITEMS, WEIGHTS, PRIOR = "top_items", "weights", "prior"  # the released arrays (model.npz)
 SCORE_DECAY = "score_decay"  # one value; releases without it score with equal weights
@@ -159,19 +164,37 @@ def item_content(meta: ItemMetadata | None) -> np.ndarray | None:
     return None if meta is None else build_item_vectors(meta, FeatureConfig())
 
 
-@functools.lru_cache(maxsize=4)
-def _catalogue_content(data: DataSettings, seed: int) -> np.ndarray | None:
-    from fedrec.data.sources import prepare
+def catalogue_content(catalog: Catalog | None, config: RunConfig) -> np.ndarray | None:
+    """The content for :func:`content_target` from the public catalogue alone (item ids,
+    titles, genres, year, text: ``catalog.json`` of ``fedrec deploy split``), in the
+    catalogue's item index, the devices' own. None where ``ease-content-weight`` is 0 or
+    the catalogue has no item content. A server with no catalogue cannot shrink towards
+    content: a clear error unless the weight is 0."""
+    if config.ease.content_weight == 0:
+        return None
+    if catalog is None:
+        raise FedrecError(
+            "ease-content-weight > 0 needs the public item catalogue on the server: give the deployment "
+            "catalog=PATH (the catalog.json of `fedrec deploy split`, `fedrec deploy app --catalog`) "
+            "or set ease-content-weight=0"
+        )
+    return item_content(catalog.meta)
 
-    return item_content(prepare(data, seed=seed).interactions.item_meta)
+
+@functools.lru_cache(maxsize=4)
+def _simulated_content(data: DataSettings, seed: int) -> np.ndarray | None:
+    from fedrec.deploy.catalog import simulated_catalog  # here: fedrec.deploy imports the data loaders
+
+    return item_content(simulated_catalog(data, seed=seed).meta)
 
 
 def public_item_content(config: RunConfig) -> np.ndarray | None:
-    """The run's catalogue content for :func:`content_target` (None where the data set
-    has no item metadata or ``ease-content-weight`` is 0). Only item metadata is read."""
+    """The catalogue content of a simulated run (:func:`catalogue_content` of the
+    catalogue ``fedrec deploy split`` ships for its data set): None where the data set has
+    no item metadata or ``ease-content-weight`` is 0. Only item metadata is read."""
     if config.ease.content_weight == 0:
         return None
-    return _catalogue_content(config.data, config.seed)
+    return _simulated_content(config.data, config.seed)
 
 
 def ease_weights_towards(gram: np.ndarray, lam: float, target: np.ndarray) -> np.ndarray:

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.split import ClientData, LeaveOneOutSplit
-from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items
+from fedrec.dpease.fit import EaseRelease, catalogue_content, fit_release, select_top_items
 from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size
 from fedrec.errors import FedrecError, PrivacyError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
@@ -40,6 +40,9 @@ from fedrec.privacy.eval_release import NOT_PRIVATE, PRIVATE, evaluation_generat
 from fedrec.privacy.noise import noise_generator
 from fedrec.privacy.release import noisy_sum
 from fedrec.privacy.session import PrivacySession, open_session
+
+if TYPE_CHECKING:
+    from fedrec.deploy.catalog import Catalog
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +178,14 @@ def _noisy_sum(
 
 
 def run_dp_ease(
-    config: RunConfig, transport: StatisticsTransport, *, run_dir: Path,
+    config: RunConfig, transport: StatisticsTransport, *, run_dir: Path, catalog: Catalog | None,
     on_phase: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[EaseRelease, EaseHistory, dict[str, float], dict[str, float]]:
     """Both releases, the fit, and the devices' validation and test metrics.
+
+    ``catalog`` is the public item catalogue, all the server reads of the data set: the
+    content target of the fit comes from it (:func:`fedrec.dpease.fit.catalogue_content`;
+    None is a server without one, fine where ``ease-content-weight`` is 0).
 
     With private evaluation each metric set is a ledger release checked against the
     budget before the devices are asked; one that would exceed it is not asked for, the
@@ -186,6 +193,7 @@ def run_dp_ease(
 
     Returns (release, history, validation metrics, test metrics).
     """
+    content = catalogue_content(catalog, config)  # before any device is asked: a missing catalogue costs nothing
     clients = transport.clients()
     # real devices' metrics leave only through a DP release; simulations evaluate exactly
     private_eval = config.privacy.enabled and bool(getattr(transport, "private_evaluation", False))
@@ -199,7 +207,7 @@ def run_dp_ease(
         evaluations=len(EVALUATIONS) if private_eval else 0, eval_noise_multiplier=config.privacy.eval_noise_multiplier,
         eval_sensitivity=sensitivity(len(METRIC_NAMES))))
     sums = _release_statistics(config, transport, clients, session=session, rng=rng, history=history, on_phase=on_phase)
-    release = _fit(config, sums, z_counts=z_counts, z_gram=z_gram)
+    release = _fit(config, sums, z_counts=z_counts, z_gram=z_gram, content=content)
     history.top_items = int(release.top_items.shape[0])
     arrays = release.to_arrays()
     metrics = _released_metrics(config, transport, clients, arrays, session=session, history=history) if private_eval else {}
@@ -293,7 +301,7 @@ def _release_statistics(
     return sums
 
 
-def _fit(config: RunConfig, sums: _Sums, *, z_counts: float, z_gram: float) -> EaseRelease:
+def _fit(config: RunConfig, sums: _Sums, *, z_counts: float, z_gram: float, content: np.ndarray | None) -> EaseRelease:
     """The released model from the noisy sums (post-processing)."""
     p, e = config.privacy, config.ease
     assert sums.counts is not None  # _release_statistics raises otherwise
@@ -301,7 +309,7 @@ def _fit(config: RunConfig, sums: _Sums, *, z_counts: float, z_gram: float) -> E
         counts=sums.counts, top_items=sums.top, gram_packed=sums.gram, count_noise_std=z_counts * p.clipping_norm,
         gram_noise_std=z_gram * p.clipping_norm, noise_scale=e.lambda_noise, base_scale=e.lambda_base,
         eigen_floor=e.eigen_floor, prior_weight=e.prior_weight,
-        content=public_item_content(config), content_weight=e.content_weight, score_decay=e.score_decay,
+        content=content, content_weight=e.content_weight, score_decay=e.score_decay,
         top_first=e.top_first,
     )
 

@@ -37,6 +37,7 @@ import torch
 
 from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
+from fedrec.deploy.catalog import run_catalog
 from fedrec.engine.lanes import LANES_ENV, Lane, default_lanes, intra_op_threads, keep_freed_memory
 from fedrec.errors import FedrecError
 from fedrec.evaluation.scoring import metrics_from_scores
@@ -304,11 +305,12 @@ def make_transport(config: RunConfig) -> Transport:
 
 class InProcessChannels:
     """The in-process engine's channels to the simulated devices (:class:`fedrec.families.contract.Channels`):
-    the vectorised transport for rounds, direct calls for statistics."""
+    the vectorised transport for rounds, direct calls for statistics, the data set's public catalogue."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.n_items = simulated_population(config).split.n_items
+        self.catalog = run_catalog(config)
         self.simulated = True
         self._rounds: Transport | None = None
 

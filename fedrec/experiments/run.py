@@ -21,6 +21,7 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.sources import write_run_ids
+from fedrec.deploy.catalog import run_catalog
 from fedrec.errors import FedrecError
 from fedrec.evaluation.metrics import METRIC_NAMES
 from fedrec.evaluation.scoring import paired_difference
@@ -33,6 +34,7 @@ from fedrec.models import ModelConfig, shared_spec
 from fedrec.privacy.readable import readable_run, released_lines
 
 if TYPE_CHECKING:
+    from fedrec.deploy.catalog import Catalog
     from fedrec.families.contract import RunOutcome, StatisticsTransport
     from fedrec.federation.rounds import Transport
 
@@ -55,14 +57,20 @@ def upload_summary(config: RunConfig, model: ModelConfig, rounds: list[dict[str,
 @dataclass
 class FixedChannels:
     """Channels made of transports already built (a caller that holds its own); the
-    statistics transport defaults to the simulated devices of ``config``."""
+    statistics transport defaults to the simulated devices of ``config``, the catalogue
+    of a simulated population to its data set's (:func:`fedrec.deploy.catalog.simulated_catalog`)."""
 
     config: RunConfig
     n_items: int
     simulated: bool
     transport: Transport | None = None
     statistics_transport: StatisticsTransport | None = None
+    catalog: Catalog | None = None
     opened: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.simulated and self.catalog is None:
+            self.catalog = run_catalog(self.config)
 
     def rounds(self) -> Transport:
         if self.transport is None:

@@ -49,6 +49,7 @@ def run_training_release(
 ) -> dict[str, Any]:
     """DP-EASE over ``train_users`` only; writes the run (ledger, model.npz, results.json)
     to ``run_dir`` and returns its results."""
+    from fedrec.deploy.catalog import run_catalog
     from fedrec.dpease.report import run_ease_and_report
     from fedrec.dpease.run import InProcessStatistics
 
@@ -56,7 +57,8 @@ def run_training_release(
     split = leave_one_out(population, rng=np.random.default_rng([config.seed, 2]), num_eval_negatives=config.data.num_eval_negatives,
                           mode=config.data.split)
     transport = InProcessStatistics(split, clipping_norm=config.privacy.clipping_norm)
-    return run_ease_and_report(config, run_dir, engine="inprocess", transport=transport)
+    return run_ease_and_report(config, run_dir, engine="inprocess", transport=transport,
+                               catalog=run_catalog(config))
 
 
 def release_settings(config: RunConfig, top_items: np.ndarray) -> ReleaseSettings:

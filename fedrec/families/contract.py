@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     from fedrec.config import RunConfig
     from fedrec.data.split import ClientData, LeaveOneOutSplit
+    from fedrec.deploy.catalog import Catalog
     from fedrec.experiments.plan import Plan
     from fedrec.federation.rounds import Transport
     from fedrec.privacy.canaries import AuditSettings
@@ -69,7 +70,8 @@ class Channels(Protocol):
     """What an engine offers a family: every kind of exchange with the devices, opened
     on demand (a family opens the one it needs), and what the server may know."""
 
-    n_items: int  # the catalogue size: all the server knows of the data in a deployment
+    n_items: int  # the catalogue size
+    catalog: Catalog | None  # the public item catalogue (ids, titles, content): all a deployment server reads of the data
     simulated: bool  # the population is simulated from a data set (references, own-id maps)
 
     def rounds(self) -> Transport:

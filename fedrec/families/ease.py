@@ -68,7 +68,8 @@ class DpEaseFamily:
         if resume:
             raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
         transport = channels.statistics()
-        release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir, on_phase=on_step)
+        release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir,
+                                                  catalog=channels.catalog, on_phase=on_step)
         clients = len(transport.clients())
         return RunOutcome(
             release=release.to_arrays(), test=test, steps=len(history.phases), steps_planned=RELEASES, clients=clients,

@@ -72,6 +72,7 @@ def audit_statistics_release(
 ) -> dict[str, Any]:
     """Run ``config``'s family once with canaries (in process), attack the released
     counts, bound epsilon from below; write the run and ``empirical_audit.json`` into ``out_dir``."""
+    from fedrec.deploy.catalog import run_catalog
     from fedrec.experiments.results import MODEL, read_arrays, write_json
     from fedrec.experiments.run import FixedChannels, run_family
     from fedrec.families import family_of
@@ -87,7 +88,8 @@ def audit_statistics_release(
     split = with_canaries(base, canaries, rng=rng)
     transport = family.simulated_devices(split, config)
     # simulated=False: the population is the data set plus canaries, so no references or own-id maps
-    channels = FixedChannels(config, n_items=split.n_items, simulated=False, statistics_transport=transport)
+    channels = FixedChannels(config, n_items=split.n_items, simulated=False, statistics_transport=transport,
+                             catalog=run_catalog(config))  # the canaries' items are the data set's
     results = run_family(config, channels, out_dir=out_dir, engine="inprocess", on_round=on_step)
     known = population_counts(family, base, config, phase=phase)
     untouched = np.ones(base.n_items, dtype=bool)

@@ -27,6 +27,7 @@ from fedrec.privacy.odometer import ODOMETER, OdometerSettings
 from fedrec.privacy.population import audit_population
 from server.statistics import GridStatistics
 from tests.deploy.test_secagg import InlineGrid
+from tests.dpease.test_flower import fleet_catalog
 
 DEVICES = 3
 
@@ -61,14 +62,16 @@ def test_two_jobs_run_the_third_gets_no_contributor_and_recommend_still_works(
     for job in (1, 2):
         grid = GridStatistics(InlineGrid(nodes), config, n_items=1682, expected_nodes=DEVICES, patience=1,
                               client_order=False, private_evaluation=True)
-        results = run_ease_and_report(config, tmp_path / f"job-{job}", engine="flower-deployment", transport=grid)
+        results = run_ease_and_report(config, tmp_path / f"job-{job}", engine="flower-deployment", transport=grid,
+                                      catalog=fleet_catalog(nodes))
         assert results["devices_refused"] == 0 and audit_run(tmp_path / f"job-{job}").code == OK
         runs.append(tmp_path / f"job-{job}")
     inline = InlineGrid(nodes)
     grid = GridStatistics(inline, config, n_items=1682, expected_nodes=DEVICES, patience=1, client_order=False,
                           private_evaluation=True)
     with pytest.raises(FedrecError, match=rf"no device took part: all {DEVICES} device\(s\) refused"):
-        run_ease_and_report(config, tmp_path / "job-3", engine="flower-deployment", transport=grid)
+        run_ease_and_report(config, tmp_path / "job-3", engine="flower-deployment", transport=grid,
+                                      catalog=fleet_catalog(nodes))
     assert {r.metadata.message_type for r in inline.sent} == {"query.plan"}  # nothing else was asked
     population = audit_population([*runs, tmp_path / "job-3"])
     assert population.code == OK and population.epsilon["prv"] <= 10.0
@@ -97,5 +100,6 @@ def test_a_device_answers_nothing_on_a_job_whose_plan_it_did_not_accept(
     # devices without a budget of their own (no device-epsilon) accept any validly signed plan
     plain = {n: {"data-path": c["data-path"]} for n, c in nodes.items()}
     grid = GridStatistics(InlineGrid(plain), config, n_items=1682, expected_nodes=DEVICES, patience=1, client_order=False)
-    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid)
+    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid,
+                                      catalog=fleet_catalog(nodes))
     assert results["devices_refused"] == 0

@@ -26,6 +26,7 @@ from clients.records import to_record
 from fedrec import protocol
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
+from fedrec.deploy.catalog import Catalog, load_catalog, run_catalog
 from fedrec.deploy.device import DeviceFiles, DeviceState, LocalDevice, load_state, save_state
 from fedrec.deploy.fleet import split_fleet
 from fedrec.deploy.recommend import recommend
@@ -79,8 +80,10 @@ def test_grid_gives_exactly_the_in_process_releases_ledger_and_metrics(tmp_path:
     split = simulated_population(config).split
     local = InProcessStatistics(split, clipping_norm=config.privacy.clipping_norm)
     grid = GridStatistics(_simulated_grid(), config, n_items=split.n_items, expected_nodes=USERS, patience=1, batch=5)
-    expected, expected_history, expected_val, expected_test = run_dp_ease(config, local, run_dir=tmp_path / "local")
-    release, history, val, test = run_dp_ease(config, grid, run_dir=tmp_path / "grid")
+    catalog = run_catalog(config)
+    expected, expected_history, expected_val, expected_test = run_dp_ease(config, local,
+                                                                          catalog=catalog, run_dir=tmp_path / "local")
+    release, history, val, test = run_dp_ease(config, grid, catalog=catalog, run_dir=tmp_path / "grid")
     assert history.top_items > 1 and not history.stopped_by_budget  # both phases ran, with a real Gram
     for name, value in expected.to_arrays().items():
         np.testing.assert_array_equal(release.to_arrays()[name], value, err_msg=name)
@@ -118,6 +121,11 @@ def fleet(ml100k: Interactions, tmp_path: Path) -> tuple[RunConfig, dict[int, di
     for k, device in enumerate(devices):
         save_state(DeviceFiles.beside(device.data_path), DeviceState(device_seed=100 + k))
     return config, {10 + k: {"data-path": str(d.data_path)} for k, d in enumerate(devices)}
+
+
+def fleet_catalog(nodes: dict[int, dict[str, Any]]) -> Catalog:
+    """The public catalogue the fleet's devices hold (the server's copy of it)."""
+    return load_catalog(DeviceFiles.beside(Path(next(iter(nodes.values()))["data-path"])).catalog)
 
 
 def test_real_devices_answer_with_their_own_statistic_and_metrics(fleet: tuple[RunConfig, dict[int, dict[str, Any]]]) -> None:
@@ -191,7 +199,7 @@ def test_secure_aggregation_gives_the_sum_of_the_device_statistics(
     masked = [m for m in grid.sent if Key.MASKED_PARAMETERS in m.content.config_records.get(RECORD_KEY_CONFIGS, {})]
     assert len(masked) == 6 and all(not any(len(r) for r in m.content.array_records.values()) for m in masked)
     # end to end: both releases from secure sums, in the ledger with all three devices
-    release, history, _, test = run_dp_ease(config, secure, run_dir=tmp_path / "secure")
+    release, history, _, test = run_dp_ease(config, secure, catalog=fleet_catalog(nodes), run_dir=tmp_path / "secure")
     assert [p["aggregated"] for p in history.phases] == [3.0, 3.0] and history.rejected == 0
     entries = read_entries(tmp_path / "secure" / LEDGER).entries
     assert [e["clients"] for e in entries if e.get("kind") == "release"] == [3, 3]
@@ -209,7 +217,8 @@ def test_real_devices_release_their_metrics_through_the_ledger(
     config, nodes = fleet
     inline = InlineGrid(nodes)
     grid = GridStatistics(inline, config, n_items=1682, expected_nodes=3, patience=1, client_order=False, private_evaluation=True)
-    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid)
+    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid,
+                                  catalog=fleet_catalog(nodes))
     assert _evaluations(inline) == 6  # validation and test, each device asked once
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     releases = [e for e in entries if e.get("kind") == "release"]
@@ -244,7 +253,8 @@ def test_an_evaluation_over_the_budget_asks_no_device_and_the_run_stops(
     config = replace(config, privacy=replace(config.privacy, epsilon=5.0, noise_multiplier=1.5, eval_noise_multiplier=2.0))
     inline = InlineGrid(nodes)
     grid = GridStatistics(inline, config, n_items=1682, expected_nodes=3, patience=1, client_order=False, private_evaluation=True)
-    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid)
+    results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid,
+                                  catalog=fleet_catalog(nodes))
     assert _evaluations(inline) == 3  # the validation only: no device was asked for test metrics
     assert all(math.isfinite(results["validation"][m]) for m in METRIC_NAMES)
     assert all(math.isnan(results[m]) for m in METRIC_NAMES) and results["stopped_by_budget"]

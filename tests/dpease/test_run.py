@@ -13,6 +13,7 @@ import pytest
 from opacus.accountants import PRVAccountant
 
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.deploy.catalog import run_catalog
 from fedrec.dpease.central import simulate_release
 from fedrec.dpease.fit import EaseRelease, ease_lambda, select_top_items
 from fedrec.dpease.report import run_ease_and_report
@@ -68,7 +69,7 @@ def test_both_releases_are_in_the_ledger_and_the_audit_recomputes_epsilon(tmp_pa
 def test_without_noise_the_federated_release_is_central_ease_on_the_same_items(tmp_path: Path) -> None:
     config = _config(tmp_path, dp="off", **{"ease-pair-decay": 1.0})
     transport = _transport(config)
-    release, history, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / "run")
+    release, history, _, _ = run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / "run")
     assert math.isinf(history.privacy["epsilon"])  # type: ignore[arg-type]
     # central reference: per-user normalised 0/1 histories, computed directly
     split = transport.split
@@ -94,7 +95,7 @@ def test_pair_decay_weighs_each_pair_by_its_distance_in_time(tmp_path: Path) -> 
     decay = 0.8
     config = _config(tmp_path, dp="off", **{"ease-pair-decay": decay, "clipping-norm": 1.5})
     transport = _transport(config)
-    release, _, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / "run")
+    release, _, _, _ = run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / "run")
     split, top = transport.split, release.top_items
     k = top.shape[0]
     gram = np.zeros((k, k))
@@ -152,7 +153,7 @@ def test_a_budget_too_small_for_the_second_release_stops_before_it(tmp_path: Pat
 def test_a_budget_too_small_for_any_release_records_none(tmp_path: Path) -> None:
     config = _config(tmp_path, epsilon=3.0, **{"noise-multiplier": 1.2})  # one release alone: 3.56
     with pytest.raises(FedrecError, match="raise epsilon"):
-        run_dp_ease(config, _transport(config), run_dir=tmp_path / "run")
+        run_dp_ease(config, _transport(config), catalog=run_catalog(config), run_dir=tmp_path / "run")
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     assert [e["kind"] for e in entries if e["kind"] in ("release", "round")] == []
 
@@ -165,7 +166,8 @@ class DeviceFleet(InProcessStatistics):
 
 def test_a_simulation_evaluates_exactly_and_says_so(tmp_path: Path) -> None:
     config = _config(tmp_path, epsilon=4.0)
-    release, history, _, test = run_dp_ease(config, _transport(config), run_dir=tmp_path / "run")
+    release, history, _, test = run_dp_ease(config, _transport(config),
+                                            catalog=run_catalog(config), run_dir=tmp_path / "run")
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     assert entries[0]["evaluation"] == NOT_PRIVATE and len([e for e in entries if e.get("kind") == "release"]) == 2
     split = simulated_population(config).split
@@ -178,7 +180,7 @@ def test_private_evaluation_is_two_more_releases_within_the_calibrated_budget(tm
     config = _config(tmp_path, epsilon=4.0, **{"eval-noise-multiplier": 5.0})
     split = simulated_population(config).split
     _, history, val, test = run_dp_ease(config, DeviceFleet(split, clipping_norm=config.privacy.clipping_norm),
-                                        run_dir=tmp_path / "run")
+                                        catalog=run_catalog(config), run_dir=tmp_path / "run")
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     releases = [e for e in entries if e.get("kind") == "release"]
     assert entries[0]["evaluation"] == PRIVATE and len(releases) == 4 and not history.stopped_by_budget

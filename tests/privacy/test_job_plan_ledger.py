@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opacus.accountants import PRVAccountant
 
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.deploy.catalog import run_catalog
 from fedrec.dpease.run import InProcessStatistics, run_dp_ease
 from fedrec.errors import FedrecError
 from fedrec.federation.device import simulated_population
@@ -38,7 +39,8 @@ def _config(tmp_path: Path, **extra: Any) -> RunConfig:
 def test_a_dp_ease_ledger_announces_its_plan_first_and_the_audit_checks_it(tmp_path: Path) -> None:
     config = _config(tmp_path, epsilon=4.0)
     split = simulated_population(config).split
-    _, history, _, _ = run_dp_ease(config, InProcessStatistics(split, clipping_norm=1.0), run_dir=tmp_path / "run")
+    _, history, _, _ = run_dp_ease(config, InProcessStatistics(split, clipping_norm=1.0),
+                                   catalog=run_catalog(config), run_dir=tmp_path / "run")
     entries = read_entries(tmp_path / "run" / LEDGER).entries
     assert [e["kind"] for e in entries[:4]] == ["header", "plan", "release", "release"]
     plan = JobPlan.from_json(entries[1]["plan"])
@@ -87,12 +89,12 @@ def test_successive_jobs_on_one_population_until_the_devices_budgets_refuse(tmp_
     runs = []
     for job in (1, 2):
         transport = OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers)
-        _, history, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / f"job-{job}")
+        _, history, _, _ = run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / f"job-{job}")
         assert history.privacy["devices_refused"] == 0
         runs.append(tmp_path / f"job-{job}")
     transport = OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers)
     with pytest.raises(FedrecError, match=r"no device took part: all 40 device\(s\) refused"):
-        run_dp_ease(config, transport, run_dir=tmp_path / "job-3")
+        run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / "job-3")
     third = audit_run(tmp_path / "job-3")
     assert third.code == OK and (third.rounds, third.releases, third.closed) == (0, 0, True)
     # every device's record survives (a file per device) and says the same
@@ -120,7 +122,7 @@ def test_a_device_with_a_smaller_budget_is_a_dropout_and_results_count_it(tmp_pa
     for client in (0, 1, 2):  # three owners chose a budget below this job's epsilon
         odometers._odometers[client] = SimulatedOdometers(OdometerSettings(epsilon=2.0)).odometer(client)
     transport = OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers)
-    _, history, _, _ = run_dp_ease(config, transport, run_dir=tmp_path / "run")
+    _, history, _, _ = run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / "run")
     assert history.privacy["devices_refused"] == 3
     releases = [e for e in read_entries(tmp_path / "run" / LEDGER).entries if e.get("kind") == "release"]
     assert all(e["clients"] <= 37 for e in releases)
@@ -140,11 +142,12 @@ def test_a_restarted_job_is_charged_again_and_refused_when_it_would_exceed(tmp_p
 
     with pytest.raises(RuntimeError):
         run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers),
-                    run_dir=tmp_path / "crashed", on_phase=crash)
-    run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers), run_dir=tmp_path / "restart")
+                    catalog=run_catalog(config), run_dir=tmp_path / "crashed", on_phase=crash)
+    run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers),
+                catalog=run_catalog(config), run_dir=tmp_path / "restart")
     with pytest.raises(FedrecError, match="no device took part"):
         run_dp_ease(config, OdometerTransport(InProcessStatistics(split, clipping_norm=1.0), odometers),
-                    run_dir=tmp_path / "restart-2")
+                    catalog=run_catalog(config), run_dir=tmp_path / "restart-2")
     device = odometers.odometer(0)
     assert len(device.status()["jobs"]) == 2 and len(device.status()["refused"]) == 1
     # the population audit counts what was spent: the crashed job's first release, then the restart's two

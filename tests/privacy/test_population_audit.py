@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from fedrec.cli import app
 from fedrec.config import RunConfig, parse_run_config
+from fedrec.deploy.catalog import run_catalog
 from fedrec.dpease.run import InProcessStatistics, run_dp_ease
 from fedrec.dpease.tune import grid, tune_and_report
 from fedrec.federation.device import simulated_population
@@ -65,7 +66,8 @@ def test_a_tune_folder_and_a_main_job_compose_as_the_accountant_on_their_concate
     split = simulated_population(parse_run_config(base)).split
     tune_and_report(base, split, grid({"ease-item-threshold": [1.0, 4.0]}), out_dir=tune_dir, eval_share=0.2)
     main = _config(tmp_path, epsilon=3.0, accountant="rdp")
-    run_dp_ease(main, InProcessStatistics(split, clipping_norm=main.privacy.clipping_norm), run_dir=main_dir)
+    run_dp_ease(main, InProcessStatistics(split, clipping_norm=main.privacy.clipping_norm),
+                catalog=run_catalog(main), run_dir=main_dir)
 
     code, doc = _audit_json(str(tune_dir), str(main_dir))
     assert code == OK, doc["problems"]
@@ -94,8 +96,8 @@ def test_a_rerun_after_a_crash_pays_its_first_release_again(tmp_path: Path) -> N
         raise RuntimeError("the server died after the first release")
 
     with pytest.raises(RuntimeError):
-        run_dp_ease(config, transport, run_dir=tmp_path / "crashed", on_phase=crash)
-    run_dp_ease(config, transport, run_dir=tmp_path / "rerun")
+        run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / "crashed", on_phase=crash)
+    run_dp_ease(config, transport, catalog=run_catalog(config), run_dir=tmp_path / "rerun")
     crashed, rerun = _ledger_steps(tmp_path / "crashed"), _ledger_steps(tmp_path / "rerun")
     assert len(crashed) == 1 and crashed[0] == rerun[0]  # the same first release, spent twice
 

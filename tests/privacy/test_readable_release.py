@@ -270,6 +270,7 @@ def test_a_ten_device_deployment_at_the_demos_settings_shows_no_metric_outside_i
 
 def test_a_ten_device_dp_ease_deployment_shows_no_metric_outside_its_range(data_dir: Path, tmp_path: Path) -> None:
     from fedrec.config import parse_run_config
+    from fedrec.deploy.catalog import run_catalog
     from fedrec.dpease.report import run_ease_and_report
     from fedrec.dpease.run import InProcessStatistics
     from fedrec.federation.device import simulated_population
@@ -282,7 +283,8 @@ def test_a_ten_device_dp_ease_deployment_shows_no_metric_outside_its_range(data_
     split = simulated_population(config).split
     run_dir = tmp_path / "run"
     results = run_ease_and_report(config, run_dir, engine="test",
-                                  transport=DeviceStatistics(split, clipping_norm=config.privacy.clipping_norm))
+                                  transport=DeviceStatistics(split, clipping_norm=config.privacy.clipping_norm),
+                                  catalog=run_catalog(config))  # the devices are simulated from the data set
     _check_run(run_dir, results, releases=2)
     assert all(0.0 <= v <= 1.0 for v in results["validation"].values())
     assert results["released"]["validation"]["metrics"]["hr@10"]["value"] == results["validation"]["hr@10"]
