@@ -232,10 +232,13 @@ def test_real_devices_release_their_metrics_through_the_ledger(
     model = read_arrays(tmp_path / "run" / MODEL)
     data = [LocalDevice.open(cfg["data-path"], config).device.data for cfg in nodes.values()]
     rng = evaluation_generator(seed=config.seed, secure=False, resumes=0)
-    for which, released in (("val", results["validation"]), ("test", results)):
+    for which, block in (("val", "validation"), ("test", "test")):
         exact = clipped_metrics([device_evaluate(x, release=model, which=which) for x in data], METRIC_NAMES)
         noise = rng.normal(0.0, config.privacy.eval_noise_multiplier * math.sqrt(d), size=d)
-        np.testing.assert_allclose([released[m] for m in METRIC_NAMES], (exact.sum(axis=0) + noise) / 3, rtol=1e-12)
+        raw = [results["released"][block]["metrics"][m]["raw"] for m in METRIC_NAMES]  # the shown values are clamped
+        np.testing.assert_allclose(raw, (exact.sum(axis=0) + noise) / 3, rtol=1e-12)
+        shown = results if which == "test" else results["validation"]
+        assert all(shown[m] == min(max(r, 0.0), 1.0) for m, r in zip(METRIC_NAMES, raw, strict=True))
     # epsilon composes the two phases and both evaluations, calibrated to the budget in the ledger's order
     report = audit_run(tmp_path / "run")
     assert report.code == OK and report.releases == 4 and not results["stopped_by_budget"]
