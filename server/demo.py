@@ -121,12 +121,12 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
 
 def run_jobs(out: Path, *, devices: int, jobs: int, job_epsilon: float, device_epsilon: float, data_dir: str,
              seed: int = 0, overrides: dict[str, Any] | None = None, timeout: float = 1200.0) -> dict[str, Any]:
-    """Several successive DP-EASE jobs against the same fleet, each device with its own
+    """Several successive jobs of the default model (DP-EASE) against the same fleet, each device with its own
     budget (``device-epsilon``) kept in its odometer beside its key and data; then the
     population audit of every job's ledger. A job that every device refuses writes
     ``no_contributor.json`` instead of results.json."""
     out = out.resolve()
-    values: dict[str, Any] = {"model": "dp-ease", "seed": seed, "data-dir": data_dir, "epsilon": job_epsilon,
+    values: dict[str, Any] = {"seed": seed, "data-dir": data_dir, "epsilon": job_epsilon,
                               "ledger-key": str(out / "server-keys" / "ledger.pem"), **(overrides or {})}
     config = parse_run_config(values)
     parts = prepare_fleet(out, devices=devices, config=config, seed=seed)
