@@ -18,9 +18,12 @@ from fedrec.cli import app
 from fedrec.config import parse_run_config
 from fedrec.data.sources import load_dataset
 from fedrec.errors import ConfigError
+from fedrec.experiments import coldstart as coldstart_module
 from fedrec.experiments import sweep as sweep_module
 from fedrec.experiments.coldstart import train_federated_reference
-from fedrec.experiments.results import RESULTS
+from fedrec.experiments.results import MODEL, RESULTS, read_arrays
+from fedrec.fallback.collaborative import ReleasedEase
+from fedrec.fallback.signup import RELEASE_GRID
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_example", REPO / "tests" / "data" / "make_example.py")
@@ -69,7 +72,23 @@ def test_audit_empirical_still_runs_a_neural_model(shop: list[str], tmp_path: Pa
     assert "empirical privacy audit" in text and (tmp_path / "empirical_audit.json").is_file()
 
 
-def test_coldstart_eval_evaluates_the_default_model_through_its_release(shop: list[str], tmp_path: Path) -> None:
+def _capture_signup(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The ``release`` each sign-up evaluation of coldstart-eval is given (the call goes through)."""
+    given: list[Any] = []
+    real = coldstart_module.run_signup
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        given.append(kwargs.get("release"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coldstart_module, "run_signup", spy)
+    return given
+
+
+def test_coldstart_eval_evaluates_the_default_model_through_its_release(
+    shop: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given = _capture_signup(monkeypatch)
     text = _run(["coldstart-eval", *shop, "--text", "tfidf", "--reveal", "0,3", "--out", str(tmp_path)])
     with (tmp_path / "coldstart.csv").open(newline="") as fh:
         methods = {row["method"] for row in csv.DictReader(fh)}
@@ -77,6 +96,26 @@ def test_coldstart_eval_evaluates_the_default_model_through_its_release(shop: li
     assert not any(m.startswith("federated") for m in methods), methods  # no GMF in DP-EASE's place
     assert (tmp_path / "dp-ease" / "privacy_ledger.jsonl").is_file()
     assert "(epsilon 8)" in text
+    # the sign-up evaluation reads the same release for liked-item similarity, as serve-fallback --release does
+    released = read_arrays(tmp_path / "dp-ease" / MODEL)
+    assert len(given) == 1 and isinstance(given[0], ReleasedEase)
+    np.testing.assert_array_equal(given[0].top_items, released["top_items"])
+    np.testing.assert_array_equal(given[0].weights, ReleasedEase.from_run(tmp_path / "dp-ease").weights)
+    results = json.loads((tmp_path / RESULTS).read_text())
+    chosen = results["tuned"]["tfidf"]["preferences"]
+    assert chosen["release_weight"] in RELEASE_GRID
+    assert {g["release_weight"] for g in chosen["grid"]} == set(RELEASE_GRID)
+    assert all(r["method"].endswith("DP-EASE similarity), " + r["answers"]) for r in results["signup"])
+    assert all(r["release_weight"] == chosen["release_weight"] for r in results["signup"])
+
+
+def test_coldstart_eval_without_a_release_scores_sign_up_by_content_alone(
+    shop: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given = _capture_signup(monkeypatch)
+    _run(["coldstart-eval", *shop, "--set", "model=gmf", "--no-federated", "--collaborative", "none", "--text", "tfidf",
+          "--reveal", "0,3", "--out", str(tmp_path)])
+    assert given == [None] and not (tmp_path / "dp-ease").exists()
 
 
 def test_coldstart_eval_with_dp_ease_and_no_collaborative_says_what_to_do(shop: list[str], tmp_path: Path) -> None:

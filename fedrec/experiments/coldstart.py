@@ -26,7 +26,7 @@ from fedrec.data.split import ClientData, leave_one_out
 from fedrec.errors import ConfigError
 from fedrec.experiments.results import MODEL, RESULTS, read_arrays, save_png, write_atomic, write_json
 from fedrec.fallback.catalog import build_catalog
-from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase
+from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase, ReleaseSettings
 from fedrec.fallback.content import BlendConfig, ContentRecommender
 from fedrec.fallback.dp_coldstart import (
     RELEASE_DIR,
@@ -62,7 +62,7 @@ PLOT_NAME = "coldstart.png"
 FIRST_ROUNDS_CSV = "first_rounds.csv"
 SIGNUP_CSV = "signup.csv"  # held-out users with simulated sign-up answers (fedrec.fallback.signup)
 SIGNUP_FIELDS = ["method", "answers", "reveal", "users", *METRICS, "popularity_full_ndcg@10", "diff_vs_popularity", "diff_se",
-                 "calibration_weight", "liked_share", "liked_weight"]
+                 "calibration_weight", "liked_share", "liked_weight", "release_weight"]
 POPULARITY = "popularity"
 DP_POPULARITY = "DP popularity"
 DP_GRAM_POPULARITY = "DP popularity (Gram counts)"
@@ -242,6 +242,11 @@ def run_coldstart_eval(
     content_for_init: ContentRecommender | None = None
     contents: dict[str, ContentRecommender] = {}
     signup_rows: list[dict[str, Any]] = []
+    trained: TrainingRelease | None = None
+    if config.collaborative is Collaborative.DP_EASE:
+        step("DP-EASE release of the training users (own ledger)")
+        trained = training_release(data, users.train, config=config, federated_config=federated_config,
+                                   run_dir=out_dir / RELEASE_DIR)
     for text in config.text_encoders:
         step(f"item vectors ({text})")
         catalog = build_catalog(data, features=FeatureConfig(text=text), run_dir=out_dir, train_users=users.train)
@@ -258,15 +263,16 @@ def run_coldstart_eval(
         content_for_init = content
         contents[text] = content
         step(f"sign-up answers ({text}): tuning on validation users")
+        # liked items count through the release's item-item weights too, as serve-fallback --release does
         signup = run_signup(catalog, val, test, reveal=config.reveal, smoothing=best.blend.smoothing,
-                            name=f"preferences ({text})", seed=config.seed)
+                            name=f"preferences ({text}{', DP-EASE similarity' if trained else ''})", seed=config.seed,
+                            release=trained.similarity() if trained else None)
         tuned[text]["preferences"] = {**signup["config"], "checks": signup["checks"], "grid": signup["grid"]}
         signup_rows.extend(signup["rows"])
     release: dict[str, Any] = {}
-    if config.collaborative is Collaborative.DP_EASE:
-        step("DP-EASE release of the training users (own ledger)")
-        release, dp_scorers = dp_ease_scorers(data, users.train, val, config=config, federated_config=federated_config,
-                                              contents=contents, run_dir=out_dir / RELEASE_DIR)
+    if trained is not None:
+        step("DP-EASE release: tuning its scorers on validation users")
+        release, dp_scorers = dp_ease_scorers(trained, val, config=config, contents=contents)
         scorers.update(dp_scorers)
     federated: dict[str, Any] = {}
     first_rounds: list[dict[str, Any]] = []
@@ -310,16 +316,38 @@ def run_coldstart_eval(
     return results
 
 
-def dp_ease_scorers(
-    data: Interactions, train_users: np.ndarray, val: Sequence[ColdStartUser], *, config: ColdStartConfig,
-    federated_config: RunConfig | None, contents: dict[str, ContentRecommender], run_dir: Path,
-) -> tuple[dict[str, Any], dict[str, tuple[Scorer, dict[str, float]]]]:
-    """The DP-EASE run over the training users, then scorers that read only its release,
-    their weights chosen on the validation users ``val``."""
+@dataclass(frozen=True)
+class TrainingRelease:
+    """The DP-EASE run over the training users: its results and its released arrays (model.npz)."""
+
+    summary: dict[str, Any]
+    arrays: Arrays
+    settings: ReleaseSettings
+    run_dir: Path
+
+    def similarity(self) -> ReleasedEase:
+        """The release as the service reads it (``serve-fallback --release``): its item-item weights."""
+        return ReleasedEase.from_arrays(self.arrays)
+
+
+def training_release(
+    data: Interactions, train_users: np.ndarray, *, config: ColdStartConfig, federated_config: RunConfig | None,
+    run_dir: Path,
+) -> TrainingRelease:
+    """DP-EASE over the training users only (the held-out users never take part), with its own ledger in ``run_dir``."""
     run_config = release_config(federated_config, epsilon=config.release_epsilon, delta=config.release_delta, seed=config.seed)
     summary = run_training_release(data, train_users, config=run_config, run_dir=run_dir)
     arrays = read_arrays(run_dir / MODEL)
     settings = release_settings(run_config, np.asarray(arrays["top_items"], dtype=np.int64))
+    return TrainingRelease(summary=summary, arrays=arrays, settings=settings, run_dir=run_dir)
+
+
+def dp_ease_scorers(
+    trained: TrainingRelease, val: Sequence[ColdStartUser], *, config: ColdStartConfig, contents: dict[str, ContentRecommender],
+) -> tuple[dict[str, Any], dict[str, tuple[Scorer, dict[str, float]]]]:
+    """Scorers that read only the release of the training users' DP-EASE run, their
+    weights chosen on the validation users ``val``."""
+    summary, arrays, settings, run_dir = trained.summary, trained.arrays, trained.settings, trained.run_dir
     scorers: dict[str, tuple[Scorer, dict[str, float]]] = {}
     tuned: dict[str, Any] = {}
     nan = {"popularity_weight": math.nan, "smoothing": math.nan}

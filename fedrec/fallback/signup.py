@@ -12,12 +12,17 @@ user's own revealed items only, never from their targets:
 Each variant is scored with :class:`fedrec.fallback.preferences.PreferenceRecommender`
 and compared with popularity (exact counts of the training users) user by user: the
 paired difference of full-ranking NDCG@10 and its standard error. Its weights (Steck's
-``lam`` and the weight of the liked-item similarity) are chosen on the validation users
-only.
+``lam``, the liked items' share and weight, and, when a DP-EASE release of the training
+users is given, the release's share of the liked-item similarity) are chosen on the
+validation users only. The release is read, never trained on the held-out users: the
+liked-item similarity (and so the ``liked`` neighbourhood of the stated-preference
+checks) is then the blend of content cosine and the release's item-item weights that
+the service uses with ``serve-fallback --release``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -48,6 +53,8 @@ GENRE_ITEMS = 3  # a new user's stated genres: those of their first three items
 DEPTH = K  # the list a user sees, then every other item by relevance: a full ranking
 CALIBRATION_GRID = (0.6, 0.65, 0.7, 0.75, 0.8)  # Steck's lam
 LIKED_GRID = (0.0, 0.25)  # weight of the liked-item similarity in the relevance
+RELEASE_LIKED_GRID = (0.0, 0.25, 1.0)  # the same with a DP-EASE release in the similarity
+RELEASE_GRID = (0.5, 0.8, 1.0)  # the release's share of the liked-item similarity (with a release)
 SHARE_GRID = (0.1, 0.25, 0.5, 1.0)  # the liked items' share of the target, relative to the genres'
 CHECK_PAIRS = 30  # random pairs of liked items in the catalogue check
 PRIMARY = "full_ndcg@10"
@@ -108,7 +115,8 @@ def tune_preferences(
     catalog: Catalog, users: Sequence[ColdStartUser], *, reveal: Sequence[int], base: PreferenceConfig,
     release: ReleasedEase | None = None, genre_items: int = GENRE_ITEMS, seed: int = 0,
 ) -> SignupChoice:
-    """Steck's ``lam``, the liked items' share and weight that maximise full NDCG@10 of
+    """Steck's ``lam``, the liked items' share and weight (and, with ``release``, the
+    release's share of the liked-item similarity) that maximise full NDCG@10 of
     ``genres + likes``, averaged over ``reveal``, on ``users`` (validation users: the caller
     never passes test users), among the settings under which single statements are
     honoured on the catalogue (:func:`fedrec.fallback.preferences.stated_checks`: a stated
@@ -116,31 +124,33 @@ def tune_preferences(
     grid: list[dict[str, float]] = []
     best: tuple[float, PreferenceConfig, StatedChecks] | None = None
     fallback: tuple[int, PreferenceConfig, StatedChecks] | None = None
-    for lam in CALIBRATION_GRID:
-        for liked in LIKED_GRID:
-            probe = replace(base, calibration_weight=lam, liked_weight=liked)
-            checks = stated_checks(PreferenceRecommender(catalog, probe, release=release), pairs=CHECK_PAIRS,
-                                   rng=np.random.default_rng([seed, 43]))
-            strength = min(checks.genre_min_share - GENRE_SHARE, checks.liked_min_overlap - LIKED_OVERLAP)
-            if fallback is None or strength > fallback[0]:
-                fallback = (strength, probe, checks)
-            for share in SHARE_GRID:
-                config = replace(probe, liked_share=share)
-                value = math.nan
-                if checks.honoured:
-                    scorer = signup_scorer(PreferenceRecommender(catalog, config, release=release), BOTH, genre_items=genre_items)
-                    value = float(np.mean([per_user(scorer, users, n)[PRIMARY].mean() for n in reveal]))
-                    if best is None or value > best[0]:
-                        best = (value, config, checks)
-                grid.append({"calibration_weight": lam, "liked_weight": liked, "liked_share": share,
-                             "genre_min_share": checks.genre_min_share, "liked_min_overlap": checks.liked_min_overlap, PRIMARY: value})
+    liked_grid = LIKED_GRID if release is None else RELEASE_LIKED_GRID
+    release_grid = (base.release_weight,) if release is None else RELEASE_GRID
+    for lam, liked, mix in itertools.product(CALIBRATION_GRID, liked_grid, release_grid):
+        probe = replace(base, calibration_weight=lam, liked_weight=liked, release_weight=mix)
+        checks = stated_checks(PreferenceRecommender(catalog, probe, release=release), pairs=CHECK_PAIRS,
+                               rng=np.random.default_rng([seed, 43]))
+        strength = min(checks.genre_min_share - GENRE_SHARE, checks.liked_min_overlap - LIKED_OVERLAP)
+        if fallback is None or strength > fallback[0]:
+            fallback = (strength, probe, checks)
+        for share in SHARE_GRID:
+            config = replace(probe, liked_share=share)
+            value = math.nan
+            if checks.honoured:
+                scorer = signup_scorer(PreferenceRecommender(catalog, config, release=release), BOTH, genre_items=genre_items)
+                value = float(np.mean([per_user(scorer, users, n)[PRIMARY].mean() for n in reveal]))
+                if best is None or value > best[0]:
+                    best = (value, config, checks)
+            grid.append({"calibration_weight": lam, "liked_weight": liked, "liked_share": share, "release_weight": mix,
+                         "genre_min_share": checks.genre_min_share, "liked_min_overlap": checks.liked_min_overlap, PRIMARY: value})
     if best is None:  # no setting honours single statements on this catalogue: the one that comes closest
         assert fallback is not None
         logger.warning("no setting honours single statements on this catalogue; closest: %s", fallback[2])
         best = (math.nan, fallback[1], fallback[2])
     _, config, checks = best
-    logger.info("sign-up answers tuned on %d validation users: calibration weight %.2f, liked share %.2f, liked weight %.2f",
-                len(users), config.calibration_weight, config.liked_share, config.liked_weight)
+    logger.info("sign-up answers tuned on %d validation users: calibration weight %.2f, liked share %.2f, liked weight %.2f, "
+                "release weight %s", len(users), config.calibration_weight, config.liked_share, config.liked_weight,
+                f"{config.release_weight:.2f}" if release is not None else "- (no release)")
     return SignupChoice(config=config, checks=checks, grid=grid)
 
 
@@ -165,6 +175,7 @@ def evaluate_signup(
                 "diff_vs_popularity": diff, "diff_se": se,
                 "calibration_weight": config.calibration_weight, "liked_share": config.liked_share,
                 "liked_weight": config.liked_weight,
+                "release_weight": config.release_weight if release is not None else math.nan,
             })
     return rows
 

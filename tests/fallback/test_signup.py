@@ -9,6 +9,7 @@ import pytest
 
 from fedrec.data.interactions import Interactions
 from fedrec.fallback import Catalog, FeatureConfig, build_catalog
+from fedrec.fallback.collaborative import ReleasedEase
 from fedrec.fallback.evaluation import ColdStartUser, cold_users, split_users
 from fedrec.fallback.preferences import PreferenceConfig, PreferenceRecommender
 from fedrec.fallback.profile import Demographics
@@ -17,6 +18,7 @@ from fedrec.fallback.signup import (
     GENRE_ITEMS,
     GENRES,
     LIKES,
+    RELEASE_GRID,
     VARIANTS,
     evaluate_signup,
     paired_difference,
@@ -25,6 +27,8 @@ from fedrec.fallback.signup import (
     signup_scorer,
     tune_preferences,
 )
+
+from .conftest import N_ITEMS
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +108,24 @@ def test_tuning_reads_validation_users_only_and_keeps_statements_honoured(
         assert r["full_ndcg@10"] == pytest.approx(mine["full_ndcg@10"].mean())
         assert r["diff_vs_popularity"] == pytest.approx(r["full_ndcg@10"] - r["popularity_full_ndcg@10"])
         assert r["diff_se"] > 0
+
+
+def test_the_release_reaches_the_recommender_and_its_share_is_tuned(checkerboard: Catalog) -> None:
+    # a release that ties item 0 to item 5 (an odd item, far from 0 in content); users who start with 0 want 5 next
+    weights = np.zeros((N_ITEMS, N_ITEMS))
+    weights[0, 5] = 1.0
+    release = ReleasedEase(top_items=np.arange(N_ITEMS), weights=weights, prior=np.zeros(N_ITEMS))
+    users = [ColdStartUser(index=u, sequence=np.array([0, 2, 4, 5]), targets=np.array([5]), negatives=np.array([1, 3]),
+                           demographics=Demographics()) for u in range(3)]
+    config = PreferenceConfig(neighbours=2, liked_weight=1.0, release_weight=0.9, smoothing=float("inf"))
+    rows = {r["answers"]: r for r in evaluate_signup(checkerboard, users, reveal=(1,), config=config, name="p", release=release)}
+    plain = {r["answers"]: r for r in evaluate_signup(checkerboard, users, reveal=(1,), config=config, name="p")}
+    mine = per_user(signup_scorer(PreferenceRecommender(checkerboard, config, release=release), LIKES), users, 1)
+    assert rows[LIKES]["full_ndcg@10"] == pytest.approx(mine["full_ndcg@10"].mean())
+    assert rows[LIKES]["full_ndcg@10"] > plain[LIKES]["full_ndcg@10"]
+    assert rows[LIKES]["release_weight"] == 0.9 and math.isnan(plain[LIKES]["release_weight"])
+    tuned = tune_preferences(checkerboard, users, reveal=(1,), base=PreferenceConfig(neighbours=2), release=release)
+    assert {g["release_weight"] for g in tuned.grid} == set(RELEASE_GRID)
+    assert tuned.config.release_weight in RELEASE_GRID
+    alone = tune_preferences(checkerboard, users, reveal=(1,), base=PreferenceConfig(neighbours=2))
+    assert {g["release_weight"] for g in alone.grid} == {PreferenceConfig().release_weight}
