@@ -12,6 +12,7 @@ import pytest
 from fedrec.config import parse_run_config
 from fedrec.data.split import LeaveOneOutSplit, leave_one_out
 from fedrec.data.synthetic import SyntheticSpec, generate
+from fedrec.deploy.catalog import run_catalog
 from fedrec.dpease.population import Histories, PopulationStatistics, _clip_rows, count_sums, gram_sums
 from fedrec.dpease.run import GRAM, InProcessStatistics, run_dp_ease
 from fedrec.dpease.statistics import COUNTS, count_statistic, gram_statistic, last_positions, packed_size
@@ -123,7 +124,7 @@ def test_a_run_gives_the_per_device_release_and_ledger(tmp_path: Path) -> None:
     c = config.privacy.clipping_norm
     runs = {}
     for name, transport in (("device", InProcessStatistics(split, clipping_norm=c)), ("population", PopulationStatistics(split, clipping_norm=c))):
-        runs[name] = run_dp_ease(config, transport, run_dir=tmp_path / name)
+        runs[name] = run_dp_ease(config, transport, run_dir=tmp_path / name, catalog=run_catalog(config))
     (release, history, val, test), (expected, expected_history, expected_val, expected_test) = runs["population"], runs["device"]
     assert history.top_items > 1 and history.top_items == expected_history.top_items
     for name, value in expected.to_arrays().items():
