@@ -506,6 +506,15 @@ def _tune_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def _write_html(path: Path, page: str) -> None:
+    """Write an audit page, or stop with exit 2 and a line saying what to change."""
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as err:
+        console.print(f"[bold red]error:[/] cannot write {path}: {err.strerror}; choose another --html path")
+        raise typer.Exit(code=2) from None
+
+
 @app.command()
 def audit(
     run_dirs: Annotated[list[Path], typer.Argument(
@@ -536,11 +545,7 @@ def audit(
         inputs = collect(run_dir, public_key=public_key)
         doc = build_document(inputs, prv_points=prv_points)
         if html is not None:
-            try:
-                html.write_text(render_html(doc), encoding="utf-8")
-            except OSError as err:
-                console.print(f"[bold red]error:[/] cannot write {html}: {err.strerror}; choose another --html path")
-                raise typer.Exit(code=2) from None
+            _write_html(html, render_html(doc))
         if as_json:
             typer.echo(json.dumps(doc, indent=2))
             raise typer.Exit(code=inputs.audit.code)
@@ -594,11 +599,7 @@ def _audit_population(
     with _errors():
         doc = audit_population(run_dirs, public_keys=keys, delta=delta, budget=budget).to_json()
     if html is not None:
-        try:
-            html.write_text(render_html(doc), encoding="utf-8")
-        except OSError as err:
-            console.print(f"[bold red]error:[/] cannot write {html}: {err.strerror}; choose another --html path")
-            raise typer.Exit(code=2) from None
+        _write_html(html, render_html(doc))
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:

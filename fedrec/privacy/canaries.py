@@ -173,9 +173,25 @@ def run_empirical_audit(
     scores = membership_scores(released=read_arrays(out_dir / MODEL), initial=init_shared(model, seed=config.seed), canaries=canaries)
     delta = config.privacy.delta if config.privacy.enabled else 0.0
     bounds: AuditBounds = audit_scores(scores=scores, members=canaries.members, delta=delta, beta=settings.beta)
+    report = audit_report(config, results, bounds, delta=delta, beta=settings.beta, items_per_canary=settings.items_per_canary,
+                          pool_size=settings.pool_size, seconds=results["seconds"])
+    write_json(out_dir / EMPIRICAL_AUDIT, report)
+    return report
+
+
+CONTROL_KEYS = ("one_run_epsilon_lower_bound", "cp_epsilon_lower_bound", "guesses", "correct", "auc", "canaries", "members")
+
+
+def audit_report(
+    config: RunConfig, results: dict[str, Any], bounds: AuditBounds, *, delta: float, beta: float, items_per_canary: int,
+    pool_size: int, seconds: float, attack: str | None = None,
+) -> dict[str, Any]:
+    """``empirical_audit.json`` of any family: the run as accounted, the canaries, and the
+    lower bounds the attack gives (logged)."""
     logger.info("empirical audit: one-run epsilon >= %.3f, Clopper-Pearson epsilon >= %.3f", bounds.one_run_epsilon, bounds.cp_epsilon)
-    report = {
+    return {
         "dp": config.privacy.enabled,
+        **({} if attack is None else {"attack": attack}),
         "accountant_epsilon": results["epsilon"],
         "delta": delta,
         "sample_rate": results["sample_rate"],
@@ -184,9 +200,9 @@ def run_empirical_audit(
         "ndcg@10": results["ndcg@10"],
         "canaries": bounds.canaries,
         "members": bounds.members,
-        "items_per_canary": settings.items_per_canary,
-        "pool_size": settings.pool_size,
-        "beta": settings.beta,
+        "items_per_canary": items_per_canary,
+        "pool_size": pool_size,
+        "beta": beta,
         "one_run_epsilon_lower_bound": bounds.one_run_epsilon,
         "guesses": bounds.guesses,
         "correct": bounds.correct,
@@ -194,13 +210,8 @@ def run_empirical_audit(
         "tpr": bounds.tpr,
         "fpr": bounds.fpr,
         "auc": bounds.auc,
-        "seconds": results["seconds"],
+        "seconds": seconds,
     }
-    write_json(out_dir / EMPIRICAL_AUDIT, report)
-    return report
-
-
-CONTROL_KEYS = ("one_run_epsilon_lower_bound", "cp_epsilon_lower_bound", "guesses", "correct", "auc", "canaries", "members")
 
 
 def attach_control(out_dir: Path, report: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:

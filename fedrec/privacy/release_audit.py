@@ -24,7 +24,7 @@ import numpy as np
 from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.errors import PrivacyError
-from fedrec.privacy.canaries import EMPIRICAL_AUDIT, AuditSettings, Canaries, with_canaries
+from fedrec.privacy.canaries import EMPIRICAL_AUDIT, AuditSettings, Canaries, audit_report, with_canaries
 from fedrec.privacy.empirical import audit_scores
 
 logger = logging.getLogger(__name__)
@@ -99,29 +99,10 @@ def audit_statistics_release(
     scores = excess[canaries.items].sum(axis=1)  # (m,)
     delta = config.privacy.delta if config.privacy.enabled else 0.0
     bounds = audit_scores(scores=scores, members=canaries.members, delta=delta, beta=settings.beta)
-    logger.info("empirical audit: one-run epsilon >= %.3f, Clopper-Pearson epsilon >= %.3f", bounds.one_run_epsilon, bounds.cp_epsilon)
-    report = {
-        "dp": config.privacy.enabled,
-        "attack": "released item counts of each canary's own items, minus the rest of the population's",
-        "accountant_epsilon": results["epsilon"],
-        "delta": delta,
-        "sample_rate": results["sample_rate"],
-        "rounds": results["rounds"],
-        "clients": results["clients"],
-        "ndcg@10": results["ndcg@10"],
-        "canaries": bounds.canaries,
-        "members": bounds.members,
-        "items_per_canary": int(canaries.items.shape[1]),
-        "pool_size": int(canaries.pool.shape[0]),
-        "beta": settings.beta,
-        "one_run_epsilon_lower_bound": bounds.one_run_epsilon,
-        "guesses": bounds.guesses,
-        "correct": bounds.correct,
-        "cp_epsilon_lower_bound": bounds.cp_epsilon,
-        "tpr": bounds.tpr,
-        "fpr": bounds.fpr,
-        "auc": bounds.auc,
-        "seconds": time.perf_counter() - started,
-    }
+    report = audit_report(
+        config, results, bounds, delta=delta, beta=settings.beta, items_per_canary=int(canaries.items.shape[1]),
+        pool_size=int(canaries.pool.shape[0]), seconds=time.perf_counter() - started,
+        attack="released item counts of each canary's own items, minus the rest of the population's",
+    )
     write_json(out_dir / EMPIRICAL_AUDIT, report)
     return report
