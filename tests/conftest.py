@@ -45,3 +45,14 @@ def tiny_config(data_dir: Path, tmp_path: Path) -> RunConfig:
             "ledger-key": str(tmp_path / "keys" / "ledger.pem"), "epsilon": 50.0,
         }
     )
+
+
+@pytest.fixture()
+def flower_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps messages with the identity of the process's task (set by its runtime):
+    a fixed one for tests that build and answer messages in this process."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

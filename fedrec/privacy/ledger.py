@@ -75,6 +75,17 @@ def canonical(entry: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
+def append_durably(path: Path, line: bytes, *, mode: int) -> None:
+    """Append one line to ``path`` (created with ``mode``) and fsync it before returning:
+    an entry is on disk before anything that depends on it happens."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    try:
+        os.write(fd, line + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
@@ -162,12 +173,7 @@ class LedgerWriter:
         full = {**entry, "time": round(time.time(), 3), "prev_hash": self.head}
         full["signature"] = base64.b64encode(self.key.sign(canonical(full))).decode()
         line = json.dumps(full, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_durably(self.path, line, mode=0o644)
         self.head = line_hash(line)
         self.entries.append(full)
         return full

@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedrec.errors import PrivacyError
 from fedrec.privacy.accountant import ACCOUNTANTS, History, epsilon
 from fedrec.privacy.job_plan import JobPlan, PlanError
-from fedrec.privacy.ledger import GENESIS, canonical, line_hash
+from fedrec.privacy.ledger import GENESIS, append_durably, canonical, line_hash
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +174,7 @@ class Odometer:
         line = json.dumps(full, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(self.path, line, mode=0o600)
         self.entries.append(full)
         self.hashes.append(line_hash(line))
         self._write_head()

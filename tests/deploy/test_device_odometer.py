@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.config import parse_run_config
 from fedrec.data import Interactions
@@ -32,11 +31,7 @@ from tests.dpease.test_flower import fleet_catalog
 DEVICES = 3
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture()

@@ -21,7 +21,6 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.device import app as device_app
 from clients.device import masked_dtype
@@ -88,11 +87,7 @@ class InlineGrid(Grid):
 
 
 @pytest.fixture()
-def setup(ml100k: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[RunConfig, dict[int, dict[str, Any]]]:
-    # Flower stamps messages with the identity of the process's task (set by its runtime).
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+def setup(ml100k: Interactions, tmp_path: Path, flower_task_identity: None) -> tuple[RunConfig, dict[int, dict[str, Any]]]:
     config = parse_run_config({"model": "neumf", "gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.5, "ledger-key": str(tmp_path / "k.pem")})
     fleet = split_fleet(ml100k, tmp_path / "devices", devices=4, rating_threshold=0.0, rng=np.random.default_rng(3))
     for k, device in enumerate(fleet):

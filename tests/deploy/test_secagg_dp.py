@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.data import Interactions
@@ -46,11 +45,8 @@ def _run(config: RunConfig, transport: Any, run_dir: Path) -> dict[str, np.ndarr
 
 
 def test_the_same_round_with_and_without_secure_aggregation_gives_the_same_model(
-    ml100k: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ml100k: Interactions, tmp_path: Path, flower_task_identity: None
 ) -> None:
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     config = parse_run_config(
         {
             "model": "neumf", "gmf-dim": 4, "mlp-layers": "8,4", "seed": 2, "clipping-norm": 0.05, "num-rounds": 2, "eval-every": 0,

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
 from fedrec.cli import app
@@ -40,12 +39,7 @@ from tests.deploy.test_secagg import InlineGrid
 DEVICES = 3
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Flower stamps messages with the identity of the process's task (set by its runtime).
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _forget_loaded_data() -> None:

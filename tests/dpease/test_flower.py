@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients import device as device_module
 from clients.app import app as simulation_app
@@ -50,12 +49,7 @@ from tests.deploy.test_secagg import InlineGrid
 USERS = 12
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Flower stamps messages with the identity of the process's task (set by its runtime).
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _config(tmp_path: Path, **extra: Any) -> RunConfig:
