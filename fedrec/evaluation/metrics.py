@@ -69,7 +69,7 @@ def full_rank(scores: np.ndarray, *, target: np.ndarray, exclude: list[np.ndarra
     pos[owner[~keep]] = -np.inf  # an excluded target is masked like any excluded item
     owner, item = owner[keep], item[keep]
     excluded = np.bincount(owner, weights=scores[owner, item] >= pos[owner], minlength=n_users)
-    rank = at_or_above - excluded.astype(np.int64) - (pos >= pos)  # (pos >= pos): the target itself, unless NaN
+    rank = at_or_above - excluded.astype(np.int64) - ~np.isnan(pos)  # the target itself (counted unless NaN)
     lowest = np.isneginf(pos)  # a target scored -inf: -inf items do not outrank it, count them out as rank_of does
     if lowest.any():
         masked = scores[lowest].astype(np.float64, copy=True)
