@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedrec.evaluation.metrics import full_rank, rank_of, user_metrics
 
@@ -34,6 +36,30 @@ def test_full_rank_masks_training_items() -> None:
     # item 2 is the target; items 0 and 1 are training items and must not count.
     assert full_rank(scores, target=np.array([2]), exclude=[np.array([0, 1])]).tolist() == [0]
     assert full_rank(scores, target=np.array([2]), exclude=[np.array([0])]).tolist() == [1]
+
+
+def _masked_full_rank(scores: np.ndarray, target: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:
+    """The definition: mask the excluded items (and the target) with -inf, rank among the rest."""
+    masked = scores.astype(np.float64, copy=True)
+    for u, items in enumerate(exclude):
+        masked[u, items] = -np.inf
+    rows = np.arange(scores.shape[0])
+    pos = masked[rows, target].copy()
+    masked[rows, target] = -np.inf
+    return rank_of(pos, masked)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n_users=st.integers(1, 6), n_items=st.integers(1, 12))
+def test_full_rank_equals_ranking_the_masked_scores(data: st.DataObject, n_users: int, n_items: int) -> None:
+    # few distinct values (ties), -inf, +inf and NaN among them; excluded lists with repeats and the target itself
+    values = st.sampled_from([0.0, 1.0, 2.0, -1.5, np.inf, -np.inf, np.nan])
+    scores = np.array(data.draw(st.lists(st.lists(values, min_size=n_items, max_size=n_items),
+                                         min_size=n_users, max_size=n_users)), dtype=data.draw(st.sampled_from([np.float32, np.float64])))
+    target = np.array(data.draw(st.lists(st.integers(0, n_items - 1), min_size=n_users, max_size=n_users)))
+    exclude = [np.array(data.draw(st.lists(st.integers(0, n_items - 1), max_size=n_items)), dtype=np.int64)
+               for _ in range(n_users)]
+    assert full_rank(scores, target=target, exclude=exclude).tolist() == _masked_full_rank(scores, target, exclude).tolist()
 
 
 def test_paired_difference_against_a_hand_computed_case() -> None:

@@ -53,15 +53,31 @@ def full_rank(scores: np.ndarray, *, target: np.ndarray, exclude: list[np.ndarra
     """Rank of ``target[u]`` among all items not in ``exclude[u]``.
 
     ``scores`` (U, n_items); the excluded items (the user's training items and
-    other held-out items) are masked out before ranking.
+    other held-out items) never outrank the target, nor do items scored ``-inf``.
+    Counts the items at or above the target's score in each row and takes away the
+    excluded ones (and the target itself): :func:`rank_of` over the masked scores,
+    without copying or masking the (U, n_items) matrix.
     """
-    masked = scores.astype(np.float64, copy=True)
-    for u, items in enumerate(exclude):
-        masked[u, items] = -np.inf
-    rows = np.arange(scores.shape[0])
-    pos = masked[rows, target].copy()
-    masked[rows, target] = -np.inf
-    return rank_of(pos, masked)
+    n_users, n_items = scores.shape
+    rows = np.arange(n_users)
+    pos = scores[rows, target]
+    at_or_above = (scores >= pos[:, None]).sum(axis=1)
+    cells = [np.asarray(items, dtype=np.int64) + u * n_items for u, items in enumerate(exclude)]
+    flat = np.unique(np.concatenate(cells)) if cells else np.zeros(0, dtype=np.int64)  # each excluded item once
+    owner, item = flat // n_items, flat % n_items
+    keep = item != target[owner]  # the target is taken away once, below
+    pos[owner[~keep]] = -np.inf  # an excluded target is masked like any excluded item
+    owner, item = owner[keep], item[keep]
+    excluded = np.bincount(owner, weights=scores[owner, item] >= pos[owner], minlength=n_users)
+    rank = at_or_above - excluded.astype(np.int64) - ~np.isnan(pos)  # the target itself (counted unless NaN)
+    lowest = np.isneginf(pos)  # a target scored -inf: -inf items do not outrank it, count them out as rank_of does
+    if lowest.any():
+        masked = scores[lowest].astype(np.float64, copy=True)
+        for row, u in enumerate(np.flatnonzero(lowest)):
+            masked[row, exclude[u]] = -np.inf
+            masked[row, target[u]] = -np.inf
+        rank[lowest] = rank_of(pos[lowest].astype(np.float64), masked)
+    return rank
 
 
 def coverage(top_items: np.ndarray, n_items: int) -> float:

@@ -124,10 +124,12 @@ def ease_scores(user_items: np.ndarray, *, l2: float) -> np.ndarray:
     if l2 <= 0:
         raise ValueError(f"EASE needs l2 > 0 (got {l2}); it keeps X^T X + l2 I invertible")
     x = user_items.astype(np.float64)
-    small = x @ x.T  # (U, U)
+    sparse = sp.csr_matrix(x)
+    small = np.asarray((sparse @ sparse.T).toarray())  # (U, U): sparse products cost what the histories hold
     small[np.diag_indices_from(small)] += l2
-    mx = np.linalg.solve(small, x)  # (U, I) = M X = X P
-    diag_p = (1.0 - (x * mx).sum(axis=0)) / l2  # (I,)
+    m = np.linalg.inv(small)  # (U, U), symmetric
+    mx = np.asarray(sparse.T @ m).T  # (U, I) = M X = X P, as (X^T M)^T
+    diag_p = (1.0 - np.asarray(sparse.multiply(mx).sum(axis=0)).ravel()) / l2  # (I,)
     return x - mx / diag_p[None, :]
 
 
@@ -162,7 +164,7 @@ class EASE:
             regularised[np.diag_indices_from(regularised)] += l2
             self.weights = _weights_from_inverse(np.linalg.inv(regularised)).astype(np.float32)  # (M, M)
         counts = training_counts(split)
-        self.tail = counts / (counts.max() + 1.0)  # in [0, 1): popularity order among the other items
+        self.tail = (counts / (counts.max() + 1.0)).astype(np.float32)  # in [0, 1): popularity order among the other items
 
     def _inner(self, users: np.ndarray) -> np.ndarray:
         if self.scores is not None:
@@ -175,7 +177,7 @@ class EASE:
         if self.items is None:
             return inner
         below = inner.min(axis=1, keepdims=True) - 2.0 if inner.shape[1] else np.zeros((inner.shape[0], 1))
-        out = (below + self.tail[None, :]).astype(np.float32)  # (U, n_items): under every fitted item
+        out = np.add(below.astype(np.float32), self.tail[None, :], dtype=np.float32)  # (U, n_items): under every fitted item
         out[:, self.items] = inner
         return out
 
@@ -198,9 +200,11 @@ def ease_items(
 ) -> np.ndarray | None:
     """The items EASE is fitted on: None (the whole catalogue) when it fits the budget,
     else the ``M`` most frequent training items, ``M`` the largest with ``M <=
-    max_items``, ``min(U, M)^2 max(U, M) <= max_flops`` (the cubic solve) and ``U M <=
-    max_cells`` (the dense matrices); ``U`` is every user where there are fewer users
-    than items (dense histories), else the ``users`` scored (default: every user)."""
+    max_items``, the fit's floating-point operations within ``max_flops`` (``U^3 + U M``
+    with fewer users than items: the (U, U) inverse of :func:`ease_scores`; else ``M^2 U``:
+    the (M, M) inverse and the scoring) and ``U M <= max_cells`` (the dense matrices);
+    ``U`` is every user where there are fewer users than items (dense histories), else
+    the ``users`` scored (default: every user)."""
     u = split.n_users
     judged = u if users is None else min(users, u)  # how many users are scored
 
@@ -208,7 +212,8 @@ def ease_items(
         # fewer users than items: dense histories of every user; otherwise sparse ones, and
         # only the users scored (an evaluation sample) are held dense
         n = u if u < m else judged
-        return m <= max_items and min(n, m) ** 2 * max(n, m) <= max_flops and n * m <= max_cells
+        flops = n**3 + n * m if n < m else m * m * n  # (U, U) inverse and dense scores, or (M, M) inverse and scoring
+        return m <= max_items and flops <= max_flops and n * m <= max_cells
 
     if fits(split.n_items):
         return None
