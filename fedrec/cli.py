@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -518,10 +519,11 @@ def _tune_table(results: dict[str, Any]) -> Table:
                   pad_edge=False, collapse_padding=True, show_edge=False, caption=(
                       "*: chosen; settings without their ease- prefix; z: noise multipliers of the counts / Gram / "
                       "validation releases; K: top items; NDCG, full: validation NDCG@10, sampled and full ranking; "
-                      "crit.: what the choice maximises; ledger: the try's releases"))
+                      "crit.: what the choice maximises; ledger: the try's releases; ε: the try's own epsilon (in "
+                      "brackets the population's after it: every try so far, composed by the accountant)"))
     table.add_column("try", justify="right", no_wrap=True)
     table.add_column("settings", overflow="fold", min_width=18)
-    table.add_column("z", justify="right", no_wrap=True)
+    table.add_column("z\nε (so far)", justify="right", no_wrap=True)
     for col in ("K", "NDCG", "full", "crit.", "ledger"):
         table.add_column(col, justify="right")
     for t in results["tries"]:
@@ -530,7 +532,9 @@ def _tune_table(results: dict[str, Any]) -> Table:
         releases = list(t["releases"])
         ledger = (f"{releases[0]}-{releases[-1]}" if len(releases) > 2 and releases == list(range(releases[0], releases[-1] + 1))
                   else ",".join(map(str, releases)) or "-")
-        table.add_row(f"{t['try']}{chosen}", settings, "/".join(f"{v:.3g}" for v in t["noise_multipliers"]),
+        noise = "/".join(f"{v:.3g}" for v in t["noise_multipliers"])
+        spent = f"ε {t.get('epsilon', math.inf):.3g} ({t.get('epsilon_composed', math.inf):.3g})"
+        table.add_row(f"{t['try']}{chosen}", settings, f"{noise}\n{spent}",
                       str(t["top_items"]), f"{t['validation']['ndcg@10']:.4f}", f"{t['validation']['full_ndcg@10']:.4f}",
                       f"{t['criterion']:.4f}", ledger)
     return table
