@@ -138,6 +138,9 @@ def run_family(
     """
     started = time.perf_counter()
     if odometers is not None:
+        if not config.privacy.enabled:
+            raise FedrecError("a job with dp = off has no privacy plan a device can check, so every device with a "
+                              "budget of its own (--device-epsilon) would refuse it: drop --device-epsilon or set dp = user")
         channels = OdometerChannels(channels, odometers)
     family = family_of(config)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -148,3 +148,22 @@ def test_a_resumed_job_announces_its_recorded_plan_again_and_is_charged_once(tmp
     device = odometers.odometer(5)
     assert len(device.status()["jobs"]) == 1 and device.epsilon() == pytest.approx(charged)
     assert audit_run(tmp_path / "run").code == OK
+
+
+def test_simulate_gives_the_devices_odometers_and_refuses_a_job_without_a_plan(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    sets = [a for k, v in {"model": "gmf", "dataset": "synthetic", "synthetic-users": USERS, "synthetic-items": 120,
+                           "synthetic-interactions": 10, "num-eval-negatives": 20, "num-rounds": 2, "clients-per-round": 10, "eval-every": 0, "gmf-dim": 8, "epsilon": 3.0,
+                           "ledger-key": str(tmp_path / "l.pem")}.items() for a in ("--set", f"{k}={v}")]
+    runner = CliRunner()
+    result = runner.invoke(app, ["simulate", *sets, "--device-epsilon", "2", "--out", str(tmp_path / "run")],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and f"all {USERS} device(s) refused its plan" in result.output
+    assert json.loads((tmp_path / "run" / NO_CONTRIBUTOR).read_text())["devices_refused"] == USERS
+    result = runner.invoke(app, ["simulate", *sets, "--set", "dp=off", "--device-epsilon", "2", "--out", str(tmp_path / "off")])
+    assert result.exit_code == 2 and "no privacy plan" in result.output
+    result = runner.invoke(app, ["simulate", *sets, "--device-epsilon", "-1", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "--device-epsilon must be a number >= 0" in result.output
