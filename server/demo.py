@@ -121,10 +121,9 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
 
 def run_jobs(out: Path, *, devices: int, jobs: int, job_epsilon: float, device_epsilon: float, data_dir: str,
              seed: int = 0, overrides: dict[str, Any] | None = None, timeout: float = 1200.0) -> dict[str, Any]:
-    """Several successive jobs of the default model (DP-EASE; ``overrides`` may name another) against the same
-    fleet, each device with its own
-    budget (``device-epsilon``) kept in its odometer beside its key and data; then the
-    population audit of every job's ledger. A job that every device refuses writes
+    """Several successive jobs of the default model (DP-EASE; ``overrides`` may name another)
+    against the same fleet, each device with its own budget (``device-epsilon``) kept in its
+    odometer beside its key and data; then the population audit of every job's ledger. A job that every device refuses writes
     ``no_contributor.json`` instead of results.json."""
     out = out.resolve()
     values: dict[str, Any] = {"seed": seed, "data-dir": data_dir, "epsilon": job_epsilon,
