@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,6 +150,13 @@ def simulate(
         Path | None,
         typer.Option(help="Continue the crashed run in this folder from its last checkpoint (its own config and engine)."),
     ] = None,
+    device_epsilon: Annotated[float | None, typer.Option(
+        help="Each simulated device's own budget across jobs (its privacy odometer); it refuses a plan beyond it.")] = None,
+    device_delta: Annotated[float, typer.Option(help="The simulated devices' delta (with --device-epsilon).")] = 1e-5,
+    device_accountant: Annotated[str, typer.Option(help="prv or rdp: how the devices compose (with --device-epsilon).")] = "prv",
+    odometers: Annotated[Path | None, typer.Option(
+        help="Folder of the simulated devices' odometers, kept across runs so that jobs on one population compose "
+        "(with --device-epsilon; default: in memory, this run only).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Federated training on simulated devices (one per user); writes OUT/results.json."""
@@ -170,6 +178,7 @@ def simulate(
         runner = _engine(engine)
         if ray_address and engine != "flower":
             raise FedrecError("--ray-address needs --engine flower (the in-process engine runs in this process)")
+        devices = _simulated_odometers(device_epsilon, device_delta, device_accountant, odometers)
         family = family_of(run_config)
         rounds, steps = family.planned_steps(run_config), f"{family.step}s"
         with _progress() as progress:
@@ -190,6 +199,8 @@ def simulate(
             options: dict[str, Any] = {"resume": True} if resume is not None else {}
             if ray_address:
                 options["ray_address"] = ray_address
+            if devices is not None:
+                options["odometers"] = devices
             path = runner(run_config, out.resolve(), on_round, **options)
         results = json.loads(path.read_text())
         eps = results.get("epsilon", float("inf"))
@@ -211,10 +222,30 @@ def simulate(
         _print_left_out(results)
         if "popularity" in references:
             console.print(_versus_popularity(results, references["popularity"]["test"]))
+        if devices is not None and "devices_refused" in results:
+            console.print(f"{results['devices_refused']} of {results['clients']} devices refused the job's plan "
+                          f"(their own budget, device-epsilon {device_epsilon:g}): dropouts")
         console.print(
             f"{results['clients']} clients, {results['clients_per_round']:.0f} per {steps[:-1]}, seed {results['seed']}, "
             f"{results['seconds']:.1f} s. Wrote {path} and {path.parent / 'curves.png'}"
         )
+
+
+def _simulated_odometers(epsilon: float | None, delta: float, accountant: str, folder: Path | None) -> Any:
+    """The simulated devices' odometers (None without ``--device-epsilon``)."""
+    if epsilon is None:
+        if folder is not None:
+            raise FedrecError("--odometers needs --device-epsilon (the devices' own budget)")
+        return None
+    from fedrec.errors import PrivacyError
+    from fedrec.privacy.device_odometers import SimulatedOdometers
+    from fedrec.privacy.odometer import OdometerSettings
+
+    try:
+        settings = OdometerSettings(epsilon=epsilon, delta=delta, accountant=accountant)
+    except PrivacyError as err:  # name the options, not the node-config keys
+        raise FedrecError(str(err).replace("device-", "--device-", 1)) from None
+    return SimulatedOdometers(settings, folder=folder.resolve() if folder is not None else None)
 
 
 def _reference_rows(references: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -488,10 +519,11 @@ def _tune_table(results: dict[str, Any]) -> Table:
                   pad_edge=False, collapse_padding=True, show_edge=False, caption=(
                       "*: chosen; settings without their ease- prefix; z: noise multipliers of the counts / Gram / "
                       "validation releases; K: top items; NDCG, full: validation NDCG@10, sampled and full ranking; "
-                      "crit.: what the choice maximises; ledger: the try's releases"))
+                      "crit.: what the choice maximises; ledger: the try's releases; ε: the try's own epsilon (in "
+                      "brackets the population's after it: every try so far, composed by the accountant)"))
     table.add_column("try", justify="right", no_wrap=True)
     table.add_column("settings", overflow="fold", min_width=18)
-    table.add_column("z", justify="right", no_wrap=True)
+    table.add_column("z\nε (so far)", justify="right", no_wrap=True)
     for col in ("K", "NDCG", "full", "crit.", "ledger"):
         table.add_column(col, justify="right")
     for t in results["tries"]:
@@ -500,7 +532,9 @@ def _tune_table(results: dict[str, Any]) -> Table:
         releases = list(t["releases"])
         ledger = (f"{releases[0]}-{releases[-1]}" if len(releases) > 2 and releases == list(range(releases[0], releases[-1] + 1))
                   else ",".join(map(str, releases)) or "-")
-        table.add_row(f"{t['try']}{chosen}", settings, "/".join(f"{v:.3g}" for v in t["noise_multipliers"]),
+        noise = "/".join(f"{v:.3g}" for v in t["noise_multipliers"])
+        spent = f"ε {t.get('epsilon', math.inf):.3g} ({t.get('epsilon_composed', math.inf):.3g})"
+        table.add_row(f"{t['try']}{chosen}", settings, f"{noise}\n{spent}",
                       str(t["top_items"]), f"{t['validation']['ndcg@10']:.4f}", f"{t['validation']['full_ndcg@10']:.4f}",
                       f"{t['criterion']:.4f}", ledger)
     return table

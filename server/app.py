@@ -18,6 +18,7 @@ from fedrec.deploy.catalog import run_catalog
 from fedrec.errors import ConfigError
 from fedrec.experiments.run import run_family
 from fedrec.federation.device import simulated_population
+from fedrec.privacy.device_odometers import SimulatedOdometers
 from server.channels import GridChannels
 
 OUT_DIR = "out-dir"  # run-config key of the results folder (not part of RunConfig)
@@ -27,14 +28,16 @@ RoundCallback = Callable[[int, dict[str, float]], None]
 
 
 def serve(
-    grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False
+    grid: Grid, config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False,
+    odometers: SimulatedOdometers | None = None,
 ) -> dict[str, Any]:
     split = simulated_population(config).split
     channels = GridChannels(
         grid, config, n_items=split.n_items, expected_nodes=split.n_users, simulated=True,
         catalog=run_catalog(config),
     )
-    return run_family(config, channels, out_dir=out_dir, engine="flower", on_round=on_round, resume=resume)
+    return run_family(config, channels, out_dir=out_dir, engine="flower", on_round=on_round, resume=resume,
+                      odometers=odometers)
 
 
 def split_out_dir(values: Mapping[str, Any]) -> tuple[dict[str, Any], Path, bool]:
@@ -47,14 +50,15 @@ def split_out_dir(values: Mapping[str, Any]) -> tuple[dict[str, Any], Path, bool
 
 
 def build_server_app(
-    config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False
+    config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, resume: bool = False,
+    odometers: SimulatedOdometers | None = None,
 ) -> ServerApp:
     """A ServerApp bound to a parsed config (Flower's run_simulation takes no run config)."""
     bound = ServerApp()
 
     @bound.main()
     def main(grid: Grid, context: Context) -> None:
-        serve(grid, config, out_dir, on_round, resume=resume)
+        serve(grid, config, out_dir, on_round, resume=resume, odometers=odometers)
 
     return bound
 

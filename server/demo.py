@@ -121,9 +121,9 @@ def run_demo(out: Path, *, devices: int, rounds: int, data_dir: str, seed: int =
 
 def run_jobs(out: Path, *, devices: int, jobs: int, job_epsilon: float, device_epsilon: float, data_dir: str,
              seed: int = 0, overrides: dict[str, Any] | None = None, timeout: float = 1200.0) -> dict[str, Any]:
-    """Several successive jobs of the default model (DP-EASE) against the same fleet, each device with its own
-    budget (``device-epsilon``) kept in its odometer beside its key and data; then the
-    population audit of every job's ledger. A job that every device refuses writes
+    """Several successive jobs of the default model (DP-EASE; ``overrides`` may name another)
+    against the same fleet, each device with its own budget (``device-epsilon``) kept in its
+    odometer beside its key and data; then the population audit of every job's ledger. A job that every device refuses writes
     ``no_contributor.json`` instead of results.json."""
     out = out.resolve()
     values: dict[str, Any] = {"seed": seed, "data-dir": data_dir, "epsilon": job_epsilon,
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secure-aggregation", action="store_true", help="aggregate with SecAgg+")
     parser.add_argument("--set", action="append", default=[], help="run setting key=value (repeatable)")
     parser.add_argument("--jobs", type=int, default=0,
-                        help="run this many successive DP-EASE jobs against the same fleet instead (with --device-epsilon)")
+                        help="run this many successive jobs (DP-EASE, or --set model=...) against the same fleet instead "
+                             "(with --device-epsilon)")
     parser.add_argument("--device-epsilon", type=float, default=10.0, help="each device's own budget across the jobs")
     parser.add_argument("--job-epsilon", type=float, default=5.5, help="each job's epsilon (with --jobs)")
     args = parser.parse_args(argv)

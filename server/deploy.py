@@ -18,7 +18,7 @@ from fedrec.config import parse_run_config
 from fedrec.deploy.settings import deploy_catalog, split_deploy_settings
 from fedrec.experiments.results import RESULTS, write_json
 from fedrec.experiments.run import run_family
-from fedrec.privacy.device_odometers import NO_CONTRIBUTOR, NoContributor
+from fedrec.privacy.device_odometers import NoContributor
 from server.app import split_out_dir
 from server.channels import GridChannels
 
@@ -43,8 +43,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     try:
         results = run_family(config, channels, out_dir=out_dir, engine="flower-deployment", resume=resume)
-    except NoContributor as err:  # every device's own budget refused the job's plan
-        write_json(out_dir / NO_CONTRIBUTOR, err.to_json())
+    except NoContributor as err:  # every device's own budget refused the job's plan (run_family wrote why)
         logger.error("%s", err)
         raise
     transport = channels.opened

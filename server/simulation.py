@@ -14,6 +14,7 @@ from clients.app import app as client_app
 from fedrec.config import RunConfig
 from fedrec.experiments.results import RESULTS
 from fedrec.federation.device import simulated_population
+from fedrec.privacy.device_odometers import SimulatedOdometers
 from server.app import RoundCallback, build_server_app
 
 logger = logging.getLogger(__name__)
@@ -32,9 +33,11 @@ def backend_config(ray_address: str = "") -> dict[str, Any]:
 
 
 def run(
-    config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, ray_address: str = "", resume: bool = False
+    config: RunConfig, out_dir: Path, on_round: RoundCallback | None = None, *, ray_address: str = "", resume: bool = False,
+    odometers: SimulatedOdometers | None = None,
 ) -> Path:
-    """One virtual SuperNode per user; returns the path of results.json.
+    """One virtual SuperNode per user; returns the path of results.json. ``odometers``:
+    the simulated devices keep privacy odometers (:func:`fedrec.experiments.run.run_family`).
 
     ``resume``: continue the crashed run in ``out_dir``. The simulated devices' private
     vectors lived in the dead process (real devices keep theirs in their state file),
@@ -45,7 +48,7 @@ def run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
-            server_app=build_server_app(config, out_dir, on_round, resume=resume),
+            server_app=build_server_app(config, out_dir, on_round, resume=resume, odometers=odometers),
             client_app=client_app,
             num_supernodes=n_clients,
             backend_config=backend,  # type: ignore[arg-type]

@@ -57,25 +57,9 @@ class GridStatistics:
         return self.links.clients()
 
     def announce(self, plan: JobPlan, clients: Sequence[int]) -> list[int]:
-        """Send the job's signed plan to every device before its first request; the
-        devices that accept it, in ``clients`` order (a refusal, an error or no reply is
-        a dropout: that device is asked nothing more)."""
-        accepted: set[int] = set()
-        for start in range(0, len(clients), self.batch):
-            replies = self.links.send(clients[start : start + self.batch], {}, protocol.PLAN, 0,
-                                      **{protocol.JOB_PLAN: plan.encode()})
-            for reply in replies:
-                if reply.has_error():
-                    logger.warning("plan: a device failed: %s", reply.error.reason)
-                    continue
-                metrics = reply.content.metric_records.get(protocol.METRICS)
-                if metrics is not None and float(str(metrics.get(protocol.ACCEPTED, 0))) == 1.0:
-                    accepted.add(int(reply.metadata.src_node_id))
-        self.refused = len(clients) - len(accepted)
-        if self.refused:
-            logger.warning("plan of job %s: %d of %d devices refused it (their privacy budgets)", plan.run_id,
-                           self.refused, len(clients))
-        return [c for c in clients if c in accepted]
+        """The job's signed plan to every device before its first request
+        (:meth:`server.transport.GridTransport.announce`); the devices that accept it."""
+        return self.links.announce(plan, clients, batch=self.batch)
 
     def statistics(self, clients: Sequence[int], phase: str, request: Arrays) -> Iterator[Arrays | Part | None]:
         started = time.perf_counter()

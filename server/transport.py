@@ -15,6 +15,7 @@ from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
 from fedrec.federation.rounds import TrainReply
 from fedrec.models import Arrays
+from fedrec.privacy.job_plan import JobPlan
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,26 @@ class GridTransport:
         if len(replies) < len(messages):
             logger.warning("round %d: %d of %d devices did not reply in time", round_, len(messages) - len(replies), len(messages))
         return replies
+
+    def announce(self, plan: JobPlan, clients: Sequence[int], *, batch: int = 128) -> list[int]:
+        """Send the job's signed plan to every device before its first request, ``batch``
+        at a time; the devices that accept it, in ``clients`` order (a refusal, an error
+        or no reply is a dropout: that device is asked nothing more)."""
+        accepted: set[int] = set()
+        for start in range(0, len(clients), batch):
+            replies = self.send(clients[start : start + batch], {}, protocol.PLAN, 0, **{protocol.JOB_PLAN: plan.encode()})
+            for reply in replies:
+                if reply.has_error():
+                    logger.warning("plan: a device failed: %s", reply.error.reason)
+                    continue
+                metrics = reply.content.metric_records.get(protocol.METRICS)
+                if metrics is not None and float(str(metrics.get(protocol.ACCEPTED, 0))) == 1.0:
+                    accepted.add(int(reply.metadata.src_node_id))
+        refused = len(clients) - len(accepted)
+        if refused:
+            logger.warning("plan of job %s: %d of %d devices refused it (their privacy budgets)", plan.run_id, refused,
+                           len(clients))
+        return [c for c in clients if c in accepted]
 
     def train(self, clients: Sequence[int], shared: Arrays, round_: int) -> list[TrainReply]:
         started = time.perf_counter()

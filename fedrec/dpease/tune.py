@@ -13,7 +13,9 @@ a real DP-EASE release on the population, and what selection looks at is release
    sensitivity sqrt(2); :mod:`fedrec.privacy.eval_release`), z_val.
 
 All 3 M releases of the M candidates go into one signed ledger, each recorded before it
-is used, so the ledger's epsilon composes every try and ``fedrec audit`` recomputes it.
+is used, so the ledger's epsilon composes every try and ``fedrec audit`` recomputes it;
+each try reports its own epsilon (its three releases alone) beside the population's
+epsilon after it (every try so far, composed by the accountant, never added).
 The budget is split evenly over candidates: candidate k's three releases get the shares
 ``(c_k (1 - e), (1 - c_k)(1 - e), e) / M`` of the budget in the ``1/z^2`` currency
 (``c_k`` its ``ease-count-share``, ``e`` the evaluation share), and the common scale is
@@ -44,7 +46,7 @@ from fedrec.dpease.run import MECHANISMS, PURPOSES, InProcessStatistics
 from fedrec.dpease.select import criterion, without_test_items
 from fedrec.errors import FedrecError
 from fedrec.experiments.results import MODEL, RESULTS, write_arrays, write_json
-from fedrec.privacy.accountant import calibrate_releases
+from fedrec.privacy.accountant import calibrate_releases, compress, epsilon
 from fedrec.privacy.eval_release import MECHANISM as METRICS_MECHANISM
 from fedrec.privacy.eval_release import evaluation_generator, release_metrics
 from fedrec.privacy.noise import noise_generator
@@ -71,6 +73,8 @@ class Try:
     criterion: float
     top_items: int
     releases: tuple[int, ...] = ()  # the ledger's release numbers of this try
+    epsilon: float = float("inf")  # the try's own releases alone (the accountant at the run's delta)
+    epsilon_composed: float = float("inf")  # the population's epsilon after this try: every try so far, composed
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.overrides.items()) or "(base)"
@@ -148,6 +152,7 @@ def tune(
     for number, (config, overrides, (z_counts, z_gram, z_val)) in enumerate(zip(configs, candidates, noise), start=1):
         label = " ".join(f"{k}={v}" for k, v in overrides.items()) or "(base)"
         recorded: list[int] = []
+        steps_before = len(session.steps) if session is not None else 0
 
         def record(phase: str, z: float, *, label: str = label, number: int = number, recorded: list[int] = recorded) -> None:
             if session is not None:  # on disk before the noisy sum is read
@@ -175,9 +180,14 @@ def tune(
         else:
             exact = _mean(ask())
             metrics = {name: exact[name] for name in TUNE_METRICS}
+        own = composed = float("inf")
+        if session is not None:  # what the ledger holds: this try's steps alone, and all of them so far
+            own = epsilon(compress(session.steps[steps_before:]), delta=p.delta, accountant=p.accountant)
+            composed = session.spent
         tries.append(Try(
             overrides=dict(overrides), noise_multipliers=(z_counts, z_gram, z_val), validation=metrics,
             criterion=criterion(metrics), top_items=int(release.top_items.shape[0]), releases=tuple(recorded),
+            epsilon=own, epsilon_composed=composed,
         ))
         releases.append(release)
     chosen = max(range(len(tries)), key=lambda k: (tries[k].criterion, -k))  # the first one wins ties
@@ -216,7 +226,8 @@ def tune_and_report(
         "top_items": chosen.top_items, "clients": split.n_users,
         "tries": [
             {"try": k + 1, "overrides": t.overrides, "noise_multipliers": list(t.noise_multipliers),
-             "validation": t.validation, "criterion": t.criterion, "top_items": t.top_items, "releases": list(t.releases)}
+             "validation": t.validation, "criterion": t.criterion, "top_items": t.top_items, "releases": list(t.releases),
+             "epsilon": t.epsilon, "epsilon_composed": t.epsilon_composed}
             for k, t in enumerate(tuning.tries)
         ],
         **tuning.privacy,

@@ -51,6 +51,7 @@ from fedrec.federation.fedavg import client_rng
 from fedrec.federation.rounds import InProcessTransport, TrainReply, Transport
 from fedrec.models import Arrays, SharedTower, load_shared, shared_spec
 from fedrec.privacy.clipping import clip_stacked
+from fedrec.privacy.device_odometers import SimulatedOdometers
 from fedrec.training.batched import BatchedResult, local_update_batched
 from fedrec.training.local import fresh_private
 
@@ -332,10 +333,13 @@ def run(
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     *,
     resume: bool = False,
+    odometers: SimulatedOdometers | None = None,
 ) -> Path:
+    """``odometers``: the simulated devices keep privacy odometers (:func:`run_family`)."""
     channels = InProcessChannels(config)
     try:
-        run_family(config, channels, out_dir=out_dir, engine="inprocess", on_round=on_round, resume=resume)
+        run_family(config, channels, out_dir=out_dir, engine="inprocess", on_round=on_round, resume=resume,
+                   odometers=odometers)
     finally:
         channels.close()
     return out_dir / RESULTS

@@ -31,6 +31,7 @@ from fedrec.families import family_of
 from fedrec.federation.checkpoint import write_run_config
 from fedrec.federation.device import simulated_population
 from fedrec.models import ModelConfig, shared_spec
+from fedrec.privacy.device_odometers import NO_CONTRIBUTOR, NoContributor, OdometerChannels, SimulatedOdometers
 from fedrec.privacy.readable import readable_run, released_lines
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def run_family(
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     resume: bool = False,
     references: bool = True,
+    odometers: SimulatedOdometers | None = None,
 ) -> dict[str, Any]:
     """Run ``config``'s family over ``channels`` (:class:`fedrec.families.contract.Channels`);
     write ``model.npz``, ``results.json`` and ``curves.png`` into ``out_dir``.
@@ -129,9 +131,17 @@ def run_family(
     ``resume`` continues the crashed run in ``out_dir`` from its last checkpoint (a
     family with rounds). ``references``: when the population is simulated, also fit
     popularity and EASE on the same split (``results["references"]``) so the private
-    model is always shown beside what users would otherwise get.
+    model is always shown beside what users would otherwise get. ``odometers``: the
+    simulated devices keep privacy odometers and refuse a plan beyond their own budget
+    (``results["devices_refused"]``). A job that every device refused writes
+    ``no_contributor.json`` instead of results and raises :class:`NoContributor`.
     """
     started = time.perf_counter()
+    if odometers is not None:
+        if not config.privacy.enabled:
+            raise FedrecError("a job with dp = off has no privacy plan a device can check, so every device with a "
+                              "budget of its own (--device-epsilon) would refuse it: drop --device-epsilon or set dp = user")
+        channels = OdometerChannels(channels, odometers)
     family = family_of(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / RESULTS).exists():
@@ -147,6 +157,9 @@ def run_family(
     gc.freeze()
     try:
         outcome = family.run(config, channels, run_dir=out_dir, on_step=on_round, resume=resume)
+    except NoContributor as err:  # every device's own budget refused the job's plan: nothing was released
+        write_json(out_dir / NO_CONTRIBUTOR, err.to_json())
+        raise
     finally:
         gc.unfreeze()
     write_arrays(out_dir / MODEL, outcome.release)

@@ -25,8 +25,10 @@ from fedrec.federation.device import Device
 from fedrec.federation.fedavg import ServerOptimizer
 from fedrec.models import Arrays, ModelConfig, init_shared, shared_spec
 from fedrec.privacy.aggregator import Aggregator, make_aggregator
+from fedrec.privacy.device_odometers import announce_job, dp_fedavg_releases
 from fedrec.privacy.dp_fedavg import Part
-from fedrec.privacy.eval_release import evaluation_generator, release_metrics
+from fedrec.privacy.eval_release import evaluation_generator, planned_evaluations, release_metrics, sensitivity
+from fedrec.privacy.job_plan import PlannedRelease
 from fedrec.privacy.sampling import PoissonSampler
 from fedrec.privacy.session import PrivacySession
 from fedrec.training.local import PrivateState
@@ -121,10 +123,13 @@ def run_federated(
 ) -> tuple[Arrays, RunHistory, dict[str, float]]:
     """Run ``num-rounds`` rounds; return final shared parameters, history, test metrics.
 
-    With DP on, each round is checked against the budget before it starts and
-    recorded in ``run_dir``'s ledger before its aggregate is applied. After every round
-    the server checkpoints (:mod:`fedrec.federation.checkpoint`); ``resume`` continues from the
-    last checkpoint in ``run_dir``, with every round in the ledger still counted.
+    With DP on, the job's plan (its rounds and, on real devices, its metric releases)
+    is announced to the devices before the first round (:func:`announce_job`); a device
+    that refuses it is a dropout, never asked, even when sampled. Each round is checked
+    against the budget and the plan before it starts and recorded in ``run_dir``'s
+    ledger before its aggregate is applied. After every round the server checkpoints
+    (:mod:`fedrec.federation.checkpoint`); ``resume`` continues from the last checkpoint
+    in ``run_dir``, with every round in the ledger still counted.
     """
     fed = config.federation
     clients = transport.clients()  # in the transport's order: the sampler draws over positions
@@ -141,9 +146,12 @@ def run_federated(
         server.history.resumes += 1
         aggregator.mark_resume(checkpoint_round=server.first - 1)
         logger.info("resuming at round %d of %d", server.first, fed.num_rounds)
+    session = getattr(aggregator, "session", None)
+    accepted, refused = announce_job(session, transport, clients, _planned(config, aggregator, sampler, private_eval))
+    asked = None if len(accepted) == len(clients) else frozenset(accepted)  # None: every device takes part
     evaluation = _Evaluation.of(
-        config, transport, clients, session=getattr(aggregator, "session", None) if private_eval else None,
-        resumes=server.history.resumes,
+        config, transport, clients, session=session if private_eval else None, resumes=server.history.resumes,
+        asked=asked,
     )
     logger.info("federation: %d clients, sampling rate %.4f", len(clients), sampler.rate)
     optimizer = ServerOptimizer(lr=fed.server_lr, momentum=fed.server_momentum)
@@ -153,7 +161,7 @@ def run_federated(
             break
         info = _train_round(
             round_, server=server, transport=transport, clients=clients, sampler=sampler, aggregator=aggregator,
-            optimizer=optimizer, spec=spec, upload_bits=fed.upload_bits,
+            optimizer=optimizer, spec=spec, upload_bits=fed.upload_bits, asked=asked,
         )
         # The new model exists only here until the checkpoint is on disk: nothing derived
         # from it (evaluation, progress) leaves the server before.
@@ -165,7 +173,25 @@ def run_federated(
             server.history.stopped_by_budget = True
             break
     test = _finish(config, server, aggregator=aggregator, evaluation=evaluation)
+    if session is not None:
+        server.history.privacy["devices_refused"] = refused  # refused the job's plan (their own budgets): dropouts
     return server.shared, server.history, test
+
+
+def _planned(config: RunConfig, aggregator: Aggregator, sampler: PoissonSampler, private_eval: bool) -> list[PlannedRelease]:
+    """The job's plan (:func:`dp_fedavg_releases`): the aggregator's z, the sampler's q,
+    the rounds, and the metric releases of a private evaluation; empty without DP."""
+    mechanism = getattr(aggregator, "mechanism", None)
+    if mechanism is None:
+        return []
+    p, fed = config.privacy, config.federation
+    return dp_fedavg_releases(
+        noise_multiplier=mechanism.noise_multiplier, sample_rate=sampler.rate, clipping_norm=mechanism.clipping_norm,
+        rounds=fed.num_rounds,
+        evaluations=planned_evaluations(rounds=fed.num_rounds, eval_every=fed.eval_every) if private_eval else 0,
+        eval_noise_multiplier=p.eval_noise_multiplier, eval_sensitivity=sensitivity(len(METRIC_NAMES)),
+        budget=p.epsilon, delta=p.delta, accountant=p.accountant,
+    )
 
 
 @dataclass
@@ -231,14 +257,18 @@ class _Evaluation:
 
     @classmethod
     def of(
-        cls, config: RunConfig, transport: Transport, clients: list[int], *, session: PrivacySession | None, resumes: int
+        cls, config: RunConfig, transport: Transport, clients: list[int], *, session: PrivacySession | None, resumes: int,
+        asked: frozenset[int] | None = None,
     ) -> _Evaluation:
-        """The run's evaluation: ``eval-users`` clients drawn once from the run's seed."""
+        """The run's evaluation: ``eval-users`` clients drawn once from the run's seed,
+        of which those in ``asked`` (the devices that accepted the job; None: all)."""
         eval_clients = clients
         if 0 < config.federation.eval_users < len(clients):
             rng = np.random.default_rng([config.seed, 5])
             chosen = np.sort(rng.choice(len(clients), size=config.federation.eval_users, replace=False))
             eval_clients = [clients[i] for i in chosen]
+        if asked is not None:
+            eval_clients = [c for c in eval_clients if c in asked]
         return cls(
             transport=transport, clients=eval_clients, session=session,
             noise_multiplier=config.privacy.eval_noise_multiplier,
@@ -270,14 +300,17 @@ def _may_run(aggregator: Aggregator, history: RunHistory) -> bool:
 def _train_round(
     round_: int, *, server: _ServerState, transport: Transport, clients: list[int], sampler: PoissonSampler,
     aggregator: Aggregator, optimizer: ServerOptimizer, spec: dict[str, tuple[int, ...]], upload_bits: int,
+    asked: frozenset[int] | None = None,
 ) -> dict[str, float]:
-    """One round's training: sample, train on the devices, accept their replies,
+    """One round's training: sample over the whole population, train on the sampled
+    devices that accepted the job (``asked``; None: all), accept their replies,
     aggregate, and step the server's model. Returns the round's info, also appended to
     the history."""
     history = server.history
     started = time.perf_counter()
     sampled = sampler.sample(clients, server.rng)
-    replies = transport.train(sampled, server.shared, round_) if sampled else []
+    training = sampled if asked is None else [c for c in sampled if c in asked]  # a refusal is a dropout
+    replies = transport.train(training, server.shared, round_) if training else []
     good, failed, invalid, upload_sizes = _accept_replies(replies, spec=spec, upload_bits=upload_bits, round_=round_)
     history.rejected += failed + invalid
     round_local_epsilon = max((r.local_epsilon for r in good), default=0.0)
@@ -290,6 +323,7 @@ def _train_round(
     info = {
         "round": float(round_),
         "sampled": float(len(sampled)),
+        **({"refused": float(len(sampled) - len(training))} if asked is not None else {}),  # sampled, refused the plan
         "aggregated": float(sum(p.contributors for p in parts)),
         "rejected": float(failed + invalid),  # replies left out of the aggregate ...
         "invalid": float(invalid),  # ... of which updates that failed check_update

@@ -154,15 +154,21 @@ def sign_plan(
     return JobPlan(**{**unsigned.__dict__, "signature": signature})
 
 
+def plan_counts(plan: JobPlan) -> Counter[tuple[float, float]]:
+    """How many mechanism steps the plan announced for each (z, q)."""
+    planned: Counter[tuple[float, float]] = Counter()
+    for r in plan.releases:
+        planned[(r.noise_multiplier, r.sample_rate)] += r.steps
+    return planned
+
+
 def spent_within_plan(plan: JobPlan, spent: Sequence[tuple[float, float]]) -> str | None:
     """None if every mechanism step spent ``(z, q)`` was announced: for each (z, q), the
     ledger spent at most as many steps as the plan announced (in any order, so that a
     job stopped early or evaluating between rounds still matches); then the spent
     history is part of the planned one and its epsilon is at most the plan's. Else what
     was spent beyond the plan."""
-    planned: Counter[tuple[float, float]] = Counter()
-    for r in plan.releases:
-        planned[(r.noise_multiplier, r.sample_rate)] += r.steps
+    planned = plan_counts(plan)
     used = Counter((float(z), float(q)) for z, q in spent)
     for (z, q), count in used.items():
         if count > planned[(z, q)]:
@@ -174,13 +180,15 @@ def spent_within_plan(plan: JobPlan, spent: Sequence[tuple[float, float]]) -> st
 def announce_plan(session: Any, releases: Sequence[PlannedRelease]) -> JobPlan:
     """Sign the job's plan with ``session``'s ledger key and record it as the ledger's
     first entry after the header, before any release (a
-    :class:`fedrec.privacy.session.PrivacySession`); returns the plan to send to devices."""
+    :class:`fedrec.privacy.session.PrivacySession`, which from then on spends nothing
+    beyond it); returns the plan to send to devices."""
     writer = session.writer
     if any(e.get("kind") in ("round", "release", PLAN_KIND) for e in writer.entries):
         raise LedgerError("a job's plan is announced once, before its first release")
     plan = sign_plan(run_id=str(writer.entries[0]["run_id"]), accountant=session.accountant, delta=session.delta,
                      releases=releases, key=writer.key)
     writer.append({"kind": PLAN_KIND, "plan": plan.to_json()})
+    session.adopt_plan(plan)
     return plan
 
 

@@ -3,7 +3,10 @@
 One object decides, before each round, whether the round still fits the budget,
 and records each round in the ledger before its aggregate is used. Epsilon is
 always recomputed from the recorded mechanism parameters (plus the next round,
-for the check), never accumulated by hand.
+for the check), never accumulated by hand. Once the job's plan is announced
+(:mod:`fedrec.privacy.job_plan`), nothing beyond it is spent either: the devices
+accepted the plan, not more (a resumed job that lost a round to a crash stops a
+round early rather than spend one its devices were never charged for).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +79,7 @@ class PrivacySession:
         self.releases = 0  # other releases recorded (each may be several steps)
         self.closed = False  # the run's end is recorded: no more rounds
         self.stopped_by_budget = False
+        self.planned: Counter[tuple[float, float]] | None = None  # (z, q) -> steps the job's plan announced
         if self.writer.entries:
             if not resume:
                 raise LedgerError(
@@ -105,6 +110,11 @@ class PrivacySession:
             raise LedgerError("cannot resume: the ledger was signed by another key (set ledger-key to the run's key)")
         if header.get("config_hash") != self.config_hash:
             raise LedgerError("cannot resume: the ledger belongs to a different configuration")
+        from fedrec.privacy.job_plan import ledger_plan
+
+        plan = ledger_plan(self.writer.entries)
+        if plan is not None:
+            self.adopt_plan(plan)
         closes = [e for e in self.writer.entries if e.get("kind") == "close"]
         if closes:  # the crash came after the last round, before the results were written
             self.closed, self.stopped_by_budget = True, bool(closes[-1].get("stopped_by_budget"))
@@ -134,6 +144,19 @@ class PrivacySession:
             {"kind": "resume", "checkpoint_round": checkpoint_round, "recorded_rounds": self.rounds, "epsilon": encode_epsilon(self.spent)}
         )
 
+    def adopt_plan(self, plan: Any) -> None:
+        """Spend nothing beyond ``plan`` (a :class:`fedrec.privacy.job_plan.JobPlan`) from now on."""
+        from fedrec.privacy.job_plan import plan_counts
+
+        self.planned = plan_counts(plan)
+
+    def within_plan(self, extra: Sequence[tuple[float, float]]) -> bool:
+        """Would the steps recorded plus ``extra`` stay within the announced plan (no plan: yes)?"""
+        if self.planned is None:
+            return True
+        used = Counter((float(z), float(q)) for z, q in [*self.steps, *extra])
+        return all(count <= self.planned[step] for step, count in used.items())
+
     @property
     def ledger_rounds(self) -> int:
         """Training rounds recorded in the ledger (each one application of the mechanism)."""
@@ -154,7 +177,10 @@ class PrivacySession:
         return self.epsilon_after(0)
 
     def allows_next_round(self) -> bool:
-        """Would one more round stay within the budget?"""
+        """Would one more round stay within the budget and the announced plan?"""
+        if not self.within_plan([(self.noise_multiplier, self.sample_rate)]):
+            logger.info("the job's announced plan holds no further round; stopping")
+            return False
         after = self.epsilon_after(1)
         if after > self.budget:
             logger.info("privacy budget: next round would reach epsilon %.4f > budget %.4f; stopping", after, self.budget)
@@ -164,6 +190,9 @@ class PrivacySession:
     def allows_release(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> bool:
         """Would a release of ``steps`` Gaussian-sum steps (z, q) still fit the budget?"""
         _check_release(noise_multiplier, sample_rate, steps)
+        if not self.within_plan([(noise_multiplier, sample_rate)] * steps):
+            logger.info("the job's announced plan holds no such release; not released")
+            return False
         after = self.epsilon_after(0, [(noise_multiplier, sample_rate)] * steps)
         if after > self.budget:
             logger.info("privacy budget: the release would reach epsilon %.4f > budget %.4f; not released", after, self.budget)
@@ -190,6 +219,8 @@ class PrivacySession:
         _check_release(noise_multiplier, sample_rate, steps)
         if not clipping_norm > 0:
             raise PrivacyError(f"a release needs a clipping norm > 0, got {clipping_norm}")
+        if not self.within_plan([(noise_multiplier, sample_rate)] * steps):
+            raise PrivacyError(f"releasing {purpose} would spend beyond the job's announced plan")
         after = self.epsilon_after(0, [(noise_multiplier, sample_rate)] * steps)
         if after > self.budget:
             raise PrivacyError(f"releasing {purpose} would reach epsilon {after:.4g} > budget {self.budget:.4g}")
@@ -219,7 +250,10 @@ class PrivacySession:
 
         ``local_dp``: the devices' own record-level epsilon (largest reported), kept as
         reported; it is the devices' claim, not recomputed by the server.
+        Raises :class:`PrivacyError` beyond the announced plan (check :meth:`allows_next_round`).
         """
+        if not self.within_plan([(self.noise_multiplier, self.sample_rate)]):
+            raise PrivacyError(f"round {round_} would spend beyond the job's announced plan")
         self.steps.append((self.noise_multiplier, self.sample_rate))
         self.rounds += 1
         spent = self.spent

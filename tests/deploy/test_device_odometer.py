@@ -98,3 +98,40 @@ def test_a_device_answers_nothing_on_a_job_whose_plan_it_did_not_accept(
     results = run_ease_and_report(config, tmp_path / "run", engine="flower-deployment", transport=grid,
                                       catalog=fleet_catalog(nodes))
     assert results["devices_refused"] == 0
+
+
+def test_dp_fedavg_jobs_announce_their_rounds_and_the_devices_compose_them(
+    nodes: dict[int, dict[str, Any]], tmp_path: Path,
+) -> None:
+    """GMF jobs at epsilon 5.5 (every device in both rounds, q = 1, and the two metric
+    releases of their private evaluation): the devices accept the first two (about 8.3
+    composed), refuse the third, and are asked nothing on it."""
+    from fedrec.experiments.run import run_and_report
+    from server.transport import GridTransport
+
+    config = parse_run_config({"model": "gmf", "gmf-dim": 4, "seed": 2, "num-rounds": 2, "clients-per-round": DEVICES,
+                               "eval-every": 0, "epsilon": 5.5, "ledger-key": str(tmp_path / "k.pem")})
+    runs = []
+    for job in (1, 2):
+        grid = GridTransport(InlineGrid(nodes), config, expected_nodes=DEVICES, patience=1, client_order=False,
+                             private_evaluation=True)
+        results = run_and_report(config, grid, out_dir=tmp_path / f"job-{job}", engine="flower-deployment", n_items=1682)
+        assert results["devices_refused"] == 0 and results["rounds"] == 2
+        report = audit_run(tmp_path / f"job-{job}")
+        assert report.code == OK and report.planned_steps == 4  # two rounds, two metric releases
+        runs.append(tmp_path / f"job-{job}")
+    inline = InlineGrid(nodes)
+    grid = GridTransport(inline, config, expected_nodes=DEVICES, patience=1, client_order=False, private_evaluation=True)
+    with pytest.raises(FedrecError, match=rf"no device took part: all {DEVICES} device\(s\) refused"):
+        run_and_report(config, grid, out_dir=tmp_path / "job-3", engine="flower-deployment", n_items=1682)
+    assert {r.metadata.message_type for r in inline.sent} == {"query.plan"}  # nothing else was asked
+    population = audit_population([*runs, tmp_path / "job-3"])
+    assert population.code == OK and population.epsilon["prv"] <= 10.0
+    for cfg in nodes.values():
+        odometer = device_odometer(cfg, cfg["data-path"])  # a restarted device process reads it back
+        assert odometer is not None and odometer.intact
+        assert odometer.epsilon() == pytest.approx(population.epsilon["prv"], rel=1e-9)
+        status = odometer.status()
+        assert len(status["jobs"]) == 2 and len(status["refused"]) == 1
+        took = {e["release"] for e in odometer.entries if e["kind"] == "took_part"}
+        assert {"train 1", "train 2", "evaluate 2"} <= took

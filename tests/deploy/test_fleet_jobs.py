@@ -44,3 +44,23 @@ def test_three_jobs_against_one_fleet_the_third_gets_no_contributor(data_dir: Pa
     assert composed <= 10.0
     odometers = list((tmp_path / "jobs" / "devices").glob(f"*/{ODOMETER}"))
     assert len(odometers) == DEVICES
+
+
+def test_a_gmf_job_announces_its_rounds_to_the_fleet_and_a_second_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """GMF jobs at epsilon 5.5 (two rounds of every device and two metric releases) against
+    devices with device-epsilon 6: the first runs, the second would take them to about
+    8.3 and gets no contributor; each device's odometer holds the first job's plan and
+    the rounds it trained in."""
+    summary = run_jobs(tmp_path / "jobs", devices=DEVICES, jobs=2, job_epsilon=5.5, device_epsilon=6.0,
+                       data_dir=str(data_dir), timeout=900,
+                       overrides={"model": "gmf", "gmf-dim": 4, "num-rounds": 2, "clients-per-round": DEVICES,
+                                  "eval-every": 0})
+    first, second = summary["jobs"]
+    assert (first["status"], second["status"]) == ("ran", "no contributor")
+    assert first["devices_refused"] == 0 and second["devices_refused"] == DEVICES
+    assert summary["population_audit_exit_code"] == 0
+    assert summary["population_epsilon"]["prv"] == pytest.approx(first["epsilon"], rel=1e-9)
+    for path in (tmp_path / "jobs" / "devices").glob(f"*/{ODOMETER}"):
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [e["kind"] for e in entries].count("job") == 1 and [e["kind"] for e in entries].count("refused") == 1
+        assert {"train 1", "train 2"} <= {e["release"] for e in entries if e["kind"] == "took_part"}

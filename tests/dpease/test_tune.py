@@ -48,7 +48,12 @@ def test_every_try_is_in_one_ledger_and_the_audit_composes_them_all(tmp_path: Pa
         assert all(f"tuning try {number} (" in e["purpose"] for e in mine)
         assert [e["noise_multiplier"] for e in mine] == t["noise_multipliers"]
         assert mine[2]["clipping_norm"] == pytest.approx(np.sqrt(2))  # two metrics in [0, 1]
-        steps += [(z, 1.0, 1) for z in t["noise_multipliers"]]
+        own = tuple((z, 1.0, 1) for z in t["noise_multipliers"])
+        steps += own
+        # each try's own epsilon, and the population's after it: the accountant over every try so far
+        assert t["epsilon"] == pytest.approx(epsilon(own, delta=1e-5, accountant="rdp"), rel=1e-9)
+        assert t["epsilon_composed"] == pytest.approx(epsilon(tuple(steps), delta=1e-5, accountant="rdp"), rel=1e-9)
+        assert t["epsilon"] <= t["epsilon_composed"] < number * t["epsilon"] + 1e-9
     composed = epsilon(tuple(steps), delta=1e-5, accountant="rdp")
     report = audit_run(out)
     assert report.code == OK, report.problems
@@ -118,11 +123,13 @@ def test_tune_table_is_readable_at_80_columns() -> None:
 
     tries = [{"try": k, "overrides": {"ease-lambda-noise": v, "ease-prior-weight": 0.001}, "noise_multipliers": [1.34, 0.672, 20.1],
               "top_items": 1500, "validation": {"ndcg@10": 0.1234, "full_ndcg@10": 0.0567}, "criterion": 0.0567,
-              "releases": [3 * k + 1, 3 * k + 2, 3 * k + 3]} for k, v in enumerate((2, 8, 32))]
+              "releases": [3 * k + 1, 3 * k + 2, 3 * k + 3], "epsilon": 2.71, "epsilon_composed": 2.71 * (k + 1) ** 0.6}
+             for k, v in enumerate((2, 8, 32))]
     console = Console(width=80, record=True, color_system=None)
     console.print(_tune_table({"epsilon": 8.0, "tries": tries, "chosen_try": 1}))
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
-    for word in ("try", "settings", "full", "crit.", "ledger", "1.34/0.672/20.1", "0.1234", "7-9", "1*", "*: chosen",
+    for word in ("try", "settings", "full", "crit.", "ledger", "ε (so far)", "ε 2.71 (4.11)", "1.34/0.672/20.1", "0.1234",
+                 "7-9", "1*", "*: chosen",
                  "lambda-noise=32", "prior-weight=0.001"):
         assert word in text, word

@@ -17,7 +17,7 @@ from opacus.accountants import PRVAccountant
 from fedrec.config import RunConfig, parse_run_config
 from fedrec.deploy.catalog import run_catalog
 from fedrec.dpease.run import InProcessStatistics, run_dp_ease
-from fedrec.errors import FedrecError
+from fedrec.errors import FedrecError, PrivacyError
 from fedrec.federation.device import simulated_population
 from fedrec.privacy.audit import OK, OVER_BUDGET, TAMPERED, audit_run
 from fedrec.privacy.device_odometers import OdometerTransport, SimulatedOdometers
@@ -61,8 +61,13 @@ def test_spending_beyond_the_plan_fails_the_audit_and_a_forged_plan_is_tampering
     key = Ed25519PrivateKey.generate()
     session = _session(tmp_path / "beyond", key)
     announce_plan(session, [PlannedRelease("rounds", 1.0, 0.5, 1.0, 2)])
-    for n in range(1, 4):  # three rounds, two announced
+    for n in (1, 2):
         session.record_round(n, clients=5)
+    assert not session.allows_next_round()  # the session spends nothing beyond its plan ...
+    with pytest.raises(PrivacyError, match="beyond the job's announced plan"):
+        session.record_round(3, clients=5)
+    session.planned = None  # ... a server that ignores it writes a third round, two announced
+    session.record_round(3, clients=5)
     session.close(stopped_by_budget=False)
     report = audit_run(tmp_path / "beyond")
     assert report.code == OVER_BUDGET and "beyond the announced plan" in report.problems[0]

@@ -166,7 +166,7 @@ def test_crash_after_ledger_write_still_counts_the_round(tiny_config, tmp_path: 
     report = audit_run(tmp_path)
     assert report.rounds == 2 and not report.closed and report.code == OK
     q = min(1.0, 4 / 6)
-    z = json.loads(lines(tmp_path)[1])["noise_multiplier"]
+    z = next(e for e in map(json.loads, lines(tmp_path)) if e["kind"] == "round")["noise_multiplier"]
     assert report.epsilon_prv == pytest.approx(epsilon(((z, q, 2),), delta=1e-5, accountant="prv"))
     assert report.epsilon_prv > epsilon(((z, q, 1),), delta=1e-5, accountant="prv")
 

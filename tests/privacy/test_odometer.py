@@ -19,6 +19,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from fedrec.deploy.pki import make_device_key
 from fedrec.errors import PrivacyError
 from fedrec.privacy.accountant import calibrate_releases
+from fedrec.privacy.device_odometers import dp_ease_releases, dp_fedavg_releases
 from fedrec.privacy.job_plan import JobPlan, PlanError, PlannedRelease, sign_plan, spent_within_plan
 from fedrec.privacy.odometer import HEAD, ODOMETER, DeviceSigner, Odometer, OdometerSettings
 
@@ -70,6 +71,46 @@ def test_no_accepted_sequence_exceeds_the_budget_and_exactly_the_exceeding_jobs_
         assert odometer.epsilon() == pytest.approx(spent, rel=1e-9, abs=1e-12)  # equals the accountant on the concatenation
         assert odometer.epsilon() <= budget  # no accepted sequence exceeds the budget
         assert decision.epsilon_after == pytest.approx(would_be, rel=1e-9, abs=1e-12)
+
+
+def _signed(releases: list[PlannedRelease]) -> JobPlan:
+    return sign_plan(run_id=uuid.uuid4().hex, accountant="rdp", delta=1e-5, key=SERVER_KEY, releases=releases)
+
+
+# jobs as the runs plan them: DP-FedAvg's rounds (z 0 included: no noise, epsilon inf) with
+# or without a private evaluation, and DP-EASE's two releases with or without one
+fedavg_job = st.builds(
+    lambda z, q, rounds, evaluations, budget: dp_fedavg_releases(
+        noise_multiplier=z, sample_rate=q, clipping_norm=2.0, rounds=rounds, evaluations=evaluations,
+        eval_noise_multiplier=20.0, eval_sensitivity=math.sqrt(5), budget=budget, delta=1e-5, accountant="rdp"),
+    st.one_of(st.just(0.0), st.floats(min_value=0.3, max_value=5.0)), st.floats(min_value=0.005, max_value=1.0),
+    st.integers(min_value=1, max_value=200), st.integers(min_value=0, max_value=12),
+    st.one_of(st.just(math.inf), st.floats(min_value=0.5, max_value=30.0)),
+).filter(bool)
+ease_job = st.builds(
+    lambda z_counts, z_gram, evaluations: dp_ease_releases(
+        z_counts=z_counts, z_gram=z_gram, clipping_norm=1.0, evaluations=evaluations, eval_noise_multiplier=20.0,
+        eval_sensitivity=math.sqrt(5)),
+    st.floats(min_value=0.3, max_value=8.0), st.floats(min_value=0.3, max_value=8.0), st.integers(min_value=0, max_value=2),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(jobs=st.lists(st.one_of(fedavg_job, ease_job), min_size=1, max_size=5), budget=st.floats(min_value=0.5, max_value=25.0))
+def test_no_job_of_any_family_takes_a_device_above_its_budget(jobs: list[list[PlannedRelease]], budget: float) -> None:
+    odometer = Odometer(OdometerSettings(epsilon=budget, delta=1e-5, accountant="rdp"))
+    accepted: list[tuple[float, float, int]] = []
+    for releases in jobs:
+        plan = _signed(releases)
+        history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]
+        noiseless = any(z == 0 for z, _, _ in history)
+        would_be = math.inf if noiseless else _opacus(accepted + history, delta=1e-5, accountant="rdp")
+        decision = odometer.admit(plan)
+        assert decision.accepted == (would_be <= budget)  # refused exactly when it would exceed
+        if decision.accepted:
+            accepted += history
+        assert odometer.epsilon() == pytest.approx(_opacus(accepted, delta=1e-5, accountant="rdp"), rel=1e-9, abs=1e-12)
+        assert odometer.epsilon() <= budget
 
 
 prv_release = st.tuples(
