@@ -105,6 +105,21 @@ def test_refit_adds_ridge_in_mean_diagonals_of_the_regularised_gram() -> None:
         refit_weights(weights, extra_ridge=-1.0)
 
 
+def test_a_release_refit_for_short_histories_is_the_refit_of_its_weights() -> None:
+    rng = np.random.default_rng(4)
+    gram, target = _gram(rng, items=10), content_target(rng.normal(size=(10, 4)))
+    release = ReleasedEase(top_items=np.arange(10), weights=ease_weights_towards(gram, 5.0, target), prior=rng.random(10))
+    refit = release.refit(3.0, target=target)
+    np.testing.assert_allclose(refit.weights, refit_weights(release.weights, extra_ridge=3.0, target=target))
+    np.testing.assert_array_equal(refit.top_items, release.top_items)
+    np.testing.assert_array_equal(refit.prior, release.prior)
+    np.testing.assert_array_equal(release.refit(0.0).weights, release.weights)
+    # the refit equals the release the evaluation builds from the run's arrays with the same ridge
+    arrays = {"top_items": release.top_items, "weights": release.weights, "prior": release.prior}
+    settings = ReleaseSettings(prior_weight=1.0, target=target)
+    np.testing.assert_allclose(refit.weights, ReleasedEase.from_arrays(arrays, extra_ridge=3.0, settings=settings).weights)
+
+
 def test_ease_scores_are_the_released_models_device_scores_without_the_prior() -> None:
     rng = np.random.default_rng(2)
     top = np.array([5, 0, 3, 7])
