@@ -34,7 +34,7 @@ from fedrec.fallback.collaborative import (
     recovered_gram,
     refit_weights,
 )
-from fedrec.fallback.dp_coldstart import RELEASE_DIR, release_config, release_settings
+from fedrec.fallback.dp_coldstart import RELEASE_DIR, release_config, release_settings, run_content_target
 from fedrec.fallback.profile import Query
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import OK, audit_run
@@ -182,6 +182,8 @@ def test_the_release_comes_from_training_users_with_its_own_audited_ledger(
     recovered = recovered_gram(held.weights, target=settings.target)  # (G + lam I) / lam
     k = held.top_items.shape[0]
     np.testing.assert_allclose(ease_weights_towards(recovered - np.eye(k), 1.0, settings.target), held.weights, atol=1e-4)
+    # serve-fallback --release reads the same target back from the run folder alone
+    np.testing.assert_array_equal(run_content_target(run, held.top_items), settings.target)
 
 
 def test_the_blend_choice_never_reads_the_test_users(
