@@ -22,7 +22,6 @@ the service uses with ``serve-fallback --release``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Sequence

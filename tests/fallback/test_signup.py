@@ -13,7 +13,6 @@ from fedrec.fallback.collaborative import ReleasedEase
 from fedrec.fallback.evaluation import ColdStartUser, cold_users, split_users
 from fedrec.fallback.preferences import PreferenceConfig, PreferenceRecommender
 from fedrec.fallback.profile import Demographics
-from fedrec.models.ease import ease_weights
 from fedrec.fallback.signup import (
     BOTH,
     GENRE_ITEMS,
@@ -28,6 +27,7 @@ from fedrec.fallback.signup import (
     signup_scorer,
     tune_preferences,
 )
+from fedrec.models.ease import ease_weights
 
 from .conftest import N_ITEMS
 
