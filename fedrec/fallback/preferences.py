@@ -26,13 +26,18 @@ where ``o`` is an item that carries none of the aspects: the sum is the decrease
 ``KL(p || q~)`` (Steck Eq. 5, greedy as in his Sec. 3.2) up to a constant that is the same
 for every candidate, so the choice is Steck's, and each aspect's term is what the item
 adds by carrying it (never negative). Here
-``rel(i) = w_pop prior(i) + w_liked sim(i) + w_text text(i)``: the (demographic)
-popularity prior in [0, 1] plus the similarities to the liked items and to the text,
-each scaled to [0, 1].
+``rel(i) = w_pop prior(i) + w_liked sim(i) + w_ease ease(i) + w_text text(i)``: the
+(demographic) popularity prior in [0, 1] plus the similarities to the liked items and to
+the text and, with a release, its fold-in score ``ease = x_K B`` of the liked items
+(positive part), each scaled to [0, 1]. With ``genres_together`` several stated genres
+form one aspect, the items that carry any of them (a single genre is unchanged).
 
 The list shows the chosen items best first by their score, the sum of their
 contributions: ``(1 - lam)`` times each relevance part and ``lam p_a p(a|i)`` for each
-asked-for aspect (popularity, each stated genre, liked, text). Inside what was asked
+asked-for aspect (popularity, each stated genre, liked, text); with ``shared_credit``
+an aspect's ``lam p_a`` is shared out over the listed items in proportion to their
+``p(a|i)``, so that an aspect adds ``lam p_a`` to the list as a whole and relevance
+decides the order inside it (the set of items is the same). Inside what was asked
 for, popularity decides; the reason shown for an item names its largest contribution
 (and, when that is popularity, the largest asked-for aspect the item also carries). An empty profile (or demographics alone) has no aspect, and the list is
 the popularity prior's, labelled so (:meth:`PreferenceRecommender.basis`).

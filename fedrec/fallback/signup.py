@@ -12,9 +12,10 @@ user's own revealed items only, never from their targets:
 Each variant is scored with :class:`fedrec.fallback.preferences.PreferenceRecommender`
 and compared with popularity (exact counts of the training users) user by user: the
 paired difference of full-ranking NDCG@10 and its standard error. Its weights (Steck's
-``lam``, the liked items' share and weight, and, when a DP-EASE release of the training
-users is given, the release's share of the liked-item similarity) are chosen on the
-validation users only. The release is read, never trained on the held-out users: the
+``lam``, the liked items' share and weight, the list's structure and, when a DP-EASE
+release of the training users is given, the extra ridge of its re-solve, its share of
+the liked-item similarity and the weight of its fold-in score) are chosen on the
+validation users only (:func:`tune_preferences`). The release is read, never trained on the held-out users: the
 liked-item similarity (and so the ``liked`` neighbourhood of the stated-preference
 checks) is then the blend of content cosine and the release's item-item weights that
 the service uses with ``serve-fallback --release``.
