@@ -858,6 +858,11 @@ def serve_fallback(
             from fedrec.fallback.collaborative import ReleasedEase
 
             released = ReleasedEase.from_run(release.resolve())
+            if preferences.release_ridge > 0:  # re-solved for short histories, as coldstart-eval tuned it
+                from fedrec.fallback.dp_coldstart import run_content_target
+
+                target = run_content_target(release.resolve(), released.top_items)
+                released = released.refit(preferences.release_ridge, target=target)
         recommender = PreferenceRecommender(catalog, preferences, release=released, texts=texts)
         serve(create_app(catalog, recommender), host=host, port=port)
 

@@ -22,6 +22,7 @@ from fedrec.experiments import coldstart as coldstart_module
 from fedrec.experiments import sweep as sweep_module
 from fedrec.experiments.coldstart import train_federated_reference
 from fedrec.experiments.results import MODEL, RESULTS, read_arrays
+from fedrec.fallback import service as service_module
 from fedrec.fallback.collaborative import ReleasedEase
 from fedrec.fallback.signup import RELEASE_GRID
 
@@ -83,6 +84,36 @@ def _capture_signup(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(coldstart_module, "run_signup", spy)
     return given
+
+
+def test_serve_fallback_re_solves_the_release_as_the_evaluation_tuned_it(
+    shop: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    targets: list[Any] = []
+    real = coldstart_module.run_signup
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        targets.append(kwargs.get("release_target"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coldstart_module, "run_signup", spy)
+    _run(["coldstart-eval", *shop, "--text", "tfidf", "--reveal", "0,3", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / RESULTS).read_text())
+    results["tuned"]["tfidf"]["preferences"]["release_ridge"] = 10.0  # whatever the tiny run chose: a ridge to re-solve with
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps(results))
+    served: list[Any] = []
+    monkeypatch.setattr(service_module, "create_app", lambda catalog, recommender: recommender)
+    monkeypatch.setattr(service_module, "serve", lambda app, **kwargs: served.append(app))
+    _run(["serve-fallback", *shop, "--text", "tfidf", "--tuned", str(tuned), "--release", str(tmp_path / "dp-ease"),
+          "--run-dir", str(tmp_path / "fallback")])
+    recommender = served[0]
+    assert recommender.config.release_ridge == 10.0
+    released = ReleasedEase.from_run(tmp_path / "dp-ease")
+    # the weights the evaluation reads with that ridge: the release re-solved towards the run's content target
+    expected = released.refit(10.0, target=targets[0])
+    np.testing.assert_allclose(recommender.release.weights, expected.weights)
+    assert not np.allclose(recommender.release.weights, released.weights)
 
 
 def test_coldstart_eval_evaluates_the_default_model_through_its_release(

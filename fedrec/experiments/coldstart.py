@@ -62,7 +62,8 @@ PLOT_NAME = "coldstart.png"
 FIRST_ROUNDS_CSV = "first_rounds.csv"
 SIGNUP_CSV = "signup.csv"  # held-out users with simulated sign-up answers (fedrec.fallback.signup)
 SIGNUP_FIELDS = ["method", "answers", "reveal", "users", *METRICS, "popularity_full_ndcg@10", "diff_vs_popularity", "diff_se",
-                 "calibration_weight", "liked_share", "liked_weight", "release_weight"]
+                 "calibration_weight", "liked_share", "liked_weight", "genres_together", "shared_credit", "release_weight",
+                 "release_ridge", "ease_weight"]
 POPULARITY = "popularity"
 DP_POPULARITY = "DP popularity"
 DP_GRAM_POPULARITY = "DP popularity (Gram counts)"
@@ -266,7 +267,8 @@ def run_coldstart_eval(
         # liked items count through the release's item-item weights too, as serve-fallback --release does
         signup = run_signup(catalog, val, test, reveal=config.reveal, smoothing=best.blend.smoothing,
                             name=f"preferences ({text}{', DP-EASE similarity' if trained else ''})", seed=config.seed,
-                            release=trained.similarity() if trained else None)
+                            release=trained.similarity() if trained else None,
+                            release_target=trained.settings.target if trained else None)
         tuned[text]["preferences"] = {**signup["config"], "checks": signup["checks"], "grid": signup["grid"]}
         signup_rows.extend(signup["rows"])
     release: dict[str, Any] = {}

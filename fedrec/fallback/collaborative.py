@@ -179,6 +179,12 @@ class ReleasedEase:
     def n_items(self) -> int:
         return int(self.prior.shape[0])
 
+    def refit(self, extra_ridge: float, *, target: np.ndarray | None = None) -> ReleasedEase:
+        """The same release with its weights re-solved with ``extra_ridge`` more ridge
+        (:func:`refit_weights`; give the released weights, and the content ``target`` the run shrank them towards)."""
+        return ReleasedEase(top_items=self.top_items, prior=self.prior,
+                            weights=refit_weights(self.weights, extra_ridge=extra_ridge, target=target))
+
     def ease_scores(self, query: Query) -> np.ndarray:
         """(n_items,) ``x_K B`` for the query's liked items; zeros outside K or without items."""
         out = np.zeros(self.n_items, dtype=np.float64)

@@ -69,6 +69,15 @@ def release_settings(config: RunConfig, top_items: np.ndarray) -> ReleaseSetting
     return ReleaseSettings(prior_weight=config.ease.prior_weight, target=target)
 
 
+def run_content_target(run_dir: Path, top_items: np.ndarray) -> np.ndarray | None:
+    """The content target a finished DP-EASE run shrank its weights towards (None: plain
+    EASE), from its ``run_config.json`` and the public item metadata alone."""
+    from fedrec.federation.checkpoint import read_run_config
+
+    flat, _ = read_run_config(run_dir)
+    return release_settings(parse_run_config(flat), top_items).target
+
+
 @dataclass(frozen=True)
 class CollaborativeChoice:
     gram_prior: bool  # the prior from the recovered Gram's row sums instead of the release's

@@ -26,13 +26,18 @@ where ``o`` is an item that carries none of the aspects: the sum is the decrease
 ``KL(p || q~)`` (Steck Eq. 5, greedy as in his Sec. 3.2) up to a constant that is the same
 for every candidate, so the choice is Steck's, and each aspect's term is what the item
 adds by carrying it (never negative). Here
-``rel(i) = w_pop prior(i) + w_liked sim(i) + w_text text(i)``: the (demographic)
-popularity prior in [0, 1] plus the similarities to the liked items and to the text,
-each scaled to [0, 1].
+``rel(i) = w_pop prior(i) + w_liked sim(i) + w_ease ease(i) + w_text text(i)``: the
+(demographic) popularity prior in [0, 1] plus the similarities to the liked items and to
+the text and, with a release, its fold-in score ``ease = x_K B`` of the liked items
+(positive part), each scaled to [0, 1]. With ``genres_together`` several stated genres
+form one aspect, the items that carry any of them (a single genre is unchanged).
 
 The list shows the chosen items best first by their score, the sum of their
 contributions: ``(1 - lam)`` times each relevance part and ``lam p_a p(a|i)`` for each
-asked-for aspect (popularity, each stated genre, liked, text). Inside what was asked
+asked-for aspect (popularity, each stated genre, liked, text); with ``shared_credit``
+an aspect's ``lam p_a`` is shared out over the listed items in proportion to their
+``p(a|i)``, so that an aspect adds ``lam p_a`` to the list as a whole and relevance
+decides the order inside it (the set of items is the same). Inside what was asked
 for, popularity decides; the reason shown for an item names its largest contribution
 (and, when that is popularity, the largest asked-for aspect the item also carries). An empty profile (or demographics alone) has no aspect, and the list is
 the popularity prior's, labelled so (:meth:`PreferenceRecommender.basis`).
@@ -55,7 +60,7 @@ from fedrec.fallback.features import clean_title
 from fedrec.fallback.profile import Query
 from fedrec.fallback.recommender import Recommendation, top_k
 
-POPULARITY, LIKED, TEXT = "popularity", "liked", "text"
+POPULARITY, LIKED, TEXT, GENRES = "popularity", "liked", "text", "genres"
 GENRE_PREFIX = "genre:"
 BASIS_POPULARITY, BASIS_PREFERENCES = "popularity", "preferences"
 SPARSE_BELOW = 0.1  # density under which item vectors are scored as a sparse matrix
@@ -75,6 +80,10 @@ class PreferenceConfig:
     text_share: float = 1.0  # the free text's share of the target, relative to the genres' (1)
     neighbours: int = 20  # size of the liked and text neighbourhoods
     release_weight: float = 0.5  # share of the DP-EASE release in the liked-item similarity (when given)
+    ease_weight: float = 0.0  # w_ease: weight of the release's fold-in score x_K B in the relevance (when given)
+    release_ridge: float = 0.0  # extra ridge of the release's re-solve for short histories (read by the callers)
+    genres_together: bool = False  # several stated genres form one aspect: the items that carry any of them
+    shared_credit: bool = False  # an aspect's credit lam p_a shared among the listed items that carry it
     alpha: float = 0.01  # Steck's smoothing of q towards p
     smoothing: float = 5000.0  # demographic smoothing of the popularity prior
 
@@ -86,7 +95,7 @@ class PreferenceConfig:
             problems.append(f"release-weight {self.release_weight} must be in [0, 1]")
         if not 0.0 < self.alpha < 1.0:
             problems.append(f"alpha {self.alpha} must be in (0, 1)")
-        for name in ("popularity_weight", "liked_weight", "text_weight", "smoothing"):
+        for name in ("popularity_weight", "liked_weight", "text_weight", "ease_weight", "release_ridge", "smoothing"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.replace('_', '-')} must be >= 0")
         for name in ("liked_share", "text_share"):
@@ -234,6 +243,9 @@ class PreferenceRecommender:
             if np.any(sim > 0):
                 relevance[LIKED] = cfg.liked_weight * _unit(sim)
                 members[LIKED] = self._neighbourhood(sim)
+            if self.release is not None and cfg.ease_weight > 0:
+                ease = np.where(allowed, np.maximum(self.release.ease_scores(query), 0.0), 0.0)
+                relevance[LIKED] = relevance.get(LIKED, np.zeros(n)) + cfg.ease_weight * _unit(ease)
         if query.text:
             words = self._text.scores(query.text)
             if words.shape[0] and np.any(words[allowed] > 0):
@@ -244,13 +256,19 @@ class PreferenceRecommender:
         kinds = (1.0 if query.genres else 0.0) + sum(share[label] for label in members)
         labels: list[str] = []
         target: list[float] = []
-        for g in query.genres:
+        together = cfg.genres_together and len(query.genres) > 1
+        genre_columns = [self._genres[:, g] for g in query.genres]
+        if together:
+            labels.append(GENRES)
+            target.append(1.0 / kinds)
+            genre_columns = [(np.sum(genre_columns, axis=0) > 0).astype(np.float64)]
+        for g in () if together else query.genres:
             labels.append(f"{GENRE_PREFIX}{g}")
             target.append(1.0 / kinds / len(query.genres))
         for label in members:
             labels.append(label)
             target.append(share[label] / kinds)
-        columns = [self._genres[:, g] for g in query.genres] + list(members.values())
+        columns = genre_columns + list(members.values())
         carried = np.stack(columns, axis=1) if columns else np.zeros((n, 0))
         count = carried.sum(axis=1, keepdims=True)  # (n_items, 1) the asked-for aspects each item carries
         aspects = np.divide(carried, count, out=np.zeros_like(carried), where=count > 0)
@@ -300,10 +318,12 @@ class PreferenceRecommender:
         ``lam p_a p(a|i)`` for each asked-for aspect (the target's weight of what the item carries)."""
         lam = self.config.calibration_weight
         out = []
+        held = plan.aspects[items].sum(axis=0) if self.config.shared_credit else np.ones(plan.target.shape[0])
+        held = np.where(held > 0, held, 1.0)
         for i in items:
             part = {label: (1.0 - lam) * float(values[i]) for label, values in plan.relevance.items()}
             for a, label in enumerate(plan.labels):
-                part[label] = part.get(label, 0.0) + lam * float(plan.target[a] * plan.aspects[i, a])
+                part[label] = part.get(label, 0.0) + lam * float(plan.target[a] * plan.aspects[i, a] / held[a])
             out.append(part)
         return out
 
@@ -347,6 +367,9 @@ class PreferenceRecommender:
 
     def _phrase(self, driver: str, item: int, plan: Plan, query: Query) -> str:
         cat = self.catalog
+        if driver == GENRES:
+            names = [cat.genre_names[g] for g in query.genres if cat.genres[item, g]]
+            return f"matches your genre{'s' if len(names) > 1 else ''} {', '.join(names)}"
         if driver.startswith(GENRE_PREFIX):
             return f"matches your genre {cat.genre_names[int(driver[len(GENRE_PREFIX):])]}"
         if driver == LIKED:

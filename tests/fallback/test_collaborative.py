@@ -34,7 +34,7 @@ from fedrec.fallback.collaborative import (
     recovered_gram,
     refit_weights,
 )
-from fedrec.fallback.dp_coldstart import RELEASE_DIR, release_config, release_settings
+from fedrec.fallback.dp_coldstart import RELEASE_DIR, release_config, release_settings, run_content_target
 from fedrec.fallback.profile import Query
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import OK, audit_run
@@ -105,6 +105,21 @@ def test_refit_adds_ridge_in_mean_diagonals_of_the_regularised_gram() -> None:
         refit_weights(weights, extra_ridge=-1.0)
 
 
+def test_a_release_refit_for_short_histories_is_the_refit_of_its_weights() -> None:
+    rng = np.random.default_rng(4)
+    gram, target = _gram(rng, items=10), content_target(rng.normal(size=(10, 4)))
+    release = ReleasedEase(top_items=np.arange(10), weights=ease_weights_towards(gram, 5.0, target), prior=rng.random(10))
+    refit = release.refit(3.0, target=target)
+    np.testing.assert_allclose(refit.weights, refit_weights(release.weights, extra_ridge=3.0, target=target))
+    np.testing.assert_array_equal(refit.top_items, release.top_items)
+    np.testing.assert_array_equal(refit.prior, release.prior)
+    np.testing.assert_array_equal(release.refit(0.0).weights, release.weights)
+    # the refit equals the release the evaluation builds from the run's arrays with the same ridge
+    arrays = {"top_items": release.top_items, "weights": release.weights, "prior": release.prior}
+    settings = ReleaseSettings(prior_weight=1.0, target=target)
+    np.testing.assert_allclose(refit.weights, ReleasedEase.from_arrays(arrays, extra_ridge=3.0, settings=settings).weights)
+
+
 def test_ease_scores_are_the_released_models_device_scores_without_the_prior() -> None:
     rng = np.random.default_rng(2)
     top = np.array([5, 0, 3, 7])
@@ -167,6 +182,8 @@ def test_the_release_comes_from_training_users_with_its_own_audited_ledger(
     recovered = recovered_gram(held.weights, target=settings.target)  # (G + lam I) / lam
     k = held.top_items.shape[0]
     np.testing.assert_allclose(ease_weights_towards(recovered - np.eye(k), 1.0, settings.target), held.weights, atol=1e-4)
+    # serve-fallback --release reads the same target back from the run folder alone
+    np.testing.assert_array_equal(run_content_target(run, held.top_items), settings.target)
 
 
 def test_the_blend_choice_never_reads_the_test_users(
