@@ -97,7 +97,9 @@ class ReconRelease:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ReconRelease:
         ease = EaseRelease.from_arrays(arrays)
-        factors = np.asarray(arrays[ITEM_FACTORS], dtype=np.float64).reshape(ease.top_items.shape[0], -1)
+        k = ease.top_items.shape[0]
+        factors = np.asarray(arrays[ITEM_FACTORS], dtype=np.float64)
+        factors = factors.reshape(k, factors.size // k if k else 0)  # (K, d), also where K is 0
         return cls(ease=ease, factors=factors, ridge=float(np.asarray(arrays[RIDGE]).reshape(-1)[0]),
                    mix=float(np.asarray(arrays[MIX]).reshape(-1)[0]))
 
