@@ -5,6 +5,7 @@ giving exactly the in-process release, ledger and metrics."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ from server.statistics import GridStatistics
 from tests.deploy.test_secagg import InlineGrid
 
 USERS = 12
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
 def _config(tmp_path: Path, **extra: Any) -> RunConfig:
@@ -195,3 +200,31 @@ def test_grid_gives_exactly_the_in_process_release_ledger_and_metrics(tmp_path: 
     assert grid.fields["validation"] == pytest.approx(local.fields["validation"], abs=1e-12)
     for local_row, grid_row in zip(local.test_per_client, grid.test_per_client, strict=True):
         assert grid_row == pytest.approx(local_row, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_simulate_with_the_flower_engine_gives_the_in_process_model(data_dir: Path, tmp_path: Path) -> None:
+    """`fedrec simulate --engine flower` (Flower's simulation runtime, devices in other
+    processes) releases the same arrays, ledger epsilon and test metrics as the in-process engine."""
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    runner = CliRunner()
+    settings = ["--set", "model=dp-recon", "--set", "max-users=40", "--set", "epsilon=50", "--set", f"data-dir={data_dir}",
+                "--set", f"ledger-key={tmp_path / 'key.pem'}"]
+    runs = {}
+    for engine in ("flower", "inprocess"):
+        out = tmp_path / engine
+        result = runner.invoke(app, ["simulate", "--out", str(out), "--engine", engine, *settings], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, (result.output, repr(result.exception))
+        runs[engine] = read_json(out / RESULTS)
+    assert runs["flower"]["engine"] == "flower" and runs["flower"]["clients"] == 40
+    assert runs["inprocess"]["factor_mix"] > 0  # the factors take part in the scores compared
+    for key in ("epsilon", "rounds", "top_items", "factor_dim", *METRIC_NAMES):
+        assert runs["flower"][key] == pytest.approx(runs["inprocess"][key], abs=1e-12), key
+    flower, local = read_arrays(tmp_path / "flower" / MODEL), read_arrays(tmp_path / "inprocess" / MODEL)
+    assert flower.keys() == local.keys()
+    for name in local:
+        np.testing.assert_array_equal(flower[name], local[name], err_msg=name)
+    assert audit_run(tmp_path / "flower").code == OK
