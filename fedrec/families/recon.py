@@ -68,8 +68,8 @@ class DpReconFamily(DpEaseFamily):
                              shrink=r.shrink, weight=r.weight).to_arrays()
 
         transport = channels.statistics()
-        release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir, catalog=channels.catalog,
-                                                  on_phase=on_step, derive=derive)
+        _, history, val, test = run_dp_ease(config, transport, run_dir=run_dir, catalog=channels.catalog,
+                                            on_phase=on_step, derive=derive)
         clients = len(transport.clients())
         dim = int(np.asarray(history.arrays["item_factors"]).shape[1]) if history.top_items else 0
         return RunOutcome(
