@@ -94,7 +94,7 @@ def main() -> None:
             flush=True,
         )
         write_table(args.out / "sweep.csv", rows)
-    plot(args.out / "sweep.png", rows, title=str(base.get("dataset", "")))
+    plot(args.out / "sweep.png", rows, title=Path(str(base.get("dataset", ""))).name)
     print(f"wrote {args.out / 'sweep.csv'} and {args.out / 'sweep.png'}")
 
 
