@@ -132,6 +132,7 @@ class ModelFamily(StrEnum):
     NEUMF = "neumf"
     GMF = "gmf"
     DP_EASE = "dp-ease"
+    DP_RECON = "dp-recon"
 
 
 def _registered_family(name: str) -> str | None:
@@ -247,6 +248,19 @@ class EaseSettings(_Typed):
     top_first: bool = field(default=True, metadata=_key("ease-top-first"))
 
 
+@dataclass(frozen=True)
+class ReconSettings(_Typed):
+    """DP-Recon (``model = "dp-recon"``, :mod:`fedrec.dpease.factors`): item factors from
+    the DP-EASE Gram release, user vectors rebuilt on each device; chosen once on ML-100K's
+    validation users (docs/dp-recon.md)."""
+
+    dim: int = field(default=16, metadata=_key("recon-dim", check=_positive))  # item factors per item
+    # the device's ridge: this many times the Gram noise's spectral scale (noise std * sqrt(K))
+    shrink: float = field(default=1.0, metadata=_key("recon-shrink", check=_positive))
+    # the factor score's weight beside the DP-EASE score (0: DP-EASE alone)
+    weight: float = field(default=0.25, metadata=_key("recon-weight", check=_non_negative))
+
+
 class DPMode(StrEnum):
     """``dp``: user-level DP-FedAvg (or DP-EASE's DP releases), or no DP at all."""
 
@@ -323,6 +337,7 @@ class RunConfig:
     federation: FederationSettings = FederationSettings()
     privacy: PrivacySettings = PrivacySettings()
     ease: EaseSettings = EaseSettings()
+    recon: ReconSettings = ReconSettings()
 
     def to_flat(self) -> dict[str, Scalar]:
         """The flat kebab-case mapping this config was parsed from (round-trips)."""
@@ -489,8 +504,8 @@ def _privacy_problems(p: PrivacySettings, model: str) -> list[str]:
     z = p.fixed_noise
     if z is None and p.epsilon == math.inf:
         problems.append('noise-multiplier: "calibrate" needs a finite epsilon; give epsilon or a fixed noise-multiplier')
-    if z == 0 and model == ModelFamily.DP_EASE:
-        problems.append("noise-multiplier: 0 with model = dp-ease: a DP release needs noise (z > 0); use dp = off for exact statistics")
+    if z == 0 and model in (ModelFamily.DP_EASE, ModelFamily.DP_RECON):
+        problems.append(f"noise-multiplier: 0 with model = {model}: a DP release needs noise (z > 0); use dp = off for exact statistics")
     elif z == 0 and p.epsilon < math.inf:
         problems.append(
             f'noise-multiplier: 0 adds no noise (epsilon is infinite), so no round fits epsilon = {p.epsilon:g}: '

@@ -36,7 +36,7 @@ def test_modes_parse_into_enum_members_and_write_back_as_the_same_strings() -> N
 
 @pytest.mark.parametrize(
     ("key", "bad", "choices"),
-    [("dp", "on", "user, off"), ("model", "bert", "neumf, gmf, dp-ease"), ("optimizer", "rmsprop", "adam, sgd"),
+    [("dp", "on", "user, off"), ("model", "bert", "neumf, gmf, dp-ease, dp-recon"), ("optimizer", "rmsprop", "adam, sgd"),
      ("accountant", "gdp", "prv, rdp"), ("central-model", "ease", "mf, neumf"),
      ("data-preset", "ml-1m", "auto, generic, ml-100k, movielens-csv"), ("id-type", "int", "auto, string")],
 )

@@ -54,10 +54,11 @@ class EaseRelease:
             score_decay=decay, top_first=top_first,
         )
 
-    def score(self, history: np.ndarray) -> np.ndarray:
+    def score(self, history: np.ndarray, *, extra: np.ndarray | None = None) -> np.ndarray:
         """Scores over every item for (U, n_items) histories (0/1, or each item's recency
         weight, :meth:`history`): ``x_K B`` on the top items plus the prior everywhere, so
-        the tail is ranked by the prior. With ``top_first`` each user's top-item scores
+        the tail is ranked by the prior; ``extra`` (U, K) is added on the top items (another
+        model's scores, :mod:`fedrec.dpease.factors`) before the shift. With ``top_first`` each user's top-item scores
         are shifted by one constant so that the lowest of them lies above every other
         item's score: the order within the top items and within the tail is unchanged,
         and a tail item whose released count is mostly noise never outranks an item the
@@ -67,6 +68,8 @@ class EaseRelease:
         k = self.top_items.shape[0]
         if k:
             out[:, self.top_items] += history[:, self.top_items] @ self.weights  # (U, K) @ (K, K)
+            if extra is not None:
+                out[:, self.top_items] += extra
         if self.top_first and 0 < k < out.shape[1]:
             tail = np.ones(out.shape[1], dtype=bool)
             tail[self.top_items] = False

@@ -28,7 +28,7 @@ import numpy as np
 from fedrec.config import RunConfig
 from fedrec.data.split import ClientData, LeaveOneOutSplit
 from fedrec.dpease.fit import EaseRelease, catalogue_content, fit_release, select_top_items
-from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size
+from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size, unpack_symmetric
 from fedrec.errors import FedrecError, PrivacyError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
 from fedrec.evaluation.scoring import metrics_from_scores
@@ -127,6 +127,7 @@ class EaseHistory:
     privacy: dict[str, object] = field(default_factory=dict)
     test_per_client: list[dict[str, float]] = field(default_factory=list)  # exact (simulated) evaluation only
     evaluated: list[int] = field(default_factory=list)  # the clients test_per_client belongs to, in that order
+    arrays: Arrays = field(default_factory=dict)  # what the devices scored with (the release, or what derive made of it)
 
 
 def count_share(config: RunConfig, n_items: int | None) -> float:
@@ -180,8 +181,14 @@ def _noisy_sum(
 def run_dp_ease(
     config: RunConfig, transport: StatisticsTransport, *, run_dir: Path, catalog: Catalog | None,
     on_phase: Callable[[int, dict[str, float]], None] | None = None,
+    derive: Callable[[EaseRelease, np.ndarray | None, float], Arrays] | None = None,
 ) -> tuple[EaseRelease, EaseHistory, dict[str, float], dict[str, float]]:
     """Both releases, the fit, and the devices' validation and test metrics.
+
+    ``derive`` (post-processing, no privacy cost) turns the fitted release, the noisy
+    Gram over its top items (unpacked; None without the second release) and the Gram
+    noise's std into the arrays the devices score with (``history.arrays``, evaluated
+    through ``transport``); without it they are the DP-EASE release.
 
     ``catalog`` is the public item catalogue, all the server reads of the data set: the
     content target of the fit comes from it (:func:`fedrec.dpease.fit.catalogue_content`;
@@ -210,6 +217,10 @@ def run_dp_ease(
     release = _fit(config, sums, z_counts=z_counts, z_gram=z_gram, content=content)
     history.top_items = int(release.top_items.shape[0])
     arrays = release.to_arrays()
+    if derive is not None:
+        noisy = None if sums.gram is None else unpack_symmetric(sums.gram, int(sums.top.shape[0]))
+        arrays = derive(release, noisy, z_gram * config.privacy.clipping_norm)
+    history.arrays = arrays
     metrics = _released_metrics(config, transport, clients, arrays, session=session, history=history) if private_eval else {}
     history.privacy = _privacy_summary(config, session, z_counts=z_counts, z_gram=z_gram, stopped=history.stopped_by_budget)
     if session is not None:

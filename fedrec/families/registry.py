@@ -29,6 +29,7 @@ BUILT_IN: dict[str, str] = {
     "neumf": "fedrec.families.neural:NEUMF",
     "gmf": "fedrec.families.neural:GMF",
     "dp-ease": "fedrec.families.ease:DP_EASE",
+    "dp-recon": "fedrec.families.recon:DP_RECON",
 }
 _registered: dict[str, Any] = {}  # name -> a family object, or "module:attribute" still to load
 
