@@ -24,6 +24,7 @@ from fedrec.errors import DataError
 logger = logging.getLogger(__name__)
 
 MIN_INTERACTIONS = 3  # one train, one validation, one test item
+USERS_PER_CHUNK = 1 << 16  # users whose negatives are mapped to items at once
 
 
 class SplitMode(StrEnum):
@@ -162,7 +163,7 @@ def _evaluation_negatives(
     uniformly from the items the user never interacted with.
 
     ``users`` / ``items``: every interaction of the eligible users (``users`` ascending);
-    ``eligible``: those users, ascending. The draws are ``rng.choice(allowed, count,
+    ``eligible``: those users, ascending (at least one). The draws are ``rng.choice(allowed, count,
     replace=False)`` on the user's sorted unseen items, validation then test, user by
     user; ``Generator.choice`` on an array draws the same positions as on its length, so
     only the length is passed per user and the positions are mapped to items in one
@@ -170,28 +171,31 @@ def _evaluation_negatives(
     ``s_j`` (sorted) with ``s_j - j <= p``.
     """
     stride = np.int64(n_items + 1)
-    seen = np.unique(users.astype(np.int64) * stride + items)  # (user, item) distinct, sorted
-    seen_user = np.searchsorted(eligible, seen // stride)  # rank of the user among the eligible ones
+    rank = np.zeros(int(eligible[-1]) + 1 if eligible.shape[0] else 0, dtype=np.int64)
+    rank[eligible] = np.arange(eligible.shape[0], dtype=np.int64)  # of each eligible user among them
+    seen = np.sort(rank[users] * stride + items)
+    seen = seen[np.append(True, seen[1:] != seen[:-1])] if seen.shape[0] else seen  # (user rank, item) distinct, sorted
+    seen_user = seen // stride
     distinct = np.bincount(seen_user, minlength=eligible.shape[0])
     unseen = n_items - distinct
     short = np.flatnonzero(unseen < count)
     if short.shape[0]:
         raise DataError(f"only {unseen[short[0]]} unseen items, cannot draw {count} evaluation negatives")
-    val_pos = np.empty((eligible.shape[0], count), dtype=np.int64)
-    test_pos = np.empty_like(val_pos)
+    val_neg = np.empty((eligible.shape[0], count), dtype=np.int64)
+    test_neg = np.empty_like(val_neg)
     choice = rng.choice
-    for k, size in enumerate(unseen.tolist()):
-        val_pos[k] = choice(size, size=count, replace=False)
-        test_pos[k] = choice(size, size=count, replace=False)
+    for k, size in enumerate(unseen.tolist()):  # positions among the unseen items first
+        val_neg[k] = choice(size, size=count, replace=False)
+        test_neg[k] = choice(size, size=count, replace=False)
     first = np.concatenate([[0], np.cumsum(distinct)])
     shifted = seen_user * stride + (seen % stride - (np.arange(seen.shape[0]) - first[seen_user]))  # s_j - j, by user
-    out = []
-    for positions in (val_pos, test_pos):
-        query = np.arange(eligible.shape[0], dtype=np.int64)[:, None] * stride + positions
-        below = np.searchsorted(shifted, query, side="right") - first[:-1, None]
-        out.append(positions + below)
-        del query, below
-    return out[0], out[1]
+    del seen, seen_user
+    for start in range(0, eligible.shape[0], USERS_PER_CHUNK):  # positions to items, in place
+        block = slice(start, start + USERS_PER_CHUNK)
+        base = np.arange(start, min(start + USERS_PER_CHUNK, eligible.shape[0]), dtype=np.int64)[:, None] * stride
+        for positions in (val_neg[block], test_neg[block]):
+            positions += np.searchsorted(shifted, base + positions, side="right") - first[:-1][block, None]
+    return val_neg, test_neg
 
 
 def leave_one_out(

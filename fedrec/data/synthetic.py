@@ -22,8 +22,8 @@ handled in chunks (similar lengths together) so memory stays bounded for million
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
