@@ -18,6 +18,12 @@ the sequential probability. Users with long histories (more than an eighth of th
 catalogue), for whom repeats would be many, use the Gumbel-top-k trick (Kool et al.
 2019: the k largest of ``log weight + Gumbel noise``), the same distribution. Users are
 handled in chunks (similar lengths together) so memory stays bounded for millions.
+
+Cost: a chunk's weights are one float32 product ``[affinity p_u, 1] . [q_i, log
+popularity_i]`` and one exponential; an inverse-CDF draw searches the cumulative sums
+of blocks of ``BLOCK`` items (float64), then the cumulative sum of its block's weights,
+instead of a cumulative sum over every item of every user (timings:
+``benchmarks/population_build.py``).
 """
 
 from __future__ import annotations
@@ -150,8 +156,19 @@ def _by_inverse_cdf(
     block_sums = (weights.reshape(-1, BLOCK) @ np.ones(BLOCK, dtype=weights.dtype)).reshape(c, blocks)
     block_cdf = np.cumsum(block_sums, axis=1, dtype=np.float64)
     need = lengths.astype(np.int64)
-    todo = np.arange(c)
     uniforms = rng.random((c, int(np.ceil(1.25 * lengths.max())) + 8))
+    # First each row's own share of its draws: a row's first ``length`` distinct items lie
+    # in the shortest prefix holding that many, so a row complete within its share gets
+    # the items that searching every draw of the row would give.
+    share = np.ceil(1.25 * need).astype(np.int64) + 8
+    drawn = _inverse_cdf(weights, block_cdf, np.arange(c), uniforms, n_items=m,
+                         searched=np.arange(uniforms.shape[1]) < share[:, None])
+    firsts, count = _first_distinct(drawn, m)
+    done = count >= need
+    yield np.flatnonzero(done), firsts[done]
+    if done.all():
+        return
+    todo, uniforms = np.flatnonzero(~done), uniforms[~done]
     drawn = _inverse_cdf(weights, block_cdf, todo, uniforms, n_items=m)
     while True:
         firsts, count = _first_distinct(drawn, m)
@@ -165,7 +182,8 @@ def _by_inverse_cdf(
 
 
 def _inverse_cdf(
-    weights: np.ndarray, block_cdf: np.ndarray, rows: np.ndarray, uniforms: np.ndarray, *, n_items: int
+    weights: np.ndarray, block_cdf: np.ndarray, rows: np.ndarray, uniforms: np.ndarray, *, n_items: int,
+    searched: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each row ``r`` of ``rows`` and each uniform ``u`` of its row of ``uniforms``: the
     first item ``i`` with ``sum(weights[r, :i + 1]) > u * sum(weights[r])``.
@@ -173,7 +191,8 @@ def _inverse_cdf(
     Two steps instead of a cumulative sum over every item: the block of ``BLOCK`` items
     from the cumulative block sums ``block_cdf`` (float64), then the item within the block
     from the cumulative sum of the block's weights. ``weights``: (users, blocks * BLOCK),
-    zero past ``n_items``. ``(rows, draws)`` int64.
+    zero past ``n_items``. ``(rows, draws)`` int64; -1 where ``searched`` (same shape,
+    bool) is False.
     """
     import torch  # a batched search; imported where used (the data layer loads without it)
 
@@ -185,26 +204,40 @@ def _inverse_cdf(
     residual = (target - below).reshape(-1)
     blocks = cdf.shape[1]
     window = (rows[:, None] * blocks + block).reshape(-1)  # each draw's block, as a row of the (users * blocks, BLOCK) view
+    first = (block * BLOCK).reshape(-1)
+    if searched is not None:
+        keep = searched.reshape(-1)
+        residual, window, first = residual[keep], window[keep], first[keep]
     by_block = weights.reshape(-1, BLOCK)
     out = np.empty(window.shape[0], dtype=np.int64)
     for lo in range(0, window.shape[0], DRAWS_PER_PIECE):
         piece = slice(lo, lo + DRAWS_PER_PIECE)
-        inner = np.cumsum(by_block[window[piece]], axis=1, dtype=np.float64)
-        out[piece] = np.minimum(np.count_nonzero(inner <= residual[piece, None], axis=1), BLOCK - 1)
-    out += (block * BLOCK).reshape(-1)
+        gathered, bar = by_block[window[piece]], residual[piece]
+        running = np.zeros(gathered.shape[0])  # the block's cumulative sum, one column at a time (float64)
+        below = np.zeros(gathered.shape[0], dtype=np.int64)  # how many cumulative sums are <= the residual
+        for column in range(BLOCK):
+            running += gathered[:, column]
+            below += running <= bar
+        out[piece] = np.minimum(below, BLOCK - 1)
+    out += first
     np.minimum(out, n_items - 1, out=out)
-    return out.reshape(uniforms.shape)
+    if searched is None:
+        return out.reshape(uniforms.shape)
+    full = np.full(uniforms.size, -1, dtype=np.int64)
+    full[keep] = out
+    return full.reshape(uniforms.shape)
 
 
 def _first_distinct(drawn: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of draws (values in ``0..n_items - 1``): the distinct values in order of
-    first appearance (left-aligned, padded with -1) and how many there are."""
+    """Per row of draws (values in ``0..n_items - 1``, -1 for none): the distinct values in
+    order of first appearance (left-aligned, padded with -1) and how many there are."""
     t, d = drawn.shape
-    key = (np.arange(t, dtype=np.int64)[:, None] * n_items + drawn).reshape(-1)
+    key = (np.arange(t, dtype=np.int64)[:, None] * (n_items + 1) + (drawn + 1)).reshape(-1)
     order = np.argsort(key, kind="stable")  # by row and value, then by position
     ordered = key[order]
     first = np.ones(ordered.shape[0], dtype=bool)
     first[1:] = ordered[1:] != ordered[:-1]
+    first &= ordered % (n_items + 1) != 0  # no draw
     position = np.sort(order[first])  # each value's first draw, row by row in draw order
     row = position // d
     count = np.bincount(row, minlength=t)
