@@ -91,19 +91,21 @@ def timed_generator(stage: str, function: Callable[..., Iterator[Any]]) -> Calla
 
 def instrument() -> None:
     from fedrec.data import sources
-    from fedrec.dpease import population, report, run
+    from fedrec.dpease import population, run
+    from fedrec.experiments import run as pipeline
+    from fedrec.privacy import release
 
     sources.generate = timed("generate the synthetic data", sources.generate)
     sources.leave_one_out = timed("leave-one-out split (evaluation negatives)", sources.leave_one_out)
     population.Histories.of = classmethod(timed("devices' distinct histories", population.Histories.of.__func__))
     population.count_sums = timed_generator("release 1: every device's count upload, summed", population.count_sums)
     population.gram_sums = timed_generator("release 2: every device's co-occurrence upload, summed", population.gram_sums)
-    run.add_gaussian_noise = timed("noise on both sums", run.add_gaussian_noise)
+    release.add_gaussian_noise = timed("noise on both sums", release.add_gaussian_noise)
     run.phase_noise = timed("calibrate the two releases' noise (PRV bisection)", run.phase_noise)
     run.fit_release = timed("fit (top items, noisy Gram, EASE)", run.fit_release)
     population.PopulationStatistics.evaluate = timed("devices' evaluation (eval-users sample)", population.PopulationStatistics.evaluate)
-    report.cheap_references = timed("references (popularity, EASE; scored on the sample)", report.cheap_references)
-    report.write_run_ids = timed("run id maps (user_ids.csv, item_ids.csv)", report.write_run_ids)
+    pipeline.cheap_references = timed("references (popularity, EASE; scored on the sample)", pipeline.cheap_references)
+    pipeline.write_run_ids = timed("run id maps (user_ids.csv, item_ids.csv)", pipeline.write_run_ids)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from fedrec.errors import DataError
 logger = logging.getLogger(__name__)
 
 MIN_INTERACTIONS = 3  # one train, one validation, one test item
+USERS_PER_CHUNK = 1 << 16  # users whose negatives are mapped to items at once
 
 
 class SplitMode(StrEnum):
@@ -155,15 +156,46 @@ def sample_negatives(
     return out[:count]
 
 
-def _sample_without_replacement(
-    *, n_items: int, excluded: np.ndarray, count: int, rng: np.random.Generator
-) -> np.ndarray:
-    keep = np.ones(n_items, dtype=bool)
-    keep[excluded] = False
-    allowed = np.flatnonzero(keep)  # sorted, as np.setdiff1d would give: the same draws
-    if allowed.shape[0] < count:
-        raise DataError(f"only {allowed.shape[0]} unseen items, cannot draw {count} evaluation negatives")
-    return rng.choice(allowed, size=count, replace=False)
+def _evaluation_negatives(
+    users: np.ndarray, items: np.ndarray, eligible: np.ndarray, *, n_items: int, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each eligible user's validation and test negatives: ``count`` distinct items each,
+    uniformly from the items the user never interacted with.
+
+    ``users`` / ``items``: every interaction of the eligible users (``users`` ascending);
+    ``eligible``: those users, ascending (at least one). The draws are ``rng.choice(allowed, count,
+    replace=False)`` on the user's sorted unseen items, validation then test, user by
+    user; ``Generator.choice`` on an array draws the same positions as on its length, so
+    only the length is passed per user and the positions are mapped to items in one
+    vectorised step: the ``p``-th unseen item is ``p`` plus the number of seen items
+    ``s_j`` (sorted) with ``s_j - j <= p``.
+    """
+    stride = np.int64(n_items + 1)
+    rank = np.zeros(int(eligible[-1]) + 1 if eligible.shape[0] else 0, dtype=np.int64)
+    rank[eligible] = np.arange(eligible.shape[0], dtype=np.int64)  # of each eligible user among them
+    seen = np.sort(rank[users] * stride + items)
+    seen = seen[np.append(True, seen[1:] != seen[:-1])] if seen.shape[0] else seen  # (user rank, item) distinct, sorted
+    seen_user = seen // stride
+    distinct = np.bincount(seen_user, minlength=eligible.shape[0])
+    unseen = n_items - distinct
+    short = np.flatnonzero(unseen < count)
+    if short.shape[0]:
+        raise DataError(f"only {unseen[short[0]]} unseen items, cannot draw {count} evaluation negatives")
+    val_neg = np.empty((eligible.shape[0], count), dtype=np.int64)
+    test_neg = np.empty_like(val_neg)
+    choice = rng.choice
+    for k, size in enumerate(unseen.tolist()):  # positions among the unseen items first
+        val_neg[k] = choice(size, size=count, replace=False)
+        test_neg[k] = choice(size, size=count, replace=False)
+    first = np.concatenate([[0], np.cumsum(distinct)])
+    shifted = seen_user * stride + (seen % stride - (np.arange(seen.shape[0]) - first[seen_user]))  # s_j - j, by user
+    del seen, seen_user
+    for start in range(0, eligible.shape[0], USERS_PER_CHUNK):  # positions to items, in place
+        block = slice(start, start + USERS_PER_CHUNK)
+        base = np.arange(start, min(start + USERS_PER_CHUNK, eligible.shape[0]), dtype=np.int64)[:, None] * stride
+        for positions in (val_neg[block], test_neg[block]):
+            positions += np.searchsorted(shifted, base + positions, side="right") - first[:-1][block, None]
+    return val_neg, test_neg
 
 
 def leave_one_out(
@@ -202,30 +234,31 @@ def leave_one_out(
     dropped = data.n_users - eligible.shape[0]
     if dropped:
         logger.info("%d users have fewer than %d interactions and are left to cold start", dropped, MIN_INTERACTIONS)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    train_chunks, val, test = [], [], []
-    val_neg = np.empty((eligible.shape[0], num_eval_negatives), dtype=np.int64)
-    test_neg = np.empty_like(val_neg)
-    for k, u in enumerate(eligible):
-        seq = items[starts[u] : starts[u + 1]]
-        if in_time is None:
-            train_chunks.append(seq[:-2])
-        else:
-            rows = order[starts[u] : starts[u + 1] - 2]
-            train_chunks.append(data.items[rows[np.argsort(in_time[rows])]])
-        val.append(seq[-2])
-        test.append(seq[-1])
-        seen = np.unique(seq)
-        val_neg[k] = _sample_without_replacement(n_items=data.n_items, excluded=seen, count=num_eval_negatives, rng=rng)
-        test_neg[k] = _sample_without_replacement(n_items=data.n_items, excluded=seen, count=num_eval_negatives, rng=rng)
-    indptr = np.concatenate([[0], np.cumsum([c.shape[0] for c in train_chunks])]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    sorted_users = users
+    place = np.arange(users.shape[0], dtype=np.int64) - starts[sorted_users]  # position within the user's sequence
+    is_eligible = counts >= MIN_INTERACTIONS
+    keep = is_eligible[sorted_users] & (place < counts[sorted_users] - 2)  # training rows, user by user
+    if in_time is None:
+        train_items = items[keep]
+    else:  # each user's training rows back in time order
+        rows = order[keep]
+        train_items = data.items[rows[np.lexsort((in_time[rows], sorted_users[keep]))]]
+    train_counts = counts[eligible] - 2
+    val = items[starts[eligible + 1] - 2]
+    test = items[starts[eligible + 1] - 1]
+    val_neg, test_neg = _evaluation_negatives(
+        sorted_users[is_eligible[sorted_users]], items[is_eligible[sorted_users]], eligible,
+        n_items=data.n_items, count=num_eval_negatives, rng=rng,
+    )
+    indptr = np.concatenate([[0], np.cumsum(train_counts)]).astype(np.int64)
     return LeaveOneOutSplit(
         n_items=data.n_items,
         users=eligible.astype(np.int64),
         train_indptr=indptr,
-        train_items=np.concatenate(train_chunks).astype(np.int64),
-        val_item=np.array(val, dtype=np.int64),
-        test_item=np.array(test, dtype=np.int64),
+        train_items=train_items.astype(np.int64),
+        val_item=val.astype(np.int64),
+        test_item=test.astype(np.int64),
         val_negatives=val_neg,
         test_negatives=test_neg,
     )

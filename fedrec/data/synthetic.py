@@ -18,12 +18,18 @@ the sequential probability. Users with long histories (more than an eighth of th
 catalogue), for whom repeats would be many, use the Gumbel-top-k trick (Kool et al.
 2019: the k largest of ``log weight + Gumbel noise``), the same distribution. Users are
 handled in chunks (similar lengths together) so memory stays bounded for millions.
+
+Cost: a chunk's weights are one float32 product ``[affinity p_u, 1] . [q_i, log
+popularity_i]`` and one exponential; an inverse-CDF draw searches the cumulative sums
+of blocks of ``BLOCK`` items (float64), then the cumulative sum of its block's weights,
+instead of a cumulative sum over every item of every user (timings:
+``benchmarks/population_build.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -34,6 +40,8 @@ SYNTHETIC = "synthetic"
 MIN_HISTORY = 3  # what a leave-one-out split needs
 SCORES_PER_CHUNK = 1 << 24  # (user, item) scores held at once
 LONG_HISTORY = 8  # a history longer than n_items / this is drawn by Gumbel-top-k
+BLOCK = 16  # items per block of the two-step inverse-CDF search
+DRAWS_PER_PIECE = 1 << 18  # draws searched within their blocks at once
 
 
 @dataclass(frozen=True)
@@ -69,20 +77,20 @@ def generate(spec: SyntheticSpec, *, rng: np.random.Generator) -> Interactions:
     # log-normal lengths with the requested mean, at least MIN_HISTORY, at most m / 2
     mu = np.log(spec.mean_interactions) - spec.activity_sigma**2 / 2
     lengths = np.clip(np.rint(rng.lognormal(mu, spec.activity_sigma, size=n)), MIN_HISTORY, m // 2).astype(np.int64)
-    picked: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * n
+    item_index = np.empty(int(lengths.sum()), dtype=np.int64)  # user by user, each history in draw order
+    offsets = np.cumsum(lengths) - lengths  # where each user's history starts in it
     by_length = np.argsort(lengths, kind="stable")
     long_from = int(np.searchsorted(lengths[by_length], m // LONG_HISTORY, side="right"))
     chunk = max(1, SCORES_PER_CHUNK // m)
+    users32, items32, log_pop32 = users.astype(np.float32), items.astype(np.float32), log_pop.astype(np.float32)
     for start in range(0, long_from, chunk):
         rows = by_length[start : min(long_from, start + chunk)]
-        for row, drawn in zip(rows, _by_inverse_cdf(log_pop, users[rows], items, lengths[rows], spec.affinity, rng)):
-            picked[row] = drawn
+        for done, drawn in _by_inverse_cdf(log_pop32, users32[rows], items32, lengths[rows], spec.affinity, rng):
+            _place(item_index, offsets[rows[done]], lengths[rows[done]], drawn)
     for start in range(long_from, n, chunk):
         rows = by_length[start : start + chunk]
-        for row, drawn in zip(rows, _by_gumbel_top_k(log_pop, users[rows], items, lengths[rows], spec.affinity, rng)):
-            picked[row] = drawn
+        _place(item_index, offsets[rows], lengths[rows], _by_gumbel_top_k(log_pop, users[rows], items, lengths[rows], spec.affinity, rng))
     user_index = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    item_index = np.concatenate(picked).astype(np.int64)
     # Time order is random within a user: the held-out items are a random pick of theirs.
     timestamps = np.asarray(rng.integers(0, 1 << 40, size=item_index.shape[0], dtype=np.int64))
     return Interactions(
@@ -101,64 +109,139 @@ def _log_weights(log_pop: np.ndarray, users: np.ndarray, items: np.ndarray, affi
     return log_pop + affinity * users @ items.T
 
 
+def _place(out: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, drawn: np.ndarray) -> None:
+    """Write row ``r``'s first ``lengths[r]`` values of ``drawn`` (rows padded on the right)
+    to ``out[offsets[r] : offsets[r] + lengths[r]]``."""
+    width = np.arange(drawn.shape[1], dtype=np.int64)
+    mask = width < lengths[:, None]
+    out[(offsets[:, None] + width)[mask]] = drawn[mask]
+
+
 def _by_gumbel_top_k(
     log_pop: np.ndarray, users: np.ndarray, items: np.ndarray, lengths: np.ndarray, affinity: float,
     rng: np.random.Generator,
-) -> list[np.ndarray]:
-    """Each user's ``length`` items: the largest of log weight + Gumbel noise, best first."""
+) -> np.ndarray:
+    """Each user's items (the first ``length`` of each row): the largest of log weight +
+    Gumbel noise, best first."""
     keys = _log_weights(log_pop, users, items, affinity) + rng.gumbel(size=(users.shape[0], log_pop.shape[0]))
     longest = int(lengths.max())
     top = np.argpartition(-keys, longest - 1, axis=1)[:, :longest]  # unordered top-`longest`
     order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
-    ranked = np.take_along_axis(top, order, axis=1)  # (c, longest), best first
-    return [row[:length] for row, length in zip(ranked, lengths)]
+    return np.take_along_axis(top, order, axis=1)  # (c, longest), best first
 
 
 def _by_inverse_cdf(
     log_pop: np.ndarray, users: np.ndarray, items: np.ndarray, lengths: np.ndarray, affinity: float,
     rng: np.random.Generator,
-) -> list[np.ndarray]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Each user's ``length`` items: draws with replacement from the user's weights,
     the first ``length`` distinct ones in draw order (a sequential sample without
-    replacement). Users short of distinct items draw as many again, appended to their draws."""
-    import torch  # batched cumulative sums and searches; imported where used (the data layer loads without it)
+    replacement). Users short of distinct items draw as many again, appended to their draws.
 
-    weights = torch.from_numpy(users @ items.T).mul_(affinity).add_(torch.from_numpy(log_pop)).exp_()  # in place
-    cdf = torch.cumsum(weights, dim=1)  # (c, m) float64; the log weights are small: no overflow
-    del weights
-    c, m = cdf.shape
+    Yields (rows done, their distinct draws padded on the right) as rows complete. The
+    weights are float32 (``log_pop``, ``users`` and ``items`` are); a draw is an inverse-CDF
+    search in two steps (:func:`_inverse_cdf`) with float64 sums.
+    """
+    m = items.shape[0]
+    blocks = -(-m // BLOCK)
+    pad = blocks * BLOCK - m  # the last block padded with items of weight zero
+    # one product gives the log weights: [affinity p_u, 1] . [q_i, log popularity_i]
+    left = np.concatenate([affinity * users, np.ones((users.shape[0], 1), dtype=users.dtype)], axis=1)
+    right = np.concatenate([items, log_pop[:, None]], axis=1)
+    right = np.concatenate([right, np.full((pad, right.shape[1]), -np.inf, dtype=right.dtype)])
+    right[m:, :-1] = 0.0
+    weights = left @ right.T  # (c, blocks * BLOCK)
+    np.exp(weights, out=weights)
+    c = weights.shape[0]
+    block_sums = (weights.reshape(-1, BLOCK) @ np.ones(BLOCK, dtype=weights.dtype)).reshape(c, blocks)
+    block_cdf = np.cumsum(block_sums, axis=1, dtype=np.float64)
     need = lengths.astype(np.int64)
-    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * c
-    todo = np.arange(c)
     uniforms = rng.random((c, int(np.ceil(1.25 * lengths.max())) + 8))
+    # First each row's own share of its draws: a row's first ``length`` distinct items lie
+    # in the shortest prefix holding that many, so a row complete within its share gets
+    # the items that searching every draw of the row would give.
+    share = np.ceil(1.25 * need).astype(np.int64) + 8
+    drawn = _inverse_cdf(weights, block_cdf, np.arange(c), uniforms, n_items=m,
+                         searched=np.arange(uniforms.shape[1]) < share[:, None])
+    firsts, count = _first_distinct(drawn, m)
+    done = count >= need
+    yield np.flatnonzero(done), firsts[done]
+    if done.all():
+        return
+    todo, uniforms = np.flatnonzero(~done), uniforms[~done]
+    drawn = _inverse_cdf(weights, block_cdf, todo, uniforms, n_items=m)
     while True:
-        mine = cdf if todo.shape[0] == c else cdf[torch.from_numpy(todo)]
-        drawn = torch.searchsorted(mine, torch.from_numpy(uniforms) * mine[:, -1:], right=True).clamp_(max=m - 1)
-        firsts, count = _first_distinct(drawn)
-        done = (count.numpy() >= need[todo])
-        for row, values in zip(todo[done], firsts[torch.from_numpy(done)].numpy()):
-            out[row] = values[: need[row]]
+        firsts, count = _first_distinct(drawn, m)
+        done = count >= need[todo]
+        yield todo[done], firsts[done]
         if done.all():
-            break
-        todo = todo[~done]
-        uniforms = np.concatenate([uniforms[~done], rng.random((todo.shape[0], uniforms.shape[1]))], axis=1)  # twice the draws
-    return out
+            return
+        todo, drawn = todo[~done], drawn[~done]
+        more = rng.random((todo.shape[0], drawn.shape[1]))  # twice the draws
+        drawn = np.concatenate([drawn, _inverse_cdf(weights, block_cdf, todo, more, n_items=m)], axis=1)
 
 
-def _first_distinct(drawn: Any) -> tuple[Any, Any]:
-    """Per row of draws: the distinct values in order of first appearance (left-aligned,
-    padded with -1) and how many there are."""
-    import torch
+def _inverse_cdf(
+    weights: np.ndarray, block_cdf: np.ndarray, rows: np.ndarray, uniforms: np.ndarray, *, n_items: int,
+    searched: np.ndarray | None = None,
+) -> np.ndarray:
+    """For each row ``r`` of ``rows`` and each uniform ``u`` of its row of ``uniforms``: the
+    first item ``i`` with ``sum(weights[r, :i + 1]) > u * sum(weights[r])``.
 
+    Two steps instead of a cumulative sum over every item: the block of ``BLOCK`` items
+    from the cumulative block sums ``block_cdf`` (float64), then the item within the block
+    from the cumulative sum of the block's weights. ``weights``: (users, blocks * BLOCK),
+    zero past ``n_items``. ``(rows, draws)`` int64; -1 where ``searched`` (same shape,
+    bool) is False.
+    """
+    import torch  # a batched search; imported where used (the data layer loads without it)
+
+    cdf = block_cdf[rows]  # (t, blocks)
+    target = uniforms * cdf[:, -1:]
+    block = torch.searchsorted(torch.from_numpy(cdf), torch.from_numpy(target), right=True).numpy()
+    np.minimum(block, cdf.shape[1] - 1, out=block)
+    below = np.where(block > 0, np.take_along_axis(cdf, np.maximum(block - 1, 0), axis=1), 0.0)
+    residual = (target - below).reshape(-1)
+    blocks = cdf.shape[1]
+    window = (rows[:, None] * blocks + block).reshape(-1)  # each draw's block, as a row of the (users * blocks, BLOCK) view
+    first = (block * BLOCK).reshape(-1)
+    if searched is not None:
+        keep = searched.reshape(-1)
+        residual, window, first = residual[keep], window[keep], first[keep]
+    by_block = weights.reshape(-1, BLOCK)
+    out = np.empty(window.shape[0], dtype=np.int64)
+    for lo in range(0, window.shape[0], DRAWS_PER_PIECE):
+        piece = slice(lo, lo + DRAWS_PER_PIECE)
+        gathered, bar = by_block[window[piece]], residual[piece]
+        running = np.zeros(gathered.shape[0])  # the block's cumulative sum, one column at a time (float64)
+        below = np.zeros(gathered.shape[0], dtype=np.int64)  # how many cumulative sums are <= the residual
+        for column in range(BLOCK):
+            running += gathered[:, column]
+            below += running <= bar
+        out[piece] = np.minimum(below, BLOCK - 1)
+    out += first
+    np.minimum(out, n_items - 1, out=out)
+    if searched is None:
+        return out.reshape(uniforms.shape)
+    full = np.full(uniforms.size, -1, dtype=np.int64)
+    full[keep] = out
+    return full.reshape(uniforms.shape)
+
+
+def _first_distinct(drawn: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of draws (values in ``0..n_items - 1``, -1 for none): the distinct values in
+    order of first appearance (left-aligned, padded with -1) and how many there are."""
     t, d = drawn.shape
-    position = torch.arange(d).expand(t, d)
-    order = torch.sort(drawn * d + position, dim=1).indices  # by value, then by position
-    ordered = torch.gather(drawn, 1, order)
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    first_position = torch.where(first, order, torch.full_like(order, d))  # position of each value's first draw
-    arrival = torch.sort(first_position, dim=1).values  # first draws in draw order, then d (padding)
-    count = first.sum(dim=1)
-    values = torch.gather(drawn, 1, arrival.clamp(max=d - 1))
-    values = torch.where(arrival < d, values, torch.full_like(values, -1))
+    key = (np.arange(t, dtype=np.int64)[:, None] * (n_items + 1) + (drawn + 1)).reshape(-1)
+    order = np.argsort(key, kind="stable")  # by row and value, then by position
+    ordered = key[order]
+    first = np.ones(ordered.shape[0], dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    first &= ordered % (n_items + 1) != 0  # no draw
+    position = np.sort(order[first])  # each value's first draw, row by row in draw order
+    row = position // d
+    count = np.bincount(row, minlength=t)
+    column = np.arange(position.shape[0]) - (np.cumsum(count) - count)[row]
+    values = np.full((t, d), -1, dtype=np.int64)
+    values[row, column] = drawn.reshape(-1)[position]
     return values, count
