@@ -73,11 +73,15 @@ class GridTransport:
 
     def send(self, nodes: Sequence[int], shared: Arrays, kind: str, round_: int, **extra: str) -> list[Message]:
         """One message of type ``kind`` to each node (``shared`` as its arrays, the run
-        config and ``extra`` as its config); the replies that came back in time."""
+        config and ``extra`` as its config); the replies that came back in time, in the
+        order of ``nodes`` whatever order they arrived in (sums and means over them are
+        then the same floats on every run)."""
         config = ConfigRecord({protocol.RUN_CONFIG: self.run_config, protocol.SERVER_ROUND: round_, **extra})
         content = RecordDict({protocol.ARRAYS: to_record(shared), protocol.CONFIG: config})
         messages = [Message(content, dst_node_id=node, message_type=kind, group_id=str(round_)) for node in nodes]
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        position = {node: i for i, node in enumerate(nodes)}
+        replies = sorted(self.grid.send_and_receive(messages, timeout=self.timeout),
+                         key=lambda reply: position.get(int(reply.metadata.src_node_id), len(position)))
         if len(replies) < len(messages):
             logger.warning("round %d: %d of %d devices did not reply in time", round_, len(messages) - len(replies), len(messages))
         return replies
