@@ -85,15 +85,17 @@ def device_statistic(data: ClientData, *, phase: str, request: Arrays, clipping_
     raise FedrecError(f"unknown DP-EASE phase {phase!r}; use one of {', '.join(PHASES)}")
 
 
-def device_evaluate(data: ClientData, *, release: Arrays, which: str) -> dict[str, float]:
-    """One device's metrics with the released model, scored on the device."""
-    scores = EaseRelease.from_arrays(release).score_items(data.train_items)[None, :]
+def device_evaluate(data: ClientData, *, release: Arrays, which: str, release_type: type = EaseRelease) -> dict[str, float]:
+    """One device's metrics with the released model (read as ``release_type``), scored on the device."""
+    scores = release_type.from_arrays(release).score_items(data.train_items)[None, :]
     return mean_metrics(metrics_from_scores(scores, [data], which))
 
 
 class InProcessStatistics:
     """Calls each simulated device's functions directly (statistics are yielded one at a
     time, so the server never holds every device's upload at once)."""
+
+    release_type: type = EaseRelease  # what each device scores with (a family may post-process the release)
 
     def __init__(self, split: LeaveOneOutSplit, *, clipping_norm: float) -> None:
         self.split, self.clipping_norm, self.n_items = split, clipping_norm, split.n_items
@@ -107,7 +109,7 @@ class InProcessStatistics:
 
     def evaluate(self, clients: Sequence[int], release: Arrays, which: str) -> list[dict[str, float]]:
         # the same per-device arithmetic, a chunk of devices at a time
-        model = EaseRelease.from_arrays(release)
+        model = self.release_type.from_arrays(release)
         out: list[dict[str, float]] = []
         for start in range(0, len(clients), 256):
             chunk = [self.split.client(c) for c in clients[start : start + 256]]

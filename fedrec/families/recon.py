@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedrec.dpease.factors import ReconRelease
 from fedrec.dpease.population import PopulationStatistics
-from fedrec.evaluation.metrics import mean_metrics
-from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.families.contract import Channels, Reason, RunOutcome, StepCallback
 from fedrec.families.ease import RELEASES, DpEaseFamily
 
@@ -33,18 +32,7 @@ class ReconStatistics(PopulationStatistics):
     """DP-EASE's simulated devices (the same uploads, summed in vectorised chunks), each
     scoring with the DP-Recon release: its user vector rebuilt from its own history."""
 
-    def evaluate(self, clients: Any, release: dict[str, np.ndarray], which: str) -> list[dict[str, float]]:
-        from fedrec.dpease.factors import ReconRelease
-
-        model = ReconRelease.from_arrays(release)
-        clients = list(clients)
-        out: list[dict[str, float]] = []
-        for start in range(0, len(clients), 256):
-            chunk = [self.split.client(c) for c in clients[start : start + 256]]
-            history = np.stack([model.history(data.train_items) for data in chunk])  # (chunk, n_items)
-            per_user = metrics_from_scores(model.score(history), chunk, which)
-            out += [{name: float(values[k]) for name, values in per_user.items()} for k in range(len(chunk))]
-        return out
+    release_type = ReconRelease
 
 
 @dataclass(frozen=True)
@@ -87,16 +75,13 @@ class DpReconFamily(DpEaseFamily):
         return ReconStatistics(split, clipping_norm=config.privacy.clipping_norm)
 
     def device_evaluate(self, data: ClientData, *, release: dict[str, np.ndarray], which: str, config: RunConfig) -> dict[str, float]:
-        from fedrec.dpease.factors import ReconRelease
+        from fedrec.dpease.run import device_evaluate
 
-        scores = ReconRelease.from_arrays(release).score_items(data.train_items)[None, :]
-        return mean_metrics(metrics_from_scores(scores, [data], which))
+        return device_evaluate(data, release=release, which=which, release_type=ReconRelease)
 
     def scores(
         self, release: dict[str, np.ndarray], history: np.ndarray, *, config: RunConfig, private: PrivateState | None,
     ) -> np.ndarray:
-        from fedrec.dpease.factors import ReconRelease
-
         return ReconRelease.from_arrays(release).score_items(history)
 
     def explain(
@@ -105,8 +90,6 @@ class DpReconFamily(DpEaseFamily):
     ) -> list[Reason]:
         """The history items whose ``x_j M[j, i]`` adds most to each item's score, ``M``
         the release's item-item map (EASE weights plus the reconstruction's)."""
-        from fedrec.dpease.factors import ReconRelease
-
         model = ReconRelease.from_arrays(release)
         position = {int(t): k for k, t in enumerate(model.ease.top_items)}
         x = model.history(np.asarray(history, dtype=np.int64))
