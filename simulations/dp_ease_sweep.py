@@ -19,8 +19,6 @@ at each point, and none of those tries is in the run's ledger. The default setti
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.select import choose, criterion, without_test_items
 from fedrec.evaluation.scoring import evaluate_scorer
 from fedrec.experiments.baselines import Popularity
-from fedrec.experiments.results import save_png, write_atomic
+from fedrec.experiments.results import save_png, write_csv
 from fedrec.federation.device import simulated_population
 from fedrec.models.ease import ease_weights
 from fedrec.privacy.audit import audit_run
@@ -121,17 +119,9 @@ def main() -> None:
             f"hr@10 {results['hr@10']:.4f}, full hr@10 {results['full_hr@10']:.4f}",
             flush=True,
         )
-        write_table(args.out / "sweep.csv", rows)
+        write_csv(args.out / "sweep.csv", rows, COLUMNS)
     plot(args.out / "sweep.png", rows, refs)
     print(f"wrote {args.out / 'sweep.csv'} and {args.out / 'sweep.png'}")
-
-
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
 
 
 def plot(path: Path, rows: list[dict[str, Any]], refs: dict[str, dict[str, float]]) -> None:

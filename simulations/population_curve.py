@@ -21,8 +21,6 @@ the ratio to the noiseless model with the prediction beside it).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -37,7 +35,7 @@ from fedrec.dpease.report import run_ease_and_report
 from fedrec.dpease.run import GRAM, PAIR_DECAY_REQUEST, TOP_ITEMS_REQUEST
 from fedrec.dpease.statistics import unpack_symmetric
 from fedrec.experiments.plan import predicted_ratio
-from fedrec.experiments.results import MODEL, read_arrays, save_png, write_atomic
+from fedrec.experiments.results import MODEL, read_arrays, save_png, write_csv
 from fedrec.federation.device import simulated_population
 from fedrec.privacy.audit import OK, audit_run
 
@@ -142,16 +140,8 @@ def curve(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"{row['full_ndcg@10']:.4f}  ratio {row['ratio_full_ndcg@10']:.2f} (full)  popularity "
                 f"{row['popularity_full_ndcg@10']:.4f}  {row['audit']}  {row['seconds']} s", flush=True,
             )
-            write_table(args.out / "curve.csv", rows)
+            write_csv(args.out / "curve.csv", rows, COLUMNS)
     return rows
-
-
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
 
 
 def crossing(rows: list[dict[str, Any]], *, epsilon: float, level: float, metric: str = "full_ndcg@10") -> float | None:

@@ -14,8 +14,6 @@ standard error; the plot draws both models against epsilon with popularity and E
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import numpy as np
 
 from fedrec.config import load_config_file, parse_run_config
 from fedrec.evaluation.scoring import paired_difference
-from fedrec.experiments.results import MODEL, read_arrays, save_png, write_atomic
+from fedrec.experiments.results import MODEL, read_arrays, save_png, write_csv
 from fedrec.experiments.run import FixedChannels, run_family
 from fedrec.families import family_of
 from fedrec.federation.device import simulated_population
@@ -93,17 +91,9 @@ def main() -> None:
             f"{row['diff_se_full_ndcg@10']:.4f}",
             flush=True,
         )
-        write_table(args.out / "sweep.csv", rows)
+        write_csv(args.out / "sweep.csv", rows, COLUMNS)
     plot(args.out / "sweep.png", rows, title=Path(str(base.get("dataset", ""))).name)
     print(f"wrote {args.out / 'sweep.csv'} and {args.out / 'sweep.png'}")
-
-
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
 
 
 def plot(path: Path, rows: list[dict[str, Any]], *, title: str) -> None:

@@ -20,8 +20,6 @@ weighted reconstruction is tried at the defaults.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from fedrec.dpease.fit import EaseRelease
 from fedrec.dpease.run import run_dp_ease
 from fedrec.evaluation.scoring import metrics_from_scores
 from fedrec.experiments.baselines import Popularity
-from fedrec.experiments.results import write_atomic
+from fedrec.experiments.results import write_csv
 from fedrec.families import family_of
 from fedrec.federation.device import simulated_population
 
@@ -110,11 +108,7 @@ def main() -> None:
             users[r] = np.linalg.solve(system, (1 + alpha) * factors[seen].T @ x[r, seen])
         extra = base.mix / (1 + alpha) * users @ factors.T
         report(f"weighted reconstruction alpha={alpha:g}", validation(release.score(history, extra=extra)))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(args.out, buffer.getvalue().encode())
+    write_csv(args.out, rows, list(rows[0]))
     print(f"wrote {args.out}")
 
 

@@ -6,8 +6,6 @@ Writes ``coldstart.csv`` (one row per method and number of revealed items),
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -24,7 +22,7 @@ from fedrec.config import ModelFamily, RunConfig
 from fedrec.data.interactions import Interactions
 from fedrec.data.split import ClientData, leave_one_out
 from fedrec.errors import ConfigError
-from fedrec.experiments.results import MODEL, RESULTS, read_arrays, save_png, write_atomic, write_json
+from fedrec.experiments.results import MODEL, RESULTS, read_arrays, save_png, write_csv, write_json
 from fedrec.fallback.catalog import build_catalog
 from fedrec.fallback.collaborative import CollaborativeBlend, ReleasedEase, ReleaseSettings
 from fedrec.fallback.content import BlendConfig, ContentRecommender
@@ -58,6 +56,7 @@ from fedrec.training.local import PrivateState, TrainConfig, init_private
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "coldstart.csv"
+RESULT_FIELDS = ["method", "reveal", "users", *METRICS, "popularity_weight", "smoothing", "epsilon", "seed"]
 PLOT_NAME = "coldstart.png"
 FIRST_ROUNDS_CSV = "first_rounds.csv"
 SIGNUP_CSV = "signup.csv"  # held-out users with simulated sign-up answers (fedrec.fallback.signup)
@@ -293,7 +292,7 @@ def run_coldstart_eval(
                 ref, test, federated_config=federated_config, content=content_for_init, reveal=config.reveal,
                 rounds=config.first_rounds,
             )
-            write_rows(out_dir / FIRST_ROUNDS_CSV, first_rounds, ["init", "reveal", "round", "users", *METRICS])
+            write_csv(out_dir / FIRST_ROUNDS_CSV, first_rounds, ["init", "reveal", "round", "users", *METRICS], float_format=".6g")
     rows: list[dict[str, Any]] = []
     dp_names = set(release.get("methods", ()))
     for name, (scorer, params) in scorers.items():
@@ -304,8 +303,8 @@ def run_coldstart_eval(
             if name in dp_names:
                 epsilon = release["epsilon"]
             rows.append({"method": name, "reveal": n, "users": len(test), **metrics, **params, "epsilon": epsilon, "seed": config.seed})
-    write_csv(out_dir / CSV_NAME, rows)
-    write_rows(out_dir / SIGNUP_CSV, signup_rows, SIGNUP_FIELDS)
+    write_csv(out_dir / CSV_NAME, rows, RESULT_FIELDS, float_format=".6g")
+    write_csv(out_dir / SIGNUP_CSV, signup_rows, SIGNUP_FIELDS, float_format=".6g")
     plot(out_dir / PLOT_NAME, rows, reveal=config.reveal, users=len(test))
     results = {
         "dataset": data.name, "seed": config.seed, "config": asdict(config),
@@ -405,17 +404,6 @@ def targets(rows: Sequence[dict[str, Any]], encoders: Sequence[str], private: Se
     return out
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    write_rows(path, rows, ["method", "reveal", "users", *METRICS, "popularity_weight", "smoothing", "epsilon", "seed"])
-
-
-def write_rows(path: Path, rows: Sequence[dict[str, Any]], fields: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_atomic(path, buffer.getvalue().encode())
 
 
 def plot(path: Path, rows: Sequence[dict[str, Any]], *, reveal: Sequence[int], users: int) -> None:

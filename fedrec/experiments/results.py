@@ -3,6 +3,7 @@ a file that looks complete (write to a temporary name, fsync, rename)."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -31,6 +32,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, float_format: str | None = None) -> None:
+    """Replace ``path`` with ``rows`` as CSV under the header ``columns`` (keys outside it
+    are left out; floats written with ``float_format`` when given), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: format(v, float_format) if float_format and isinstance(v, float) else v for k, v in row.items()})
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

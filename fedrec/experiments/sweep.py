@@ -7,8 +7,6 @@ non-private federated and centralized references as lines).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.config import CALIBRATE, DPMode, RunConfig
-from fedrec.experiments.results import save_png, write_atomic
+from fedrec.experiments.results import save_png, write_csv
 from fedrec.families import family_of
 
 COLUMNS = ("users", "epsilon_target", "epsilon", "epsilon_rdp", "epsilon_population", "noise_multiplier", "rounds",
@@ -56,7 +54,7 @@ def run_sweep(
             )
             done.append((run_dir, math.isfinite(target)))
             rows[-1]["epsilon_population"] = population_epsilon(done)
-            write_table(out_dir / "sweep.csv", rows)
+            write_csv(out_dir / "sweep.csv", rows, COLUMNS)
     plot_sweep(out_dir / "sweep.png", rows, central_ndcg=central_ndcg, private_label=private_label(base))
     return rows
 
@@ -77,14 +75,6 @@ def population_epsilon(points: Sequence[tuple[Path, bool]]) -> float | None:
 def private_label(config: RunConfig) -> str:
     """What the private curve of the plot is: the family's own label."""
     return family_of(config).label
-
-
-def write_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
 
 
 def plot_sweep(
