@@ -27,9 +27,9 @@ from fedrec.data.spec import DataPreset, DataSpec, Duplicates, HeaderMode, IdTyp
 from fedrec.data.split import SplitMode
 from fedrec.data.synthetic import SYNTHETIC, SyntheticSpec
 from fedrec.errors import ConfigError
-from fedrec.models import ModelConfig, ModelKind
-from fedrec.privacy.accountant import Accountant
-from fedrec.training.local import Optimizer, TrainConfig
+from fedrec.models.spec import ModelConfig, ModelKind
+from fedrec.privacy.spec import Accountant
+from fedrec.training.spec import Optimizer, TrainConfig
 
 Scalar = bool | int | float | str
 

@@ -26,3 +26,23 @@ def test_overrides() -> None:
     assert parse_overrides(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
+
+
+def test_a_config_loads_without_torch_or_the_accountants() -> None:
+    """Reading and checking a run config (what ``fedrec data check`` and every command do
+    first) imports the settings types only: neither torch nor Opacus' accountants."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "simulations" / "ml100k-quick.toml"
+    code = (
+        "import json, sys\n"
+        "from fedrec.config import load_config_file, parse_run_config\n"
+        f"config = parse_run_config(dict(load_config_file({str(config)!r})))\n"
+        "heavy = sorted(m for m in ('torch', 'opacus', 'fedrec.privacy._opacus_accountants', 'flwr') if m in sys.modules)\n"
+        "print(json.dumps({'model': config.model.model, 'heavy': heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"model": "dp-ease", "heavy": []}

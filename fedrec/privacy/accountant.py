@@ -22,13 +22,13 @@ import math
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
-from enum import StrEnum
 from functools import lru_cache
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
 from fedrec.errors import PrivacyError
+from fedrec.privacy.spec import ACCOUNTANTS, Accountant
 
 ACCOUNTANTS_MODULE = "fedrec.privacy._opacus_accountants"  # where Opacus' accountant package is loaded
 
@@ -87,14 +87,6 @@ rdp_analysis: ModuleType = _opacus.analysis.rdp
 
 
 
-class Accountant(StrEnum):
-    """Opacus' accountant that gives the headline epsilon (config key ``accountant``)."""
-
-    PRV = "prv"
-    RDP = "rdp"
-
-
-ACCOUNTANTS = tuple(Accountant)
 PRV_EPS_ERROR = 0.01  # Opacus' default; get_epsilon returns the upper end of the interval
 
 History = tuple[tuple[float, float, int], ...]

@@ -26,8 +26,6 @@ Adam's constants. May import ``fedrec.data`` only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
@@ -35,28 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrec.data.split import ClientData, sample_negatives
+from fedrec.training.spec import Optimizer, TrainConfig
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, written out so every Adam here uses the same
 ADAM_EPS = 1e-8
-
-
-class Optimizer(StrEnum):
-    """The local optimiser (config key ``optimizer``); its state is fresh every round."""
-
-    ADAM = "adam"
-    SGD = "sgd"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local training hyper-parameters (same meaning in federated and central runs)."""
-
-    local_epochs: int = 1
-    lr: float = 0.01
-    batch_size: int = 64
-    num_negatives: int = 4
-    optimizer: Optimizer = Optimizer.ADAM
-    user_lr_scale: float = 1.0  # private user vectors may learn faster than shared weights
 
 
 # --- examples -------------------------------------------------------------------------
