@@ -22,29 +22,15 @@ from fedrec.data.spec import (
     ALIASES,
     DELIMITERS,
     ITEM_ALIASES,
-    NONE,
     WHITESPACE,
     DataSpec,
-    columns_hint,
-    find_column,
     normalise,
+    pick_column,
 )
 from fedrec.errors import DataError
 
 YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
 NO_GENRES = {"(no genres listed)", "unknown"}
-
-
-def _column(names: list[str], explicit: str, aliases: tuple[str, ...], key: str, path: Path) -> str | None:
-    if explicit.lower() == NONE:
-        return None
-    if explicit:
-        found = find_column(names, explicit)
-        if found is None:
-            raise DataError(f"{path}:1: no column {explicit!r} ({key}); {columns_hint(names)}")
-        return found
-    by_norm = {normalise(n): n for n in reversed(names)}
-    return next((by_norm[a] for a in aliases if a in by_norm), None)
 
 
 def _delimiter(path: Path, spec: DataSpec, header: str) -> str:
@@ -68,17 +54,17 @@ def read_item_file(path: Path, spec: DataSpec, item_ids: np.ndarray, *, item_col
             header_line = fh.readline().lstrip("\ufeff")
             delimiter = _delimiter(path, spec, header_line)
             names = [n.strip() for n in next(csv.reader([header_line], delimiter=delimiter), [])]
-            id_col = _column(names, spec.item_id_col, (normalise(item_col), *ALIASES["item"], "id"), "item-id-col", path)
+            id_col = pick_column(names, spec.item_id_col, (normalise(item_col), *ALIASES["item"], "id"), "item-id-col", path)
             if id_col is None:
                 raise DataError(
                     f"{path}:1: no item id column recognised in the header ({', '.join(names)}); "
                     "name it with item-id-col=COLUMN"
                 )
             cols = {
-                "title": _column(names, spec.title_col, ITEM_ALIASES["title"], "title-col", path),
-                "genres": _column(names, spec.genres_col, ITEM_ALIASES["genres"], "genres-col", path),
-                "text": _column(names, spec.text_col, ITEM_ALIASES["text"], "text-col", path),
-                "year": _column(names, spec.year_col, ITEM_ALIASES["year"], "year-col", path),
+                "title": pick_column(names, spec.title_col, ITEM_ALIASES["title"], "title-col", path),
+                "genres": pick_column(names, spec.genres_col, ITEM_ALIASES["genres"], "genres-col", path),
+                "text": pick_column(names, spec.text_col, ITEM_ALIASES["text"], "text-col", path),
+                "year": pick_column(names, spec.year_col, ITEM_ALIASES["year"], "year-col", path),
             }
             rows = _rows(csv.reader(fh, delimiter=delimiter), path, names, id_col, cols, spec, item_ids)
     except UnicodeDecodeError as err:

@@ -251,7 +251,11 @@ def _delimiter(spec: DataSpec, path: Path, line: str) -> str:
     return WHITESPACE if " " in line else ","  # none of , tab ; | but spaces: split on runs of them
 
 
-def _pick(names: list[str], wanted: str, explicit: str, key: str, path: Path) -> str | None:
+def pick_column(names: Sequence[str], explicit: str, aliases: Sequence[str], key: str, path: Path) -> str | None:
+    """The header name for one role: ``explicit`` (the setting ``key``; a name or a
+    1-based position; ``none``: the file has no such column) or else the first of the
+    normalised ``aliases`` the header holds. A named column that is not there is an error
+    that lists the header."""
     if explicit.lower() == NONE:
         return None
     if explicit:
@@ -260,10 +264,7 @@ def _pick(names: list[str], wanted: str, explicit: str, key: str, path: Path) ->
             raise DataError(f"{path}:1: no column {explicit!r} ({key}); {columns_hint(names)}")
         return found
     by_norm = {normalise(n): n for n in reversed(names)}
-    for alias in ALIASES[wanted]:
-        if alias in by_norm:
-            return by_norm[alias]
-    return None
+    return next((by_norm[a] for a in aliases if a in by_norm), None)
 
 
 def _is_number(text: str) -> bool:
@@ -322,7 +323,7 @@ def resolve_layout(path: Path, spec: DataSpec) -> Layout:
             header = spec.header is HeaderMode.YES
         if not header:
             return _by_position(path, delimiter, len(names), cols)
-    picked = {r: _pick(names, r, cols[r], _KEYS[r], path) for r in cols}
+    picked = {r: pick_column(names, cols[r], ALIASES[r], _KEYS[r], path) for r in cols}
     missing = [r for r in ("user", "item") if picked[r] is None]
     if missing:
         raise DataError(
