@@ -254,11 +254,11 @@ class ReconSettings(_Typed):
     the DP-EASE Gram release, user vectors rebuilt on each device; chosen once on ML-100K's
     validation users (docs/dp-recon.md)."""
 
-    dim: int = field(default=16, metadata=_key("recon-dim", check=_positive))  # item factors per item
+    dim: int = field(default=8, metadata=_key("recon-dim", check=_positive))  # item factors per item
     # the device's ridge: this many times the Gram noise's spectral scale (noise std * sqrt(K))
-    shrink: float = field(default=1.0, metadata=_key("recon-shrink", check=_positive))
+    shrink: float = field(default=0.5, metadata=_key("recon-shrink", check=_positive))
     # the factor score's weight beside the DP-EASE score (0: DP-EASE alone)
-    weight: float = field(default=0.25, metadata=_key("recon-weight", check=_non_negative))
+    weight: float = field(default=0.5, metadata=_key("recon-weight", check=_non_negative))
 
 
 class DPMode(StrEnum):
