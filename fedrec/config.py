@@ -232,6 +232,9 @@ class EaseSettings(_Typed):
     item_threshold: float = field(default=2.0, metadata=_key("ease-item-threshold", check=_non_negative))
     # ... and at most this many (the Gram is K x K; each device uploads K (K + 1) / 2 values)
     max_items: int = field(default=1500, metadata=_key("ease-max-items", check=_positive))
+    # ... and only as many as keep the co-occurrence's expected mean signal at least this many
+    # times its noise edge (fedrec.dpease.fit.signal_limited; 0: no such limit)
+    signal_ratio: float = field(default=3.0, metadata=_key("ease-signal-ratio", check=_non_negative))
     # EASE's lambda = noise * noise_std * sqrt(K) + base * mean diagonal of the Gram
     lambda_noise: float = field(default=2.0, metadata=_key("ease-lambda-noise", check=_non_negative))
     lambda_base: float = field(default=5.0, metadata=_key("ease-lambda-base", check=_positive))

@@ -104,6 +104,42 @@ def select_top_items(counts: np.ndarray, *, noise_std: float, threshold: float, 
     return order[: min(above, max_items)].astype(np.int64)
 
 
+def cooccurrence_signal(counts: np.ndarray, top_items: np.ndarray, *, users: int, clipping_norm: float, gram_noise_std: float) -> np.ndarray:
+    """(K,) for each prefix of ``top_items`` (most frequent first), the expected mean
+    co-occurrence signal of a Gram release over that prefix against the release's noise
+    edge: ``sqrt(2) s mean(counts[:k]) / (2 gram_noise_std sqrt(k))``.
+
+    A device with ``m`` of the ``k`` items uploads about ``m^2 / 2`` values of ``C sqrt(2)
+    / m`` each, so the Gram's entries sum to about ``C sqrt(2)`` times the items' total
+    raw count and its mean (rank-one) part has the eigenvalue ``C sqrt(2) sum(raw) / k``.
+    A raw count is the released count times ``s / C``, ``s = sum(counts) / (users C)`` the
+    mean square root of a history length (each device's count upload sums to ``C
+    sqrt(n)``). The noise's spectrum ends near ``2 gram_noise_std sqrt(k)`` (Wigner).
+    Everything here is post-processing of the count release and public sizes."""
+    k = int(top_items.shape[0])
+    if k == 0 or users <= 0 or gram_noise_std <= 0:
+        return np.full(k, np.inf)
+    s = max(float(counts.sum()), 0.0) / (users * clipping_norm)
+    sizes = np.arange(1, k + 1, dtype=np.float64)
+    mean_count = np.cumsum(counts[top_items]) / sizes
+    return math.sqrt(2.0) * s * mean_count / (2.0 * gram_noise_std * np.sqrt(sizes))
+
+
+def signal_limited(
+    counts: np.ndarray, top_items: np.ndarray, *, users: int, clipping_norm: float, gram_noise_std: float, ratio: float,
+) -> np.ndarray:
+    """The longest prefix of ``top_items`` whose :func:`cooccurrence_signal` is at least
+    ``ratio`` (all of them for ``ratio`` 0 or without noise). A longer list spreads each
+    device's co-occurrence upload over more values against the same noise per value and
+    raises the noise edge with ``sqrt(K)``: past this point the release carries less
+    than it covers."""
+    if ratio <= 0 or gram_noise_std <= 0:
+        return top_items
+    signal = cooccurrence_signal(counts, top_items, users=users, clipping_norm=clipping_norm, gram_noise_std=gram_noise_std)
+    below = np.flatnonzero(signal < ratio)
+    return top_items if below.shape[0] == 0 else top_items[: int(below[0])]
+
+
 def popularity_prior(counts: np.ndarray, *, noise_std: float, weight: float) -> np.ndarray:
     """``weight * asinh(count / s)``: log-like for counts well above ``s`` (``asinh(c/s) ~
     log(2c/s)``), linear around zero, so noisy (even negative) counts keep their order

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -27,7 +27,7 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.split import ClientData, LeaveOneOutSplit
-from fedrec.dpease.fit import EaseRelease, catalogue_content, fit_release, select_top_items
+from fedrec.dpease.fit import EaseRelease, catalogue_content, fit_release, select_top_items, signal_limited
 from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size, unpack_symmetric
 from fedrec.errors import FedrecError, PrivacyError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
@@ -130,6 +130,16 @@ class EaseHistory:
     test_per_client: list[dict[str, float]] = field(default_factory=list)  # exact (simulated) evaluation only
     evaluated: list[int] = field(default_factory=list)  # the clients test_per_client belongs to, in that order
     arrays: Arrays = field(default_factory=dict)  # what the devices scored with (the release, or what derive made of it)
+
+
+def time_order_settings(config: RunConfig, *, time_ordered: bool) -> RunConfig:
+    """``config`` for devices whose histories are in time order, else with
+    ``ease-pair-decay`` and ``ease-score-decay`` set to 1: without a time order (a file with
+    no time column, split at random) a history's order is arbitrary, and weighting
+    pairs and items by their distance in it only adds noise."""
+    if time_ordered or (config.ease.pair_decay == 1.0 and config.ease.score_decay == 1.0):
+        return config
+    return replace(config, ease=replace(config.ease, pair_decay=1.0, score_decay=1.0))
 
 
 def count_share(config: RunConfig, n_items: int | None) -> float:
@@ -295,7 +305,11 @@ def _release_statistics(
             )
         if phase == "counts":
             sums.counts = total
-            sums.top = select_top_items(total, noise_std=z * p.clipping_norm, threshold=e.item_threshold, max_items=e.max_items)
+            sums.top = signal_limited(
+                total, select_top_items(total, noise_std=z * p.clipping_norm, threshold=e.item_threshold, max_items=e.max_items),
+                users=len(clients), clipping_norm=p.clipping_norm, gram_noise_std=history.noise_multipliers[1] * p.clipping_norm,
+                ratio=e.signal_ratio,
+            )
         else:
             sums.gram = total
         info = {"round": float(number), "aggregated": float(good), "values": float(size), "seconds": time.perf_counter() - started}

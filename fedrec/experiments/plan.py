@@ -27,7 +27,7 @@ from scipy.stats import norm
 from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
 from fedrec.dpease.central import population_sums
-from fedrec.dpease.fit import noise_edge
+from fedrec.dpease.fit import noise_edge, signal_limited
 from fedrec.dpease.run import phase_noise
 from fedrec.dpease.statistics import packed_size, unpack_symmetric
 from fedrec.errors import FedrecError
@@ -342,6 +342,11 @@ def plan_dp_ease(config: RunConfig, *, users: int, items: int, split: LeaveOneOu
             top_expected = float(min(int(np.sum(counts > 0)), cap))
         k = round(top_expected)
         top = np.argsort(-counts, kind="stable")[:k].astype(np.int64)
+        limited = signal_limited(counts, top, users=users, clipping_norm=c, gram_noise_std=sigma2, ratio=e.signal_ratio)
+        if limited.shape[0] < k:
+            notes.append(f"the signal limit (ease-signal-ratio {e.signal_ratio:g}) cuts K from {k} to {limited.shape[0]}")
+            k, top = int(limited.shape[0]), limited
+            top_expected = float(k)
         gram = population_sums(split, clipping_norm=c, top_items=top, pair_decay=e.pair_decay)
         gram_norm = float(np.linalg.norm(gram))
         if k:

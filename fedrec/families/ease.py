@@ -47,6 +47,17 @@ def contributions(release: dict[str, np.ndarray], history: np.ndarray, item: int
     return rows, x[rows] * weights
 
 
+def time_ordered(config: RunConfig) -> bool:
+    """Whether a simulated population's training histories are in time order: the data
+    set has a time column, or the split follows the file's row order (``split=order``).
+    A file without a time column split at random has none."""
+    from fedrec.data.split import SplitMode
+    from fedrec.federation.device import simulated_population
+
+    prepared = simulated_population(config)
+    return prepared.interactions.timed or prepared.split_mode is SplitMode.ORDER
+
+
 @dataclass(frozen=True)
 class DpEaseFamily:
     name: str = "dp-ease"
@@ -63,10 +74,12 @@ class DpEaseFamily:
     def run(
         self, config: RunConfig, channels: Channels, *, run_dir: Path, on_step: StepCallback | None, resume: bool,
     ) -> RunOutcome:
-        from fedrec.dpease.run import run_dp_ease
+        from fedrec.dpease.run import run_dp_ease, time_order_settings
 
         if resume:
             raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
+        ordered = time_ordered(config) if channels.simulated else True
+        config = time_order_settings(config, time_ordered=ordered)
         transport = channels.statistics()
         release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir,
                                                   catalog=channels.catalog, on_phase=on_step)
@@ -77,7 +90,7 @@ class DpEaseFamily:
             curve=[{"round": float(len(history.phases)), **val}], step_log=history.phases,
             title=f"dp-ease on {config.data.dataset}: {clients} clients, K={history.top_items}, "
             f"epsilon {history.privacy['epsilon']:.3g}",
-            fields={"validation": val, "top_items": history.top_items},
+            fields={"validation": val, "top_items": history.top_items, "time_ordered": ordered},
             test_per_client=history.test_per_client, evaluated=history.evaluated, one_shot=True,
         )
 

@@ -14,12 +14,14 @@ from fedrec.data.location import resolve_data_dir
 from fedrec.dpease.central import simulate_release
 from fedrec.dpease.fit import (
     content_target,
+    cooccurrence_signal,
     ease_weights_towards,
     fit_release,
     item_content,
     noise_edge,
     public_item_content,
     signal_directions,
+    signal_limited,
 )
 from fedrec.dpease.statistics import packed_size
 from fedrec.errors import DataError
@@ -177,3 +179,31 @@ def test_top_first_is_post_processing_of_the_released_arrays_only() -> None:
     np.testing.assert_array_equal(a.weights, b.weights)
     np.testing.assert_array_equal(a.prior, b.prior)
     np.testing.assert_array_equal(a.top_items, b.top_items)
+
+
+def test_the_signal_limit_keeps_the_prefix_whose_cooccurrence_clears_the_noise_edge() -> None:
+    rng = np.random.default_rng(0)
+    counts = 40 * (1.0 + np.arange(5000)) ** -0.5 + rng.normal(0, 1, size=5000)
+    top = np.argsort(-counts, kind="stable")[:1500]
+    signal = cooccurrence_signal(counts, top, users=300, clipping_norm=2.0, gram_noise_std=1.5)
+    s = counts.sum() / (300 * 2.0)  # the mean square root of a history length the counts imply
+    k = 40
+    assert signal[k - 1] == pytest.approx(math.sqrt(2) * s * counts[top[:k]].mean() / (2 * 1.5 * math.sqrt(k)))
+    assert np.all(np.diff(signal) < 0)  # a longer list never has more signal per noise edge
+    kept = signal_limited(counts, top, users=300, clipping_norm=2.0, gram_noise_std=1.5, ratio=3.0)
+    assert 0 < kept.shape[0] < top.shape[0]
+    np.testing.assert_array_equal(kept, top[: kept.shape[0]])
+    assert signal[kept.shape[0] - 1] >= 3.0 > signal[kept.shape[0]]
+    # more noise on the co-occurrence: fewer items; no noise or no limit: all of them
+    assert signal_limited(counts, top, users=300, clipping_norm=2.0, gram_noise_std=3.0, ratio=3.0).shape[0] < kept.shape[0]
+    assert signal_limited(counts, top, users=300, clipping_norm=2.0, gram_noise_std=0.0, ratio=3.0).shape[0] == 1500
+    assert signal_limited(counts, top, users=300, clipping_norm=2.0, gram_noise_std=1.5, ratio=0.0).shape[0] == 1500
+
+
+def test_the_run_and_the_simulated_release_use_the_same_signal_limited_items() -> None:
+    config = parse_run_config({**SYNTHETIC, "epsilon": 2.0, "ease-signal-ratio": 3.0})
+    split = simulated_population(config).split
+    limited = simulate_release(config, split).top_items
+    unlimited = simulate_release(parse_run_config({**SYNTHETIC, "epsilon": 2.0, "ease-signal-ratio": 0}), split).top_items
+    assert limited.shape[0] < unlimited.shape[0]
+    np.testing.assert_array_equal(limited, unlimited[: limited.shape[0]])

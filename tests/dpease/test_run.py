@@ -240,3 +240,19 @@ def test_the_count_share_follows_the_catalogue_past_the_cooccurrence_cap() -> No
         spent = epsilon(((z1, 1.0, 1), (z2, 1.0, 1)), delta=1e-5, accountant=config.privacy.accountant)
         assert spent == pytest.approx(8.0, abs=0.02)
     assert phase_noise(config, n_items=1000)[0] < phase_noise(config, n_items=150)[0]  # less noise on the counts
+
+
+def test_without_a_time_order_the_decays_are_one(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    users, items = np.repeat(np.arange(60), 8), rng.integers(0, 150, size=480)
+    keep = np.unique(users * 1000 + items, return_index=True)[1]  # one row per user and item
+    rows = np.c_[users[keep], items[keep], rng.integers(1, 6, size=keep.shape[0]), rng.integers(0, 10**6, size=keep.shape[0])]
+    untimed, timed = tmp_path / "untimed.csv", tmp_path / "timed.csv"
+    np.savetxt(untimed, rows[:, :3], fmt="%d", delimiter=",", header="user_id,item_id,rating", comments="")
+    np.savetxt(timed, rows, fmt="%d", delimiter=",", header="user_id,item_id,rating,timestamp", comments="")
+    for path, ordered in ((untimed, False), (timed, True)):
+        config = _config(tmp_path, dataset=str(path), epsilon=8.0, **{"ease-content-weight": 0})
+        results = run_ease_and_report(config, tmp_path / path.stem, engine="inprocess")
+        assert results["time_ordered"] is ordered
+        decay = float(read_arrays(tmp_path / path.stem / MODEL)["score_decay"][0])
+        assert decay == (config.ease.score_decay if ordered else 1.0)
