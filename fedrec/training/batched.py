@@ -19,6 +19,7 @@ still training at step t are a prefix of the stack and finished ones cost nothin
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,16 +189,51 @@ class BatchedResult:
 
     def client_update(self, k: int, spec: dict[str, tuple[int, ...]]) -> Arrays:
         """Client k's update as the dense float32 arrays a device uploads."""
-        out: Arrays = {}
-        for name, shape in spec.items():
-            value = self.update[name][k].numpy()
-            if name in EMBEDDINGS:
-                dense = np.zeros(shape, dtype=np.float32)
-                used = self.n_used[k]
-                dense[self.items[k, :used]] = value[:used]
-                value = dense
-            out[name] = value
-        return out
+        return {name: self.client_tensor(k, name, shape) for name, shape in spec.items()}
+
+    def client_tensor(self, k: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """One tensor of client k's dense upload (a new array for the item embeddings, a
+        view of the stacked update for the others)."""
+        value = self.update[name][k].numpy()
+        if name not in EMBEDDINGS:
+            return value
+        dense = np.zeros(shape, dtype=np.float32)
+        used = self.n_used[k]
+        dense[self.items[k, :used]] = value[:used]
+        return dense
+
+
+class CompactUpload(Mapping[str, np.ndarray]):
+    """Client k's upload, read as the dense float32 arrays a device sends
+    (:meth:`BatchedResult.client_update`), each built from the group's compact result when
+    it is read and not kept.
+
+    A round's replies then hold each client's touched item rows instead of a dense copy of
+    the item tables per client (10,000 sampled devices over 5,000 items: about 12 GB
+    dense). Every read of a tensor gives an equal, new array (or a read-only view for the
+    tensors that are not item embeddings), so the server's checks, clipping and sum see
+    exactly the arrays the dense upload would hold.
+    """
+
+    __slots__ = ("_k", "_result", "_spec")
+
+    def __init__(self, result: BatchedResult, k: int, spec: dict[str, tuple[int, ...]]) -> None:
+        self._result, self._k, self._spec = result, k, spec
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._spec:
+            raise KeyError(name)
+        value = self._result.client_tensor(self._k, name, self._spec[name])
+        if name not in EMBEDDINGS:  # a view of the group's tensor: nobody may write to it
+            value = value.view()
+            value.flags.writeable = False
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._spec)
+
+    def __len__(self) -> int:
+        return len(self._spec)
 
 
 def local_update_batched(
