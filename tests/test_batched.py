@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fedrec.data import LeaveOneOutSplit
-from fedrec.federation.fedavg import client_rng
-from fedrec.models import ModelConfig, init_shared, shared_spec
 from fedrec.federation.compression import payload_bytes
+from fedrec.federation.fedavg import client_rng
 from fedrec.federation.rounds import check_update
+from fedrec.models import ModelConfig, init_shared, shared_spec
 from fedrec.privacy.clipping import clip_update, global_norm
 from fedrec.training.batched import CompactUpload, local_update_batched
 from fedrec.training.local import TrainConfig, init_private, local_update
