@@ -2,7 +2,9 @@
 
 Generates the synthetic data set (fedrec.data.synthetic), runs a few DP-FedAvg rounds
 with the vectorised engine and prints seconds per round (median), client-rounds per
-second, the time to build the data, and peak memory of every process of the run: this
+second, the CPU seconds of each round (this process and its lane workers: on a shared
+machine the wall time grows with the load, the CPU time much less), the time to build
+the data, and peak memory of every process of the run: this
 process (data, split, model, engine, accountant) and its lane workers (the engine forks
 one per extra core). Two figures: each process's own peak resident memory
 (``ru_maxrss``, the workers' largest) summed, which counts the pages a worker shares with
@@ -16,6 +18,7 @@ the summed proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``, sampled
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -70,6 +73,18 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) so far of this process and its live children (the lanes)."""
+    total = time.process_time()
+    for pid in MemorySampler._pids()[1:]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -94,7 +109,8 @@ def main() -> None:
         started = time.perf_counter()
         prepared = simulated_population(config)
         data_seconds = time.perf_counter() - started
-        results = json.loads(run(config, Path(tmp) / "run").read_text())
+        marks = [cpu_seconds()]
+        results = json.loads(run(config, Path(tmp) / "run", on_round=lambda *_: marks.append(cpu_seconds())).read_text())
         sampler.stop()
     per_round = [r["seconds"] for r in results["round_log"]]
     median = statistics.median(per_round)
@@ -107,6 +123,8 @@ def main() -> None:
     print(f"DP-FedAvg, {args.clients_per_round:.0f} expected clients/round, {args.rounds} rounds, epsilon {results['epsilon']:.2f}")
     print(f"seconds per round (median): {median:.2f}  [{', '.join(f'{s:.2f}' for s in per_round)}]")
     print(f"client-rounds per second: {args.clients_per_round / median:.0f}")
+    cpu = [f"{b - a:.1f}" for a, b in itertools.pairwise(marks)]
+    print(f"CPU seconds from round end to round end, all processes (the first from the start of the run): {', '.join(cpu)}")
     print(
         f"peak resident memory: {peak_gib + worker_gib:.2f} GiB at most "
         f"(this process {peak_gib:.2f} GiB, largest lane worker {worker_gib:.2f} GiB, shared pages counted twice)"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -205,17 +206,19 @@ class BatchedResult:
 
 class CompactUpload(Mapping[str, np.ndarray]):
     """Client k's upload, read as the dense float32 arrays a device sends
-    (:meth:`BatchedResult.client_update`), each built from the group's compact result when
-    it is read and not kept.
+    (:meth:`BatchedResult.client_update`), built from the group's compact result when it
+    is read.
 
     A round's replies then hold each client's touched item rows instead of a dense copy of
     the item tables per client (10,000 sampled devices over 5,000 items: about 12 GB
-    dense). Every read of a tensor gives an equal, new array (or a read-only view for the
-    tensors that are not item embeddings), so the server's checks, clipping and sum see
-    exactly the arrays the dense upload would hold.
+    dense). The arrays are read-only, so every read gives equal values: the server's
+    checks, clipping and sum see exactly what the dense upload would hold. The arrays of
+    the upload read last are kept until another upload is read (the server reads one
+    upload's tensors several times in a row: its size, its checks, its norm, its copy).
     """
 
     __slots__ = ("_k", "_result", "_spec")
+    _last: ClassVar[list[tuple[CompactUpload, dict[str, np.ndarray]]]] = []  # the upload read last, with its arrays built so far
 
     def __init__(self, result: BatchedResult, k: int, spec: dict[str, tuple[int, ...]]) -> None:
         self._result, self._k, self._spec = result, k, spec
@@ -223,11 +226,15 @@ class CompactUpload(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._spec:
             raise KeyError(name)
-        value = self._result.client_tensor(self._k, name, self._spec[name])
-        if name not in EMBEDDINGS:  # a view of the group's tensor: nobody may write to it
-            value = value.view()
-            value.flags.writeable = False
-        return value
+        last = CompactUpload._last
+        if not last or last[0][0] is not self:
+            last[:] = [(self, {})]
+        built = last[0][1]
+        if name not in built:
+            value = self._result.client_tensor(self._k, name, self._spec[name]).view()
+            value.flags.writeable = False  # nobody may change what another read of this upload gives
+            built[name] = value
+        return built[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._spec)
