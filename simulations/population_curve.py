@@ -15,12 +15,18 @@ Writes ``curve.csv`` and ``curve.png`` (full-ranking and sampled NDCG@10 against
 the ratio to the noiseless model with the prediction beside it).
 
     python simulations/population_curve.py --users 1000,10000,100000 --epsilons 1,4,8,inf --out runs/population
+    python simulations/population_curve.py --users 1000000 --add-to runs/population/curve.csv --out runs/population-1m
+
+``--add-to`` keeps the rows of an earlier ``curve.csv`` (made with the same settings) for
+the populations not run now, so that a larger N joins a curve without running it again;
+the new rows replace any of the same N.
     FEDREC_DATA_DIR=/path/to/data python simulations/population_curve.py --dataset ml-100k --users 100,300,943 --out runs/pop-ml100k
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import time
 from pathlib import Path
@@ -117,7 +123,7 @@ def run_point(args: argparse.Namespace, users: int, epsilon: float) -> dict[str,
     return row
 
 
-def curve(args: argparse.Namespace) -> list[dict[str, Any]]:
+def curve(args: argparse.Namespace, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     epsilons = sorted(args.epsilons, key=lambda e: (not math.isinf(e), e))  # the noiseless run first: the ratios need it
     for users in args.users:
@@ -140,8 +146,38 @@ def curve(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"{row['full_ndcg@10']:.4f}  ratio {row['ratio_full_ndcg@10']:.2f} (full)  popularity "
                 f"{row['popularity_full_ndcg@10']:.4f}  {row['audit']}  {row['seconds']} s", flush=True,
             )
-            write_csv(args.out / "curve.csv", rows, COLUMNS)
+            write_csv(args.out / "curve.csv", merged(kept, rows, dataset=args.dataset), COLUMNS)
+    return merged(kept, rows, dataset=args.dataset)
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``curve.csv`` written by :func:`curve`, numbers as numbers."""
+    with path.open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    if not table or set(COLUMNS) - set(table[0]):
+        raise SystemExit(f"--add-to {path}: not a population curve table (columns {', '.join(COLUMNS)})")
+    rows = []
+    for raw in table:
+        row: dict[str, Any] = {}
+        for name, value in raw.items():
+            if name in ("dataset", "audit", "run_dir"):
+                row[name] = value
+            elif name in ("users", "top_items"):
+                row[name] = int(value)
+            else:
+                row[name] = float(value) if value not in ("", None) else math.nan
+        rows.append(row)
     return rows
+
+
+def merged(kept: list[dict[str, Any]], new: list[dict[str, Any]], *, dataset: str) -> list[dict[str, Any]]:
+    """``kept`` rows of the populations not in ``new``, then ``new``, by N (noiseless first)."""
+    other = sorted({r["dataset"] for r in kept} - {dataset})
+    if other:
+        raise SystemExit(f"--add-to: its rows are of {', '.join(other)}, this curve is of {dataset} (--dataset)")
+    ran = {r["users"] for r in new}
+    rows = [r for r in kept if r["users"] not in ran] + new
+    return sorted(rows, key=lambda r: (r["users"], not math.isinf(r["epsilon_target"]), r["epsilon_target"]))
 
 
 def crossing(rows: list[dict[str, Any]], *, epsilon: float, level: float, metric: str = "full_ndcg@10") -> float | None:
@@ -202,12 +238,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other run setting")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--add-to", type=Path, metavar="CSV",
+                        help="an earlier curve.csv (same settings) whose other populations' rows join this curve")
     args = parser.parse_args(argv)
+    kept = read_table(args.add_to) if args.add_to else []
     args.out.mkdir(parents=True, exist_ok=True)
     cache_references()
-    rows = curve(args)
+    rows = curve(args, kept)
     plot(args.out / "curve.png", rows)
-    for epsilon in [e for e in args.epsilons if not math.isinf(e)]:
+    for epsilon in sorted({r["epsilon_target"] for r in rows if not math.isinf(r["epsilon_target"])}):
         n = crossing(rows, epsilon=epsilon, level=0.9)
         reached = f"from N = {n:.0f} on (every larger N too)" if n else "not at the largest N of this curve"
         print(f"epsilon {epsilon:g}: 90% of the noiseless full NDCG@10 {reached}")

@@ -68,7 +68,8 @@ def test_two_step_search_is_the_inverse_cdf_over_every_item() -> None:
     blocks = -(-n_items // BLOCK)
     weights = np.zeros((6, blocks * BLOCK), dtype=np.float32)
     weights[:, :n_items] = rng.lognormal(0.0, 2.0, size=(6, n_items)).astype(np.float32)
-    block_cdf = np.cumsum(weights.reshape(6, blocks, BLOCK).sum(axis=2), axis=1, dtype=np.float64)
+    sums = np.cumsum(weights.reshape(6, blocks, BLOCK).sum(axis=2), axis=1, dtype=np.float64)
+    block_cdf = np.concatenate([np.zeros((6, 1)), sums], axis=1)  # a leading 0: the mass before the first block
     rows = np.array([0, 2, 5])
     uniforms = rng.random((3, 5000))
     drawn = _inverse_cdf(weights, block_cdf, rows, uniforms, n_items=n_items)

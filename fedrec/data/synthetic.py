@@ -20,8 +20,9 @@ catalogue), for whom repeats would be many, use the Gumbel-top-k trick (Kool et 
 handled in chunks (similar lengths together) so memory stays bounded for millions.
 
 Cost: a chunk's weights are one float32 product ``[affinity p_u, 1] . [q_i, log
-popularity_i]`` and one exponential; an inverse-CDF draw searches the cumulative sums
-of blocks of ``BLOCK`` items (float64), then the cumulative sum of its block's weights,
+popularity_i]``, one exponential and the sums of blocks of ``BLOCK`` items, computed a
+cache-sized piece of users at a time in one torch thread; an inverse-CDF draw searches
+the cumulative block sums (float64), then the cumulative sum of its block's weights,
 instead of a cumulative sum over every item of every user (timings:
 ``benchmarks/population_build.py``).
 """
@@ -29,6 +30,7 @@ instead of a cumulative sum over every item of every user (timings:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,7 @@ SCORES_PER_CHUNK = 1 << 24  # (user, item) scores held at once
 LONG_HISTORY = 8  # a history longer than n_items / this is drawn by Gumbel-top-k
 BLOCK = 16  # items per block of the two-step inverse-CDF search
 DRAWS_PER_PIECE = 1 << 18  # draws searched within their blocks at once
+WEIGHTS_PER_PIECE = 1 << 19  # (user, item) weights computed at once: 2 MB, within a core's cache
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,14 @@ def generate(spec: SyntheticSpec, *, rng: np.random.Generator) -> Interactions:
     long_from = int(np.searchsorted(lengths[by_length], m // LONG_HISTORY, side="right"))
     chunk = max(1, SCORES_PER_CHUNK // m)
     users32, items32, log_pop32 = users.astype(np.float32), items.astype(np.float32), log_pop.astype(np.float32)
-    for start in range(0, long_from, chunk):
-        rows = by_length[start : min(long_from, start + chunk)]
-        for done, drawn in _by_inverse_cdf(log_pop32, users32[rows], items32, lengths[rows], spec.affinity, rng):
-            _place(item_index, offsets[rows[done]], lengths[rows[done]], drawn)
+    scratch = np.empty((min(chunk, long_from), -(-m // BLOCK) * BLOCK), dtype=np.float32)  # every chunk's weights
+    with _one_thread():
+        for start in range(0, long_from, chunk):
+            rows = by_length[start : min(long_from, start + chunk)]
+            for done, drawn in _by_inverse_cdf(log_pop32, users32[rows], items32, lengths[rows], spec.affinity, rng,
+                                               scratch=scratch):
+                _place(item_index, offsets[rows[done]], lengths[rows[done]], drawn)
+    del scratch
     for start in range(long_from, n, chunk):
         rows = by_length[start : start + chunk]
         _place(item_index, offsets[rows], lengths[rows], _by_gumbel_top_k(log_pop, users[rows], items, lengths[rows], spec.affinity, rng))
@@ -130,38 +137,77 @@ def _by_gumbel_top_k(
     return np.take_along_axis(top, order, axis=1)  # (c, longest), best first
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for the block: the draws are many small kernels,
+    for which a second thread costs more CPU time than it saves (on a shared machine, wall
+    time too)."""
+    import torch  # imported where used (the data layer loads without it)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _choice_weights(
+    log_pop: np.ndarray, users: np.ndarray, items: np.ndarray, affinity: float, *, scratch: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The users' choice weights ``popularity_i * exp(affinity <p_u, q_i>)`` (float32,
+    ``(c, blocks * BLOCK)``, zero past the last item) and the cumulative sums of their
+    blocks of ``BLOCK`` items (float64, ``(c, blocks + 1)``, first column 0).
+
+    One product ``[affinity p_u, 1] . [q_i, log popularity_i]``, its exponential and the
+    block sums, done ``WEIGHTS_PER_PIECE`` weights at a time so that each piece is still
+    in cache for the next step. ``scratch``: a float32 buffer of at least ``c`` rows of
+    that width to hold the weights (reused from chunk to chunk)."""
+    import torch  # imported where used (the data layer loads without it)
+
+    c, m = users.shape[0], items.shape[0]
+    blocks = -(-m // BLOCK)
+    width = blocks * BLOCK
+    left = np.concatenate([affinity * users, np.ones((c, 1), dtype=users.dtype)], axis=1).astype(np.float32)
+    right = np.zeros((width, items.shape[1] + 1), dtype=np.float32)  # the padding items: weight exp(-inf) = 0
+    right[:m, :-1], right[:m, -1], right[m:, -1] = items, log_pop, -np.inf
+    weights = np.empty((c, width), dtype=np.float32) if scratch is None else scratch[:c]
+    block_cdf = np.zeros((c, blocks + 1))
+    lefts, rights, out, cdf = (torch.from_numpy(a) for a in (left, right, weights, block_cdf))
+    ones = torch.ones(BLOCK)
+    step = max(1, WEIGHTS_PER_PIECE // width)
+    for lo in range(0, c, step):
+        hi = min(c, lo + step)
+        piece = out[lo:hi]
+        torch.mm(lefts[lo:hi], rights.T, out=piece)
+        piece.exp_()
+        sums = torch.mv(piece.view(-1, BLOCK), ones).view(hi - lo, blocks)  # float32, as the weights
+        cdf[lo:hi, 1:] = torch.cumsum(sums, dim=1, dtype=torch.float64)
+    return weights, block_cdf
+
+
 def _by_inverse_cdf(
     log_pop: np.ndarray, users: np.ndarray, items: np.ndarray, lengths: np.ndarray, affinity: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator, *, scratch: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Each user's ``length`` items: draws with replacement from the user's weights,
     the first ``length`` distinct ones in draw order (a sequential sample without
     replacement). Users short of distinct items draw as many again, appended to their draws.
 
     Yields (rows done, their distinct draws padded on the right) as rows complete. The
-    weights are float32 (``log_pop``, ``users`` and ``items`` are); a draw is an inverse-CDF
-    search in two steps (:func:`_inverse_cdf`) with float64 sums.
+    weights are float32 (:func:`_choice_weights`; ``scratch`` holds them); a draw is an
+    inverse-CDF search in two steps (:func:`_inverse_cdf`) with float64 sums.
     """
     m = items.shape[0]
-    blocks = -(-m // BLOCK)
-    pad = blocks * BLOCK - m  # the last block padded with items of weight zero
-    # one product gives the log weights: [affinity p_u, 1] . [q_i, log popularity_i]
-    left = np.concatenate([affinity * users, np.ones((users.shape[0], 1), dtype=users.dtype)], axis=1)
-    right = np.concatenate([items, log_pop[:, None]], axis=1)
-    right = np.concatenate([right, np.full((pad, right.shape[1]), -np.inf, dtype=right.dtype)])
-    right[m:, :-1] = 0.0
-    weights = left @ right.T  # (c, blocks * BLOCK)
-    np.exp(weights, out=weights)
+    weights, block_cdf = _choice_weights(log_pop, users, items, affinity, scratch=scratch)
     c = weights.shape[0]
-    block_sums = (weights.reshape(-1, BLOCK) @ np.ones(BLOCK, dtype=weights.dtype)).reshape(c, blocks)
-    block_cdf = np.cumsum(block_sums, axis=1, dtype=np.float64)
     need = lengths.astype(np.int64)
     uniforms = rng.random((c, int(np.ceil(1.25 * lengths.max())) + 8))
     # First each row's own share of its draws: a row's first ``length`` distinct items lie
     # in the shortest prefix holding that many, so a row complete within its share gets
     # the items that searching every draw of the row would give.
     share = np.ceil(1.25 * need).astype(np.int64) + 8
-    drawn = _inverse_cdf(weights, block_cdf, np.arange(c), uniforms, n_items=m,
+    drawn = _inverse_cdf(weights, block_cdf, None, uniforms, n_items=m,
                          searched=np.arange(uniforms.shape[1]) < share[:, None])
     firsts, count = _first_distinct(drawn, m)
     done = count >= need
@@ -182,28 +228,31 @@ def _by_inverse_cdf(
 
 
 def _inverse_cdf(
-    weights: np.ndarray, block_cdf: np.ndarray, rows: np.ndarray, uniforms: np.ndarray, *, n_items: int,
+    weights: np.ndarray, block_cdf: np.ndarray, rows: np.ndarray | None, uniforms: np.ndarray, *, n_items: int,
     searched: np.ndarray | None = None,
 ) -> np.ndarray:
-    """For each row ``r`` of ``rows`` and each uniform ``u`` of its row of ``uniforms``: the
-    first item ``i`` with ``sum(weights[r, :i + 1]) > u * sum(weights[r])``.
+    """For each row ``r`` of ``rows`` (None: every row) and each uniform ``u`` of its row of
+    ``uniforms``: the first item ``i`` with ``sum(weights[r, :i + 1]) > u * sum(weights[r])``.
 
     Two steps instead of a cumulative sum over every item: the block of ``BLOCK`` items
-    from the cumulative block sums ``block_cdf`` (float64), then the item within the block
-    from the cumulative sum of the block's weights. ``weights``: (users, blocks * BLOCK),
-    zero past ``n_items``. ``(rows, draws)`` int64; -1 where ``searched`` (same shape,
-    bool) is False.
+    from the cumulative block sums ``block_cdf`` (float64, ``(users, blocks + 1)``, first
+    column 0), then the item within the block from the cumulative sum of the block's
+    weights (float64). ``weights``: (users, blocks * BLOCK), zero past ``n_items``.
+    ``(rows, draws)`` int64; -1 where ``searched`` (same shape, bool) is False.
     """
     import torch  # a batched search; imported where used (the data layer loads without it)
 
-    cdf = block_cdf[rows]  # (t, blocks)
+    cdf = block_cdf if rows is None else block_cdf[rows]  # (t, blocks + 1)
+    t, blocks = cdf.shape[0], cdf.shape[1] - 1
     target = uniforms * cdf[:, -1:]
+    # how many cumulative sums (the leading 0 included) are <= the target, less one: the block
     block = torch.searchsorted(torch.from_numpy(cdf), torch.from_numpy(target), right=True).numpy()
-    np.minimum(block, cdf.shape[1] - 1, out=block)
-    below = np.where(block > 0, np.take_along_axis(cdf, np.maximum(block - 1, 0), axis=1), 0.0)
+    block -= 1
+    np.minimum(block, blocks - 1, out=block)
+    below = cdf.reshape(-1)[np.arange(t)[:, None] * (blocks + 1) + block]  # the mass of the blocks before it
     residual = (target - below).reshape(-1)
-    blocks = cdf.shape[1]
-    window = (rows[:, None] * blocks + block).reshape(-1)  # each draw's block, as a row of the (users * blocks, BLOCK) view
+    user = np.arange(t) if rows is None else rows
+    window = (user[:, None] * blocks + block).reshape(-1)  # each draw's block, as a row of the (users * blocks, BLOCK) view
     first = (block * BLOCK).reshape(-1)
     if searched is not None:
         keep = searched.reshape(-1)
@@ -212,13 +261,13 @@ def _inverse_cdf(
     out = np.empty(window.shape[0], dtype=np.int64)
     for lo in range(0, window.shape[0], DRAWS_PER_PIECE):
         piece = slice(lo, lo + DRAWS_PER_PIECE)
-        gathered, bar = by_block[window[piece]], residual[piece]
+        gathered, bar = np.take(by_block, window[piece], axis=0), residual[piece]
         running = np.zeros(gathered.shape[0])  # the block's cumulative sum, one column at a time (float64)
-        below = np.zeros(gathered.shape[0], dtype=np.int64)  # how many cumulative sums are <= the residual
+        count = np.zeros(gathered.shape[0], dtype=np.int64)  # how many cumulative sums are <= the residual
         for column in range(BLOCK):
             running += gathered[:, column]
-            below += running <= bar
-        out[piece] = np.minimum(below, BLOCK - 1)
+            count += running <= bar
+        out[piece] = np.minimum(count, BLOCK - 1)
     out += first
     np.minimum(out, n_items - 1, out=out)
     if searched is None:

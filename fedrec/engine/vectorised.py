@@ -27,7 +27,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Self
@@ -52,7 +52,7 @@ from fedrec.federation.rounds import InProcessTransport, TrainReply, Transport
 from fedrec.models import Arrays, SharedTower, load_shared, shared_spec
 from fedrec.privacy.clipping import clip_stacked
 from fedrec.privacy.device_odometers import SimulatedOdometers
-from fedrec.training.batched import BatchedResult, local_update_batched
+from fedrec.training.batched import BatchedResult, CompactUpload, local_update_batched
 from fedrec.training.local import fresh_private
 
 TRAIN_CHUNK = 256  # at most this many clients train together ...
@@ -175,9 +175,12 @@ class VectorisedTransport:
         bits = self.config.federation.upload_bits
         replies = []
         for k, c in enumerate(group):
-            update = result.client_update(k, self.spec)
+            update: Mapping[str, np.ndarray]
             if bits:  # what the device would send (fedrec.federation.device.Device.upload)
-                update = encode_update(update, bits=bits, rng=upload_rng(seed=self.config.seed, round_=round_, client=c))
+                update = encode_update(result.client_update(k, self.spec), bits=bits,
+                                       rng=upload_rng(seed=self.config.seed, round_=round_, client=c))
+            else:  # the dense upload, built whenever the server reads it (not held for the whole round)
+                update = CompactUpload(result, k, self.spec)
             replies.append(
                 TrainReply(
                     client=c, update=update, num_examples=int(result.examples[k]), loss=float(result.loss[k]),

@@ -29,6 +29,8 @@ the quality loss well inside the goal (docs/deployment.md, "Upload quantization"
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fedrec.models import Arrays
@@ -133,7 +135,7 @@ def payload_scales(payload: Arrays, n_tensors: int) -> np.ndarray:
 
 def payload_bytes(payload: object) -> int:
     """Bytes of the arrays in an upload (what travels, without message framing)."""
-    if not isinstance(payload, dict):
+    if not isinstance(payload, Mapping):
         return 0
     return int(sum(v.nbytes for v in payload.values() if isinstance(v, np.ndarray)))
 

@@ -9,7 +9,7 @@ also the weighting that user-level DP needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ def client_rng(*, seed: int, round_: int, client: int) -> np.random.Generator:
     return np.random.default_rng([seed, round_, client, 7])
 
 
-def sum_updates(updates: Iterable[Arrays], like: Arrays) -> Arrays:
+def sum_updates(updates: Iterable[Mapping[str, np.ndarray]], like: Arrays) -> Arrays:
     """Element-wise float64 sum of the updates, in order; zeros (shaped like ``like``) when
     there are none. ``updates`` is read once, so it may be a generator."""
     total = {name: np.zeros_like(value, dtype=np.float64) for name, value in like.items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainReply:
     client: int  # the transport's handle of the client
-    update: Arrays | None  # None if the client failed
+    update: Mapping[str, np.ndarray] | None  # None if the client failed; any mapping (the in-process engine's builds on read)
     num_examples: int = 0
     loss: float = float("nan")
     local_epsilon: float = 0.0
@@ -85,7 +85,7 @@ def check_update(update: object, spec: dict[str, tuple[int, ...]]) -> str:
     A private tensor in an upload is reported as such: it means the device leaked its
     user vectors, which the server must not aggregate (or keep).
     """
-    if not isinstance(update, dict):
+    if not isinstance(update, Mapping):
         return f"update is a {type(update).__name__}, expected a mapping of tensor name to array"
     leaked = sorted(str(name) for name in update if name in PRIVATE_TENSORS)
     if leaked:

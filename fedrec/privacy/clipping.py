@@ -9,6 +9,7 @@ update stays zero (no division by zero); ``max_norm = inf`` leaves the update as
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -16,12 +17,12 @@ import torch
 from fedrec.models import Arrays
 
 
-def global_norm(update: Arrays) -> float:
+def global_norm(update: Mapping[str, np.ndarray]) -> float:
     """L2 norm of the concatenation of every tensor (float64 accumulation)."""
     return math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values()))
 
 
-def clip_update(update: Arrays, *, max_norm: float) -> tuple[Arrays, float]:
+def clip_update(update: Mapping[str, np.ndarray], *, max_norm: float) -> tuple[Arrays, float]:
     """Return (clipped copy of ``update``, its norm before clipping)."""
     if not max_norm > 0:
         raise ValueError(f"clipping norm must be > 0, got {max_norm}")

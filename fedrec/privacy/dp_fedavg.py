@@ -14,7 +14,7 @@ sum of k updates of norm <= C satisfies (triangle inequality).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +37,7 @@ class Part:
     both sum parts.
     """
 
-    update: Arrays
+    update: Mapping[str, np.ndarray]  # any mapping of tensor name to array (the in-process engine's builds on read)
     contributors: int = 1
 
 
@@ -60,7 +60,7 @@ def clipped_sum(parts: Iterable[Part], *, max_norm: float, like: Arrays) -> Clip
     contributors = 0
     norms: list[float] = []
 
-    def bounded() -> Iterable[Arrays]:
+    def bounded() -> Iterable[Mapping[str, np.ndarray]]:
         nonlocal contributors
         for part in parts:
             if part.contributors < 1:
