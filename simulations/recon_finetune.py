@@ -122,6 +122,25 @@ def history_matrix(model: ReconRelease, split: Any) -> np.ndarray:
     return np.stack([model.history(split.train_of(u)) for u in range(split.n_users)])
 
 
+def clipped_sum(
+    factors: np.ndarray, xs: np.ndarray, *, ridge_: float, clip: float, temperature: float, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of the clipped per-device gradients (K, d), each device's gradient norm (S,))
+    of the devices with histories ``xs`` (S, K) over the top items."""
+    half = (rng.random(xs.shape) < 0.5) & (xs > 0)  # the reconstruction half of each history
+    recon_x, loss_y = np.where(half, xs, 0.0), ((xs > 0) & ~half).astype(np.float64)
+    users = reconstruct(factors, recon_x, ridge_=ridge_)  # (S, d), on the devices
+    logits = temperature * users @ factors.T
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    n = loss_y.sum(axis=1, keepdims=True)
+    g = temperature * np.where(n > 0, p - loss_y / np.maximum(n, 1.0), 0.0)  # dL/d(Q u), (S, K)
+    norms = np.linalg.norm(g, axis=1) * np.linalg.norm(users, axis=1)  # ||g u^T||_F
+    scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
+    return (g * scale[:, None]).T @ users, norms
+
+
 def fine_tune(
     model: ReconRelease, x: np.ndarray, *, rounds: int, q: float, z: float, clip: float, lr: float,
     temperature: float, rng: np.random.Generator,
@@ -133,19 +152,7 @@ def fine_tune(
     n_users = x.shape[0]
     for _ in range(rounds):
         sampled = np.flatnonzero(rng.random(n_users) < q)  # Poisson sampling
-        xs = x[sampled]
-        half = (rng.random(xs.shape) < 0.5) & (xs > 0)  # the reconstruction half of each history
-        recon_x, loss_y = np.where(half, xs, 0.0), ((xs > 0) & ~half).astype(np.float64)
-        users = reconstruct(factors, recon_x, ridge_=model.ridge)  # (S, d), on the devices
-        logits = temperature * users @ factors.T
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        n = loss_y.sum(axis=1, keepdims=True)
-        g = temperature * np.where(n > 0, p - loss_y / np.maximum(n, 1.0), 0.0)  # dL/d(Q u), (S, K)
-        norms = np.linalg.norm(g, axis=1) * np.linalg.norm(users, axis=1)  # ||g u^T||_F
-        scale = np.minimum(1.0, clip / np.maximum(norms, 1e-12))
-        total = (g * scale[:, None]).T @ users  # sum of clipped per-device gradients, (K, d)
+        total, _ = clipped_sum(factors, x[sampled], ridge_=model.ridge, clip=clip, temperature=temperature, rng=rng)
         if z > 0:
             total = total + rng.normal(0.0, z * clip, size=total.shape)
         update = total / (q * n_users)
@@ -195,6 +202,17 @@ def main() -> None:
         accountant = base.config.privacy.accountant
         clip, tau = args.clip, args.temperature
 
+        def signal(warm: Warm, q: float, z: float, seed: int = seed, clip: float = clip, tau: float = tau,
+                   split: Any = split) -> dict[str, float]:
+            """The first round's gradient at the warm start, every device: the median device's
+            norm, the norm of the mean clipped gradient, and that of the noise in the mean."""
+            x_top = history_matrix(warm.model, split)[:, warm.model.ease.top_items]
+            total, norms = clipped_sum(warm.model.factors, x_top, ridge_=warm.model.ridge, clip=clip, temperature=tau,
+                                       rng=np.random.default_rng([seed, 13]))
+            noise = z * clip * math.sqrt(warm.model.factors.size) / (q * x_top.shape[0]) if q > 0 else 0.0
+            return {"device_grad_norm_median": float(np.median(norms)),
+                    "mean_clipped_grad_norm": float(np.linalg.norm(total) / x_top.shape[0]), "noise_norm_of_mean": noise}
+
         def record(s: float, warm: Warm, rounds: int, q: float, z: float, lr: float, per_user: dict[str, np.ndarray],
                    hist: History, seed: int = seed, accountant: str = accountant,
                    reference: dict[str, np.ndarray] = reference, popularity: dict[str, np.ndarray] = popularity,
@@ -203,6 +221,7 @@ def main() -> None:
                 "seed": seed, "share": s, "rounds": rounds, "q": q, "z_rounds": z, "lr": lr, "clip": clip, "temperature": tau,
                 "z_counts": warm.z_releases[0], "z_gram": warm.z_releases[1], "K": warm.model.ease.top_items.shape[0],
                 "eps_releases": epsilon(releases_history(warm), delta=args.delta, accountant=accountant),
+                **signal(warm, q, z),
                 "eps_composed_prv": epsilon(hist, delta=args.delta, accountant=Accountant.PRV),
                 "eps_composed_rdp": epsilon(hist, delta=args.delta, accountant=Accountant.RDP),
             }
