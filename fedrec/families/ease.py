@@ -74,12 +74,11 @@ class DpEaseFamily:
     def run(
         self, config: RunConfig, channels: Channels, *, run_dir: Path, on_step: StepCallback | None, resume: bool,
     ) -> RunOutcome:
-        from fedrec.dpease.run import run_dp_ease, time_order_settings
+        from fedrec.dpease.run import run_dp_ease
 
         if resume:
             raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
-        ordered = time_ordered(config) if channels.simulated else True
-        config = time_order_settings(config, time_ordered=ordered)
+        config, ordered = self.in_time_order(config, channels)
         transport = channels.statistics()
         release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir,
                                                   catalog=channels.catalog, on_phase=on_step)
@@ -93,6 +92,14 @@ class DpEaseFamily:
             fields={"validation": val, "top_items": history.top_items, "time_ordered": ordered},
             test_per_client=history.test_per_client, evaluated=history.evaluated, one_shot=True,
         )
+
+    def in_time_order(self, config: RunConfig, channels: Channels) -> tuple[RunConfig, bool]:
+        """``config`` as the devices use it, and whether their histories are in time order
+        (simulated populations: :func:`time_ordered`; real devices keep their config)."""
+        from fedrec.dpease.run import time_order_settings
+
+        ordered = time_ordered(config) if channels.simulated else True
+        return time_order_settings(config, time_ordered=ordered), ordered
 
     def simulated_devices(self, split: LeaveOneOutSplit, config: RunConfig) -> Any:
         from fedrec.dpease.population import PopulationStatistics

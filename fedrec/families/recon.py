@@ -49,6 +49,7 @@ class DpReconFamily(DpEaseFamily):
 
         if resume:
             raise FedrecError("a DP-Recon run has no rounds to resume: start it again with a new --out")
+        config, ordered = self.in_time_order(config, channels)
         r = config.recon
 
         def derive(release: EaseRelease, noisy: np.ndarray | None, noise_std: float) -> dict[str, np.ndarray]:
@@ -66,7 +67,7 @@ class DpReconFamily(DpEaseFamily):
             curve=[{"round": float(len(history.phases)), **val}], step_log=history.phases,
             title=f"dp-recon on {config.data.dataset}: {clients} clients, K={history.top_items}, d={dim}, "
             f"epsilon {history.privacy['epsilon']:.3g}",
-            fields={"validation": val, "top_items": history.top_items, "factor_dim": dim,
+            fields={"validation": val, "top_items": history.top_items, "time_ordered": ordered, "factor_dim": dim,
                     "factor_mix": float(np.asarray(history.arrays["recon_mix"]).reshape(-1)[0])},
             test_per_client=history.test_per_client, evaluated=history.evaluated, one_shot=True,
         )

@@ -242,7 +242,8 @@ def test_the_count_share_follows_the_catalogue_past_the_cooccurrence_cap() -> No
     assert phase_noise(config, n_items=1000)[0] < phase_noise(config, n_items=150)[0]  # less noise on the counts
 
 
-def test_without_a_time_order_the_decays_are_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["dp-ease", "dp-recon"])
+def test_without_a_time_order_the_decays_are_one(tmp_path: Path, model: str) -> None:
     rng = np.random.default_rng(0)
     users, items = np.repeat(np.arange(60), 8), rng.integers(0, 150, size=480)
     keep = np.unique(users * 1000 + items, return_index=True)[1]  # one row per user and item
@@ -251,7 +252,7 @@ def test_without_a_time_order_the_decays_are_one(tmp_path: Path) -> None:
     np.savetxt(untimed, rows[:, :3], fmt="%d", delimiter=",", header="user_id,item_id,rating", comments="")
     np.savetxt(timed, rows, fmt="%d", delimiter=",", header="user_id,item_id,rating,timestamp", comments="")
     for path, ordered in ((untimed, False), (timed, True)):
-        config = _config(tmp_path, dataset=str(path), epsilon=8.0, **{"ease-content-weight": 0})
+        config = _config(tmp_path, model=model, dataset=str(path), epsilon=8.0, **{"ease-content-weight": 0})
         results = run_ease_and_report(config, tmp_path / path.stem, engine="inprocess")
         assert results["time_ordered"] is ordered
         decay = float(read_arrays(tmp_path / path.stem / MODEL)["score_decay"][0])
