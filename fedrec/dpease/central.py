@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from fedrec.config import RunConfig
 from fedrec.data.split import LeaveOneOutSplit
-from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, select_top_items, signal_limited
+from fedrec.dpease.fit import EaseRelease, fit_release, public_item_content, release_top_items
 from fedrec.dpease.run import phase_noise
 from fedrec.dpease.statistics import last_positions, pair_entries, recency_weights
 from fedrec.privacy.noise import noise_generator
@@ -108,10 +108,7 @@ def noisy_release(
         counts = counts + rng.normal(0.0, z_counts * c, size=counts.shape)
     if before_use is not None:
         before_use("counts", z_counts)
-    top = signal_limited(
-        counts, select_top_items(counts, noise_std=z_counts * c, threshold=e.item_threshold, max_items=e.max_items),
-        users=split.n_users, clipping_norm=c, gram_noise_std=z_gram * c, ratio=e.signal_ratio,
-    )
+    top = release_top_items(counts, config, users=split.n_users, z_counts=z_counts, z_gram=z_gram)
     gram = population_sums(split, clipping_norm=c, top_items=top, pair_decay=e.pair_decay)
     if rng is not None:
         gram = gram + rng.normal(0.0, z_gram * c, size=gram.shape)

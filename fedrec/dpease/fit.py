@@ -140,6 +140,16 @@ def signal_limited(
     return top_items if below.shape[0] == 0 else top_items[: int(below[0])]
 
 
+def release_top_items(counts: np.ndarray, config: RunConfig, *, users: int, z_counts: float, z_gram: float) -> np.ndarray:
+    """The top items the co-occurrence release covers, from the noisy count release
+    (noise multiplier ``z_counts``) of ``users`` devices: :func:`select_top_items` at
+    ``ease-item-threshold`` and ``ease-max-items``, cut at the signal limit of a Gram
+    release with noise multiplier ``z_gram`` (:func:`signal_limited`)."""
+    e, c = config.ease, config.privacy.clipping_norm
+    top = select_top_items(counts, noise_std=z_counts * c, threshold=e.item_threshold, max_items=e.max_items)
+    return signal_limited(counts, top, users=users, clipping_norm=c, gram_noise_std=z_gram * c, ratio=e.signal_ratio)
+
+
 def popularity_prior(counts: np.ndarray, *, noise_std: float, weight: float) -> np.ndarray:
     """``weight * asinh(count / s)``: log-like for counts well above ``s`` (``asinh(c/s) ~
     log(2c/s)``), linear around zero, so noisy (even negative) counts keep their order

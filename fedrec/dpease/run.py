@@ -27,7 +27,7 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.split import ClientData, LeaveOneOutSplit
-from fedrec.dpease.fit import EaseRelease, catalogue_content, fit_release, select_top_items, signal_limited
+from fedrec.dpease.fit import EaseRelease, catalogue_content, fit_release, release_top_items
 from fedrec.dpease.statistics import COUNTS, GRAM, count_statistic, gram_statistic, packed_size, unpack_symmetric
 from fedrec.errors import FedrecError, PrivacyError
 from fedrec.evaluation.metrics import METRIC_NAMES, mean_metrics
@@ -305,11 +305,7 @@ def _release_statistics(
             )
         if phase == "counts":
             sums.counts = total
-            sums.top = signal_limited(
-                total, select_top_items(total, noise_std=z * p.clipping_norm, threshold=e.item_threshold, max_items=e.max_items),
-                users=len(clients), clipping_norm=p.clipping_norm, gram_noise_std=history.noise_multipliers[1] * p.clipping_norm,
-                ratio=e.signal_ratio,
-            )
+            sums.top = release_top_items(total, config, users=len(clients), z_counts=z, z_gram=history.noise_multipliers[1])
         else:
             sums.gram = total
         info = {"round": float(number), "aggregated": float(good), "values": float(size), "seconds": time.perf_counter() - started}
