@@ -103,6 +103,10 @@ class ReconRelease:
         return cls(ease=ease, factors=factors, ridge=float(np.asarray(arrays[RIDGE]).reshape(-1)[0]),
                    mix=float(np.asarray(arrays[MIX]).reshape(-1)[0]))
 
+    @property
+    def top_items(self) -> np.ndarray:
+        return self.ease.top_items
+
     def user_vectors(self, history: np.ndarray) -> np.ndarray:
         """(U, d) each device's own user vector from its (U, n_items) history (:meth:`history`)."""
         return reconstruct(self.factors, np.atleast_2d(history)[:, self.ease.top_items], ridge_=self.ridge)
@@ -124,7 +128,7 @@ class ReconRelease:
     def item_item(self) -> np.ndarray:
         """(K, K) the linear map from a history over the top items to their scores (the
         prior aside): ``B + mix Q (Q^T Q + mu I)^-1 Q^T``; what explanations read."""
-        weights = np.asarray(self.ease.weights, dtype=np.float64)
+        weights = self.ease.item_item()
         if self.mix == 0 or self.factors.size == 0:
             return weights
         return weights + self.mix * factor_operator(self.factors, ridge_=self.ridge)

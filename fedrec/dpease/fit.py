@@ -90,6 +90,11 @@ class EaseRelease:
         """One device's scores (n_items,) from its own training items, in time order."""
         return self.score(self.history(train_items)[None, :])[0]
 
+    def item_item(self) -> np.ndarray:
+        """(K, K) the linear map from a history over the top items to their scores (the
+        prior aside): the weights ``B``; what explanations read."""
+        return np.asarray(self.weights, dtype=np.float64)
+
 
 def select_top_items(counts: np.ndarray, *, noise_std: float, threshold: float, max_items: int) -> np.ndarray:
     """The items whose noisy count is at least ``threshold`` noise standard deviations

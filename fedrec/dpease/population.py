@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.data.split import LeaveOneOutSplit
+from fedrec.dpease.fit import EaseRelease
 from fedrec.dpease.run import PAIR_DECAY_REQUEST, PHASES, STATISTIC_NAMES, TOP_ITEMS_REQUEST, InProcessStatistics
 from fedrec.dpease.statistics import packed_size
 from fedrec.errors import FedrecError
@@ -198,8 +199,8 @@ class PopulationStatistics(InProcessStatistics):
     :class:`~fedrec.privacy.dp_fedavg.Part` per chunk of devices. Evaluation is the
     per-device arithmetic of :class:`~fedrec.dpease.run.InProcessStatistics`."""
 
-    def __init__(self, split: LeaveOneOutSplit, *, clipping_norm: float) -> None:
-        super().__init__(split, clipping_norm=clipping_norm)
+    def __init__(self, split: LeaveOneOutSplit, *, clipping_norm: float, release_type: type = EaseRelease) -> None:
+        super().__init__(split, clipping_norm=clipping_norm, release_type=release_type)
         self.histories = Histories.of(split)
         self.largest_norm = 0.0  # the largest upload norm seen before the server's clipping
 

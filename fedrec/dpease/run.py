@@ -95,10 +95,9 @@ class InProcessStatistics:
     """Calls each simulated device's functions directly (statistics are yielded one at a
     time, so the server never holds every device's upload at once)."""
 
-    release_type: type = EaseRelease  # what each device scores with (a family may post-process the release)
-
-    def __init__(self, split: LeaveOneOutSplit, *, clipping_norm: float) -> None:
+    def __init__(self, split: LeaveOneOutSplit, *, clipping_norm: float, release_type: type = EaseRelease) -> None:
         self.split, self.clipping_norm, self.n_items = split, clipping_norm, split.n_items
+        self.release_type = release_type  # what each device scores with (a family may post-process the release)
 
     def clients(self) -> list[int]:
         return list(range(self.split.n_users))

@@ -9,6 +9,7 @@ to its score (``B[j, i]`` times the history item's recency weight).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,29 +23,12 @@ from fedrec.families.contract import Channels, Reason, RunOutcome, StepCallback
 if TYPE_CHECKING:
     from fedrec.config import RunConfig
     from fedrec.data.split import ClientData, LeaveOneOutSplit
+    from fedrec.dpease.fit import EaseRelease
     from fedrec.experiments.plan import Plan
     from fedrec.privacy.canaries import AuditSettings
     from fedrec.training.local import PrivateState
 
 RELEASES = 2  # item counts, then co-occurrence (fedrec.dpease.run.PHASES)
-
-
-def contributions(release: dict[str, np.ndarray], history: np.ndarray, item: int) -> tuple[np.ndarray, np.ndarray]:
-    """(history items, their parts of ``item``'s score): ``x_j B[j, i]`` for every history
-    item ``j`` among the released top items, ``x_j`` its recency weight on the device.
-    The prior (popularity) is the rest of the score."""
-    from fedrec.dpease.fit import EaseRelease
-
-    model = EaseRelease.from_arrays(release)
-    position = {int(t): k for k, t in enumerate(model.top_items)}
-    if int(item) not in position:
-        return np.empty(0, dtype=np.int64), np.empty(0)
-    x = model.history(np.asarray(history, dtype=np.int64))
-    rows = np.array([j for j in np.flatnonzero(x) if int(j) in position], dtype=np.int64)
-    if rows.shape[0] == 0:
-        return rows, np.empty(0)
-    weights = np.asarray(model.weights, dtype=np.float64)[[position[int(j)] for j in rows], position[int(item)]]
-    return rows, x[rows] * weights
 
 
 def time_ordered(config: RunConfig) -> bool:
@@ -77,21 +61,39 @@ class DpEaseFamily:
         from fedrec.dpease.run import run_dp_ease
 
         if resume:
-            raise FedrecError("a DP-EASE run has no rounds to resume: start it again with a new --out")
+            raise FedrecError(f"a {self.label} run has no rounds to resume: start it again with a new --out")
         config, ordered = self.in_time_order(config, channels)
         transport = channels.statistics()
-        release, history, val, test = run_dp_ease(config, transport, run_dir=run_dir,
-                                                  catalog=channels.catalog, on_phase=on_step)
+        _, history, val, test = run_dp_ease(config, transport, run_dir=run_dir, catalog=channels.catalog,
+                                            on_phase=on_step, derive=self.derive(config))
         clients = len(transport.clients())
+        detail, fields = self.described(history.arrays, top_items=history.top_items)
         return RunOutcome(
-            release=release.to_arrays(), test=test, steps=len(history.phases), steps_planned=RELEASES, clients=clients,
+            release=history.arrays, test=test, steps=len(history.phases), steps_planned=RELEASES, clients=clients,
             clients_per_step=float(clients), sample_rate=1.0, privacy=dict(history.privacy), rejected=history.rejected,
             curve=[{"round": float(len(history.phases)), **val}], step_log=history.phases,
-            title=f"dp-ease on {config.data.dataset}: {clients} clients, K={history.top_items}, "
+            title=f"{self.name} on {config.data.dataset}: {clients} clients, K={history.top_items}, {detail}"
             f"epsilon {history.privacy['epsilon']:.3g}",
-            fields={"validation": val, "top_items": history.top_items, "time_ordered": ordered},
+            fields={"validation": val, "top_items": history.top_items, "time_ordered": ordered, **fields},
             test_per_client=history.test_per_client, evaluated=history.evaluated, one_shot=True,
         )
+
+    def release_type(self) -> type:
+        """The class the devices read the release as (``from_arrays``, ``score_items``,
+        ``history``, ``item_item``, ``top_items``)."""
+        from fedrec.dpease.fit import EaseRelease
+
+        return EaseRelease
+
+    def derive(self, config: RunConfig) -> Callable[[EaseRelease, np.ndarray | None, float], dict[str, np.ndarray]] | None:
+        """What the server makes of the fitted release and the noisy Gram before the
+        devices score (post-processing, :func:`fedrec.dpease.run.run_dp_ease`); None: the
+        DP-EASE release as it is."""
+        return None
+
+    def described(self, release: dict[str, np.ndarray], *, top_items: int) -> tuple[str, dict[str, Any]]:
+        """What the run's title adds after K (``"name=value, "``) and its results' own fields."""
+        return "", {}
 
     def in_time_order(self, config: RunConfig, channels: Channels) -> tuple[RunConfig, bool]:
         """``config`` as the devices use it, and whether their histories are in time order
@@ -105,7 +107,7 @@ class DpEaseFamily:
         from fedrec.dpease.population import PopulationStatistics
 
         # simulated honest devices: their uploads summed in vectorised chunks, the same floats
-        return PopulationStatistics(split, clipping_norm=config.privacy.clipping_norm)
+        return PopulationStatistics(split, clipping_norm=config.privacy.clipping_norm, release_type=self.release_type())
 
     def device_statistic(self, data: ClientData, *, phase: str, request: dict[str, np.ndarray], config: RunConfig) -> dict[str, np.ndarray]:
         from fedrec.dpease.run import device_statistic
@@ -115,23 +117,32 @@ class DpEaseFamily:
     def device_evaluate(self, data: ClientData, *, release: dict[str, np.ndarray], which: str, config: RunConfig) -> dict[str, float]:
         from fedrec.dpease.run import device_evaluate
 
-        return device_evaluate(data, release=release, which=which)
+        return device_evaluate(data, release=release, which=which, release_type=self.release_type())
 
     def scores(
         self, release: dict[str, np.ndarray], history: np.ndarray, *, config: RunConfig, private: PrivateState | None,
     ) -> np.ndarray:
-        from fedrec.dpease.fit import EaseRelease
-
-        return EaseRelease.from_arrays(release).score_items(history)
+        return self.release_type().from_arrays(release).score_items(history)
 
     def explain(
         self, release: dict[str, np.ndarray], history: np.ndarray, items: np.ndarray, *, config: RunConfig,
         private: PrivateState | None, top: int = 3,
     ) -> list[Reason]:
-        """The history items whose ``x_j B[j, i]`` adds most to each item's score (positive parts only)."""
+        """The history items whose ``x_j M[j, i]`` adds most to each item's score (positive
+        parts only), ``x_j`` the history item's recency weight on the device and ``M`` the
+        release's item-item map (:meth:`release_type`'s ``item_item``); the prior
+        (popularity) is the rest of the score."""
+        model = self.release_type().from_arrays(release)
+        position = {int(t): k for k, t in enumerate(model.top_items)}
+        x = model.history(np.asarray(history, dtype=np.int64))
+        rows = np.array([j for j in np.flatnonzero(x) if int(j) in position], dtype=np.int64)
+        operator = model.item_item() if rows.shape[0] else np.zeros((0, 0))
         out = []
         for item in np.asarray(items, dtype=np.int64):
-            rows, parts = contributions(release, history, int(item))
+            if int(item) not in position or rows.shape[0] == 0:
+                out.append(Reason(int(item), (), (), "score contribution"))
+                continue
+            parts = x[rows] * operator[[position[int(j)] for j in rows], position[int(item)]]
             order = [k for k in np.lexsort((rows, -parts)) if parts[k] > 0][:top]
             out.append(Reason(int(item), tuple(int(rows[k]) for k in order), tuple(float(parts[k]) for k in order),
                               "score contribution"))
